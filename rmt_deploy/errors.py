@@ -1,0 +1,35 @@
+"""Errors that mean "the input is wrong", as opposed to a bug in rmt-deploy.
+
+The CLI prints these as one line and exits with status 2; anything else is a bug and keeps
+its traceback.
+"""
+
+from __future__ import annotations
+
+
+class RmtDeployError(Exception):
+    """Base class for every error caused by the user's input (model, data, files, options)."""
+
+
+class UnknownModelError(RmtDeployError):
+    """The model name is neither a CIFAR ResNet, a timm model nor `package.module:callable`."""
+
+
+class CheckpointError(RmtDeployError):
+    """A checkpoint is missing, unreadable, or does not fit the model."""
+
+
+class NonFiniteWeightsError(RmtDeployError):
+    """A weight tensor holds NaN or Inf values."""
+
+
+class DataError(RmtDeployError):
+    """A data folder is missing, empty, or not laid out as an image dataset."""
+
+
+class OutputError(RmtDeployError):
+    """An output location cannot be created or written."""
+
+
+class AssetsError(RmtDeployError):
+    """The shared assets folder (real checkpoints and data) cannot be found."""

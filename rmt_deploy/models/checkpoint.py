@@ -1,0 +1,98 @@
+"""Read checkpoints safely (safetensors, or torch pickles with weights_only=True) into a model."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import CheckpointError, NonFiniteWeightsError
+
+_WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "module")
+_PREFIXES = ("module.", "_orig_mod.")  # DataParallel/DDP and torch.compile wrappers
+_OPTIONAL_KEY_SUFFIXES = ("num_batches_tracked",)  # absent from older BatchNorm checkpoints
+
+
+def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """Load a flat name→tensor mapping from `.safetensors` or a `.pth/.pt/.th/.bin` file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            raw: object = load_file(str(path), device="cpu")
+        else:
+            raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # any parse failure means the file is not a usable checkpoint
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: not a valid safetensors/torch file or not loadable "
+            f"with weights_only=True ({first_line[:200]})"
+        ) from exc
+    return _unwrap(raw, path)
+
+
+def _unwrap(raw: object, path: Path) -> dict[str, torch.Tensor]:
+    if isinstance(raw, Mapping):
+        for key in _WRAPPER_KEYS:
+            if isinstance(raw.get(key), Mapping):
+                raw = raw[key]
+                break
+    if not isinstance(raw, Mapping) or not raw:
+        raise CheckpointError(f"checkpoint {path} holds no state dict (got {type(raw).__name__})")
+    state: dict[str, torch.Tensor] = {}
+    for key, value in raw.items():
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(
+                f"checkpoint {path}: entry {key!r} is a {type(value).__name__}, not a tensor"
+            )
+        name = str(key)
+        for prefix in _PREFIXES:
+            if name.startswith(prefix):
+                name = name[len(prefix) :]
+        state[name] = value
+    return state
+
+
+def load_checkpoint_into(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
+    """Load `path` into `model` strictly: every key must match in name and shape."""
+    state = read_state_dict(path)
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state and not k.endswith(_OPTIONAL_KEY_SUFFIXES)]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in state
+        if k in expected and state[k].shape != expected[k].shape
+    ]
+    if missing or unexpected or mismatched:
+        parts = []
+        for label, keys in (
+            ("missing", missing),
+            ("unexpected", unexpected),
+            ("wrong shape", mismatched),
+        ):
+            if keys:
+                shown = ", ".join(keys[:5]) + (f", … (+{len(keys) - 5})" if len(keys) > 5 else "")
+                parts.append(f"{len(keys)} {label} ({shown})")
+        raise CheckpointError(f"checkpoint {path} does not match the model: " + "; ".join(parts))
+    model.load_state_dict(state, strict=False)
+    check_finite(model, source=str(path))
+    return model
+
+
+def check_finite(model: nn.Module, source: str = "model") -> None:
+    """Raise NonFiniteWeightsError naming the tensors that hold NaN or Inf."""
+    bad = [
+        name
+        for name, tensor in model.state_dict().items()
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all()
+    ]
+    if bad:
+        shown = ", ".join(bad[:5]) + (f", … (+{len(bad) - 5})" if len(bad) > 5 else "")
+        raise NonFiniteWeightsError(f"{source}: {len(bad)} tensor(s) hold NaN/Inf values: {shown}")
