@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -229,9 +230,9 @@ def analyze(
         if groups != 1:
             layer.skipped = f"grouped convolution (groups={groups}) is not one matrix"
             continue
-        svals = singular_values(matrix)
-        if not np.isfinite(svals).all():
+        if not torch.isfinite(matrix).all():
             raise NonFiniteWeightsError(f"layer {fqn!r}: weight holds NaN/Inf values")
+        svals = singular_values(matrix)
         try:
             layer.fit = fit_mp_spectrum(svals, layer.shape, alpha, beta, min_dim)
         except MatrixTooSmallError as exc:

@@ -6,6 +6,7 @@ quantiles set the finite-size margin of the MP bulk edge.
 
 from __future__ import annotations
 
+import warnings
 from functools import lru_cache
 
 
@@ -19,6 +20,8 @@ def tw1_quantile(level: float) -> float:
 
 @lru_cache(maxsize=1)
 def _tw1():
-    from TracyWidom import TracyWidom  # import costs ~0.5 s: pay it only when a fit needs it
+    with warnings.catch_warnings():  # the package imports the deprecated scipy.misc
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from TracyWidom import TracyWidom  # import costs ~0.5 s: pay it only when a fit needs it
 
     return TracyWidom(beta=1)

@@ -1,0 +1,118 @@
+"""The CLI end to end: outputs written, and one clear line plus exit 2 for bad input."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from rmt_deploy.cli import main
+from rmt_deploy.models import CifarResNet
+
+
+def run(capsys, *argv):
+    code = main(["--quiet", *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_analyze_resnet56_writes_report(capsys, tmp_path, assets):
+    code, out, err = run(
+        capsys, "--assets", str(assets), "analyze", "cifar_resnet56", "--out", str(tmp_path)
+    )
+    assert code == 0, err
+    data = json.loads((tmp_path / "spectrum.json").read_text())
+    assert data["model"] == "cifar_resnet56" and data["summary"]["fitted"] == 55
+    assert data["layers"][-1]["skipped"].startswith("too small")
+    md = (tmp_path / "spectrum.md").read_text()
+    assert "| `layer3.8.conv2` | conv2d | 64×576 |" in md and "## Skipped layers" in md
+    plots = sorted(p.name for p in (tmp_path / "plots").iterdir())
+    assert len(plots) == 55 and "layer2.0.conv1.png" in plots
+    assert all((tmp_path / "plots" / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in plots)
+    assert not [p for p in tmp_path.rglob(".*tmp")]  # no temporary files left behind
+    assert "55 layers fitted" in out
+
+
+def test_analyze_timm_vit_no_plots(capsys, tmp_path):
+    code, out, err = run(
+        capsys,
+        "analyze",
+        "vit_tiny_patch16_224",
+        "--out",
+        str(tmp_path),
+        "--no-plots",
+        "--beta",
+        "0.5",
+    )
+    assert code == 0, err
+    data = json.loads((tmp_path / "spectrum.json").read_text())
+    assert data["beta"] == 0.5 and data["summary"]["fitted"] == 50
+    assert not (tmp_path / "plots").exists()
+
+
+def test_eval_limit_json(capsys, cifar_test):
+    code, out, err = run(
+        capsys, "eval", "cifar_resnet20", "--data", str(cifar_test), "--limit", "200", "--json"
+    )
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["n_images"] == 200 and 60 < result["top1"] <= 100
+
+
+def _bad_checkpoints(tmp_path):
+    corrupt = tmp_path / "corrupt.pth"
+    corrupt.write_bytes(b"PK\x03\x04 truncated zip")
+    nan_state = CifarResNet(20).state_dict()
+    nan_state["conv1.weight"].fill_(float("nan"))
+    torch.save(nan_state, tmp_path / "nan.pth")
+    torch.save(CifarResNet(32).state_dict(), tmp_path / "r32.pth")
+    return corrupt, tmp_path / "nan.pth", tmp_path / "r32.pth"
+
+
+def test_bad_input_exits_2_with_one_clear_line(capsys, tmp_path, assets):
+    corrupt, nan, other = _bad_checkpoints(tmp_path)
+    blocker = tmp_path / "blocker"
+    blocker.write_text("x")
+    out = str(tmp_path / "out")
+    cases = [
+        (
+            ["analyze", "cifar_resnet20", "--checkpoint", str(tmp_path / "none.pth"), "--out", out],
+            "checkpoint not found",
+        ),
+        (
+            ["analyze", "cifar_resnet20", "--checkpoint", str(corrupt), "--out", out],
+            "cannot read checkpoint",
+        ),
+        (
+            ["analyze", "cifar_resnet20", "--checkpoint", str(other), "--out", out],
+            "does not match the model",
+        ),
+        (["analyze", "cifar_resnet20", "--checkpoint", str(nan), "--out", out], "NaN/Inf"),
+        (["analyze", "vit_base_patch16_2244", "--out", out], "unknown model"),
+        (
+            ["analyze", "cifar_resnet20", "--out", str(blocker / "sub")],
+            "cannot write to output directory",
+        ),
+        (["eval", "cifar_resnet20", "--data", str(tmp_path)], "not an image folder"),
+        (["eval", "cifar_resnet20", "--data", str(assets / "cifar10")], "point at"),
+    ]
+    for argv, message in cases:
+        code, _, err = run(capsys, *argv)
+        assert code == 2, argv
+        assert err.startswith("rmt-deploy: error:") and message in err, (argv, err)
+        assert "Traceback" not in err and err.count("\n") == 1
+
+
+def test_bad_options_are_rejected_by_the_parser(capsys, tmp_path):
+    with pytest.raises(SystemExit) as exc:
+        main(["analyze", "cifar_resnet20", "--out", str(tmp_path), "--alpha", "0.7"])
+    assert exc.value.code == 2
+    assert "--alpha must lie in" in capsys.readouterr().err
+
+
+def test_console_entry_point():
+    done = subprocess.run(
+        [sys.executable, "-m", "rmt_deploy", "--help"], capture_output=True, text=True, check=True
+    )
+    assert "analyze" in done.stdout and "eval" in done.stdout
