@@ -10,7 +10,6 @@ one process (analyze, svdvals, analyze, …) and the ratio is taken per pair, th
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -42,8 +41,10 @@ def main() -> int:
     layers = analyzable_layers(model)
     matrices = [m.weight.detach().reshape(m.weight.shape[0], -1) for _, m in layers]
     params = sum(m.numel() for m in matrices)
-    print(f"{args.model}: {len(matrices)} matrices, {params / 1e6:.1f} M weights, "
-          f"{torch.get_num_threads()} threads")
+    print(
+        f"{args.model}: {len(matrices)} matrices, {params / 1e6:.1f} M weights, "
+        f"{torch.get_num_threads()} threads"
+    )
     analyze(model)  # warm-up: imports, Tracy–Widom tables, MP grids, allocator
     svdvals_floor(matrices[:2])
 
@@ -55,10 +56,18 @@ def main() -> int:
         start = time.perf_counter()
         svdvals_floor(matrices)
         t_svd = time.perf_counter() - start
-        rows.append({"repeat": repeat, "analyze_s": t_analyze, "svdvals_s": t_svd,
-                     "ratio": t_analyze / t_svd})
-        print(f"  repeat {repeat}: analyze {t_analyze:6.2f} s   svdvals {t_svd:6.2f} s   "
-              f"ratio {t_analyze / t_svd:.3f}")
+        rows.append(
+            {
+                "repeat": repeat,
+                "analyze_s": t_analyze,
+                "svdvals_s": t_svd,
+                "ratio": t_analyze / t_svd,
+            }
+        )
+        print(
+            f"  repeat {repeat}: analyze {t_analyze:6.2f} s   svdvals {t_svd:6.2f} s   "
+            f"ratio {t_analyze / t_svd:.3f}"
+        )
 
     result = {
         "benchmark": "analyze_vs_svdvals",
@@ -73,30 +82,40 @@ def main() -> int:
         "repeats": rows,
         "environment": environment(),
     }
-    print(f"median: analyze {result['median_analyze_s']:.2f} s, svdvals "
-          f"{result['median_svdvals_s']:.2f} s, ratio {result['median_ratio']:.3f} (goal ≤ 1.1)")
+    print(
+        f"median: analyze {result['median_analyze_s']:.2f} s, svdvals "
+        f"{result['median_svdvals_s']:.2f} s, ratio {result['median_ratio']:.3f} (goal ≤ 1.1)"
+    )
     stem = args.out / f"bench_analyze_{args.model}"
     write_json_atomic(stem.with_suffix(".json"), result)
     env = result["environment"]
-    write_text_atomic(stem.with_suffix(".md"), "\n".join([
-        f"# analyze() vs torch.linalg.svdvals — {args.model}",
-        "",
-        f"{len(matrices)} weight matrices ({params / 1e6:.1f} M weights), {env['cpu']}, "
-        f"{env['torch_threads']} torch threads, torch {env['torch']}, {env['date']}.",
-        f"Command: `{env['command']}`",
-        "",
-        "| repeat | analyze (s) | svdvals (s) | ratio |",
-        "|---|---|---|---|",
-        *[f"| {r['repeat']} | {r['analyze_s']:.2f} | {r['svdvals_s']:.2f} | {r['ratio']:.3f} |"
-          for r in rows],
-        f"| **median** | **{result['median_analyze_s']:.2f}** | "
-        f"**{result['median_svdvals_s']:.2f}** | **{result['median_ratio']:.3f}** |",
-        "",
-        "Goal: ratio ≤ 1.1. analyze() reads the singular values off the eigenvalues of the "
-        "smaller Gram matrix (float64), which costs less than an SVD, so the full analysis "
-        "(fits, edges, spikes) runs below the svdvals floor.",
-        "",
-    ]))
+    write_text_atomic(
+        stem.with_suffix(".md"),
+        "\n".join(
+            [
+                f"# analyze() vs torch.linalg.svdvals — {args.model}",
+                "",
+                f"{len(matrices)} weight matrices ({params / 1e6:.1f} M weights), {env['cpu']}, "
+                f"{env['torch_threads']} torch threads, torch {env['torch']}, {env['date']}.",
+                f"Command: `{env['command']}`",
+                "",
+                "| repeat | analyze (s) | svdvals (s) | ratio |",
+                "|---|---|---|---|",
+                *[
+                    f"| {r['repeat']} | {r['analyze_s']:.2f} | {r['svdvals_s']:.2f} "
+                    f"| {r['ratio']:.3f} |"
+                    for r in rows
+                ],
+                f"| **median** | **{result['median_analyze_s']:.2f}** | "
+                f"**{result['median_svdvals_s']:.2f}** | **{result['median_ratio']:.3f}** |",
+                "",
+                "Goal: ratio ≤ 1.1. analyze() reads the singular values off the eigenvalues of the "
+                "smaller Gram matrix (float64), which costs less than an SVD, so the full analysis "
+                "(fits, edges, spikes) runs below the svdvals floor.",
+                "",
+            ]
+        ),
+    )
     print(f"saved {stem.with_suffix('.json')} and {stem.with_suffix('.md')}")
     return 0
 
