@@ -37,6 +37,25 @@ def eval_transform(config: DataConfig) -> transforms.Compose:
     )
 
 
+def train_transform(config: DataConfig) -> transforms.Compose:
+    """Light augmentation for recovery fine-tuning: pad-and-crop + flip at 32×32 (the CIFAR
+    recipe of He et al.), random-resized crop + flip otherwise."""
+    _, height, width = config.input_size
+    if config.crop_pct >= 1.0 and max(height, width) <= 64:
+        geometry = [transforms.RandomCrop((height, width), padding=4)]
+    else:
+        interpolation = transforms.InterpolationMode(config.interpolation)
+        geometry = [transforms.RandomResizedCrop((height, width), interpolation=interpolation)]
+    return transforms.Compose(
+        [
+            *geometry,
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            transforms.Normalize(config.mean, config.std),
+        ]
+    )
+
+
 class LabeledImages(Dataset):
     """A list of (image path, class index) pairs; the common form of both folder layouts."""
 

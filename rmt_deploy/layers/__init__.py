@@ -1,0 +1,18 @@
+"""Compressed layers: low-rank factorizations, masked weights, N:M sparsity helpers."""
+
+from .lowrank import LowRankConv2d, LowRankLinear
+from .masked import MASKED_TYPES, MaskedConv2d, MaskedLinear, masked_from_dense
+from .sparsity import is_nm_sparse, magnitude_mask, nm_incompatibility, nm_mask
+
+__all__ = [
+    "MASKED_TYPES",
+    "LowRankConv2d",
+    "LowRankLinear",
+    "MaskedConv2d",
+    "MaskedLinear",
+    "is_nm_sparse",
+    "magnitude_mask",
+    "masked_from_dense",
+    "nm_incompatibility",
+    "nm_mask",
+]

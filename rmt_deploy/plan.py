@@ -1,0 +1,140 @@
+"""CompressionPlan: what to do with each layer and why, as plain data that round-trips JSON.
+
+Masks and factors that a strategy computed from data ride along in memory (`payload`); the
+JSON keeps the description (action, rank, density, reason), and the compressed checkpoint
+keeps the tensors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import RmtDeployError
+from .paths import write_json_atomic
+
+ACTIONS = ("dense", "lowrank", "mask", "nm24")
+PLAN_SCHEMA = 1
+
+
+class PlanError(RmtDeployError):
+    """A plan is malformed or does not fit the model it is applied to."""
+
+
+@dataclass
+class LayerPlan:
+    name: str
+    action: str  # one of ACTIONS
+    weight_shape: tuple[int, ...]
+    params_before: int
+    params_after: int
+    rank: int | None = None
+    density: float | None = None  # share of weights kept (mask / nm24)
+    reason: str = ""
+    stats: dict[str, float] = field(default_factory=dict)  # e.g. output error, spikes
+    # Tensors computed by the strategy (mask, factors, new weight); not part of the JSON.
+    payload: dict[str, torch.Tensor] = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.action not in ACTIONS:
+            raise PlanError(f"layer {self.name!r}: unknown action {self.action!r} (use {ACTIONS})")
+        if self.action == "lowrank" and not (self.rank and self.rank > 0):
+            raise PlanError(f"layer {self.name!r}: low-rank needs a positive rank")
+        if self.action == "mask" and not (self.density is not None and 0 <= self.density <= 1):
+            raise PlanError(f"layer {self.name!r}: a mask needs a density in [0, 1]")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "action": self.action,
+            "weight_shape": list(self.weight_shape),
+            "params_before": self.params_before,
+            "params_after": self.params_after,
+            "rank": self.rank,
+            "density": self.density,
+            "reason": self.reason,
+            "stats": self.stats,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LayerPlan:
+        try:
+            return cls(
+                name=data["name"],
+                action=data["action"],
+                weight_shape=tuple(data["weight_shape"]),
+                params_before=int(data["params_before"]),
+                params_after=int(data["params_after"]),
+                rank=data.get("rank"),
+                density=data.get("density"),
+                reason=data.get("reason", ""),
+                stats=dict(data.get("stats", {})),
+            )
+        except KeyError as exc:
+            raise PlanError(f"plan layer entry lacks the field {exc}") from exc
+
+
+@dataclass
+class CompressionPlan:
+    strategy: str
+    config: dict[str, Any]
+    layers: list[LayerPlan]
+    model: str = ""
+
+    def summary(self) -> dict[str, Any]:
+        before = sum(layer.params_before for layer in self.layers)
+        after = sum(layer.params_after for layer in self.layers)
+        counts = {a: sum(layer.action == a for layer in self.layers) for a in ACTIONS}
+        return {
+            "layers": len(self.layers),
+            **{f"{a}_layers": n for a, n in counts.items()},
+            "params_before": before,
+            "params_after": after,
+            "sparsity": 1 - after / before if before else 0.0,
+        }
+
+    def layer(self, name: str) -> LayerPlan:
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise KeyError(name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": PLAN_SCHEMA,
+            "model": self.model,
+            "strategy": self.strategy,
+            "config": self.config,
+            "summary": self.summary(),
+            "layers": [layer.to_dict() for layer in self.layers],
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, allow_nan=False)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CompressionPlan:
+        if not isinstance(data, dict) or data.get("schema_version") != PLAN_SCHEMA:
+            raise PlanError(f"not a compression plan (schema_version {PLAN_SCHEMA} expected)")
+        return cls(
+            strategy=data["strategy"],
+            config=data.get("config", {}),
+            layers=[LayerPlan.from_dict(layer) for layer in data["layers"]],
+            model=data.get("model", ""),
+        )
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        return write_json_atomic(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> CompressionPlan:
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise PlanError(f"cannot read plan {path}: {exc}") from exc
+        return cls.from_dict(data)

@@ -1,0 +1,234 @@
+"""Recovery after compression: BatchNorm recalibration and fine-tuning with frozen masks.
+
+Masks stay frozen because the masked layers multiply by their mask in every forward pass.
+`finetune` runs as is on one process and under `torchrun` (DDP, gloo or nccl) when a process
+group is initialized: each rank sees its shard of the data, gradients are averaged.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.data.distributed import DistributedSampler
+from tqdm.auto import tqdm
+
+from .errors import DataError, RmtDeployError
+from .layers import MASKED_TYPES
+
+_BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
+@torch.no_grad()
+def bn_recalibrate(
+    model: nn.Module,
+    data: Dataset,
+    n_images: int = 2000,
+    batch_size: int = 200,
+    seed: int = 0,
+    progress: bool = False,
+) -> int:
+    """Re-estimate BatchNorm running statistics on `n_images` training images.
+
+    One-shot pruning shifts every activation's statistics; re-estimating them (NNCF's "batch
+    norm adaptation") is the cheapest and largest recovery for BN networks. Returns the number
+    of images used (0 when the model has no BatchNorm).
+    """
+    bns = [m for m in model.modules() if isinstance(m, _BN_TYPES)]
+    if not bns:
+        return 0
+    if len(data) == 0:
+        raise DataError("BatchNorm recalibration needs training images; the dataset is empty")
+    saved = [(m.momentum, m.training) for m in bns]
+    was_training = model.training
+    model.eval()
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over all batches seen
+        m.train()
+    loader = DataLoader(
+        data,
+        batch_size=batch_size,
+        shuffle=True,
+        num_workers=1,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    seen = 0
+    try:
+        for images, _ in tqdm(loader, desc="bn-recal", unit="batch", disable=not progress):
+            images = images[: n_images - seen]
+            model(images)
+            seen += len(images)
+            if seen >= n_images:
+                break
+    finally:
+        for m, (momentum, training) in zip(bns, saved, strict=True):
+            m.momentum = momentum
+            m.train(training)
+        model.train(was_training)
+    return seen
+
+
+@dataclass
+class FinetuneConfig:
+    """Recipe after the successor's magnitude runs: SGD momentum 0.9, label smoothing 0.1,
+    gradient clip 1, linear warm-up then cosine decay to 1 % of the peak rate."""
+
+    epochs: float = 1.0  # fractions allowed: 0.2 = a fifth of the data
+    max_steps: int | None = None
+    batch_size: int = 128
+    lr: float = 0.01
+    optimizer: str = "sgd"  # "sgd" | "adamw"
+    momentum: float = 0.9
+    weight_decay: float = 1e-6
+    label_smoothing: float = 0.1
+    clip: float = 1.0
+    warmup_steps: int = 500  # capped at 10 % of the run
+    distill_alpha: float = 0.0  # weight of the KL term to the teacher's logits
+    temperature: float = 4.0
+    group_lasso: float = 0.0  # seed: (s_ℓ / 1e6)·‖θ_ℓ‖₂, s_ℓ = 1/(1 + 1e4·gof_ℓ)
+    l1: float = 0.0  # seed: 5e-7
+    l2: float = 0.0  # seed: 2e-7
+    workers: int = 1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("sgd", "adamw"):
+            raise RmtDeployError(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
+        if self.epochs <= 0 and not self.max_steps:
+            raise RmtDeployError("fine-tuning needs epochs > 0 or max_steps")
+
+
+@dataclass
+class FinetuneResult:
+    steps: int
+    images: int
+    seconds: float
+    first_loss: float
+    last_loss: float
+    losses: list[float] = field(default_factory=list, repr=False)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _lr_at(step: int, total: int, warmup: int, peak: float) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def _regularizer(model: nn.Module, cfg: FinetuneConfig, lasso_scale: dict[str, float]):
+    terms = []
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.Linear | nn.Conv2d):
+            continue
+        w = module.masked_weight() if isinstance(module, MASKED_TYPES) else module.weight
+        if cfg.group_lasso:
+            terms.append(cfg.group_lasso * lasso_scale.get(name, 1.0) * w.norm())
+        if cfg.l1:
+            terms.append(cfg.l1 * w.abs().sum())
+        if cfg.l2:
+            terms.append(cfg.l2 * w.pow(2).sum())
+    return sum(terms) if terms else None
+
+
+def finetune(
+    model: nn.Module,
+    train_data: Dataset,
+    config: FinetuneConfig | None = None,
+    *,
+    teacher: nn.Module | None = None,
+    lasso_scale: dict[str, float] | None = None,
+    parameters: Iterable[nn.Parameter] | None = None,
+    progress: bool = True,
+) -> FinetuneResult:
+    """Train `model` (masks frozen) on `train_data`; distill from `teacher` if given."""
+    cfg = config or FinetuneConfig()
+    if len(train_data) == 0:
+        raise DataError("fine-tuning needs training images; the dataset is empty")
+    distributed = dist.is_available() and dist.is_initialized()
+    torch.manual_seed(cfg.seed)
+    sampler = DistributedSampler(train_data, shuffle=True, seed=cfg.seed) if distributed else None
+    loader = DataLoader(
+        train_data,
+        batch_size=cfg.batch_size,
+        shuffle=sampler is None,
+        sampler=sampler,
+        num_workers=cfg.workers,
+        drop_last=True,
+        generator=torch.Generator().manual_seed(cfg.seed),
+    )
+    if len(loader) == 0:
+        raise DataError(f"fewer training images ({len(train_data)}) than one batch")
+    total = cfg.max_steps or max(1, round(cfg.epochs * len(loader)))
+    warmup = min(cfg.warmup_steps, max(1, total // 10))
+    net: nn.Module = model
+    if distributed:
+        net = nn.parallel.DistributedDataParallel(model)
+    params = [p for p in (parameters or model.parameters()) if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        opt = torch.optim.SGD(
+            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
+    else:
+        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if teacher is not None:
+        teacher.eval()
+    model.train()
+    losses: list[float] = []
+    step = images = 0
+    start = time.perf_counter()
+    show = progress and (not distributed or dist.get_rank() == 0)
+    bar = tqdm(total=total, desc="finetune", unit="step", disable=not show)
+    epoch = 0
+    while step < total:
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        for inputs, labels in loader:
+            for group in opt.param_groups:
+                group["lr"] = _lr_at(step, total, warmup, cfg.lr)
+            logits = net(inputs)
+            loss = F.cross_entropy(logits, labels, label_smoothing=cfg.label_smoothing)
+            if teacher is not None and cfg.distill_alpha > 0:
+                with torch.no_grad():
+                    target = teacher(inputs)
+                t = cfg.temperature
+                kl = (
+                    F.kl_div(
+                        F.log_softmax(logits / t, 1),
+                        F.log_softmax(target / t, 1),
+                        log_target=True,
+                        reduction="batchmean",
+                    )
+                    * t
+                    * t
+                )
+                loss = (1 - cfg.distill_alpha) * loss + cfg.distill_alpha * kl
+            reg = _regularizer(model, cfg, lasso_scale or {})
+            if reg is not None:
+                loss = loss + reg
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.clip:
+                torch.nn.utils.clip_grad_norm_(params, cfg.clip)
+            opt.step()
+            losses.append(loss.item())
+            images += len(labels)
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+            if step >= total:
+                break
+        epoch += 1
+    bar.close()
+    model.eval()
+    return FinetuneResult(step, images, time.perf_counter() - start, losses[0], losses[-1], losses)

@@ -1,0 +1,170 @@
+"""Data-aware low rank: whitened SVD (SVD-LLM) with ranks grown from the MP edge.
+
+For a layer y = W x with input covariance C = E[x xᵀ] = S Sᵀ (Cholesky; conv inputs are the
+im2col patches), the SVD of W S = U Σ Vᵀ gives the best rank-r layer for the *output*:
+W ≈ U_r Σ_r V_rᵀ S⁻¹ with relative output error e(r) = Σ_{i>r} σ_i² / Σ σ_i². Each layer starts
+at its MP-edge rank (the spikes) and grows to the smallest rank with e(r) ≤ ε; one global ε is
+found by bisection so the targeted layers keep at most (1 − sparsity) of their parameters.
+A layer whose rank would reach the break-even m·n/(m+n) stays dense.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..plan import LayerPlan
+from .base import PlanContext, dense_entry, register_strategy
+
+
+@torch.no_grad()
+def input_covariances(
+    model: nn.Module, modules: dict[str, nn.Module], loader, max_images: int, progress: bool = False
+) -> dict[str, torch.Tensor]:
+    """E[x xᵀ] of each module's input (im2col patches for convs), in float64."""
+    sums = {name: None for name in modules}
+    counts = dict.fromkeys(modules, 0)
+
+    def hook(name: str, module: nn.Module):
+        def collect(_mod, args):
+            x = args[0].detach()
+            if isinstance(module, nn.Conv2d):
+                x = F.unfold(x, module.kernel_size, module.dilation, module.padding, module.stride)
+                x = x.transpose(1, 2)
+            x = x.reshape(-1, x.shape[-1]).double()
+            gram = x.T @ x
+            sums[name] = gram if sums[name] is None else sums[name] + gram
+            counts[name] += x.shape[0]
+
+        return collect
+
+    handles = [m.register_forward_pre_hook(hook(n, m)) for n, m in modules.items()]
+    was_training = model.training
+    model.eval()
+    seen = 0
+    try:
+        for images, _ in tqdm(loader, desc="calibrate", unit="batch", disable=not progress):
+            images = images[: max_images - seen]
+            model(images)
+            seen += len(images)
+            if seen >= max_images:
+                break
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    return {name: sums[name] / counts[name] for name in modules}
+
+
+def whitened_factors(weight: torch.Tensor, cov: torch.Tensor):
+    """(U·√Σ, √Σ·Vᵀ·S⁻¹ as a function of rank) and the relative output error for every rank."""
+    matrix = weight.detach().reshape(weight.shape[0], -1).double()
+    d = cov.shape[0]
+    damp = 1e-6 * float(torch.trace(cov)) / d + 1e-12
+    chol = torch.linalg.cholesky(cov + damp * torch.eye(d, dtype=cov.dtype))
+    u, sigma, vh = torch.linalg.svd(matrix @ chol, full_matrices=False)
+    energy = sigma**2
+    tail = energy.flip(0).cumsum(0).flip(0)  # tail[r] = Σ_{i≥r} σ_i²
+    errors = torch.cat([tail, tail.new_zeros(1)]) / energy.sum().clamp_min(1e-30)
+    # right factor rows: √σ_i · v_iᵀ S⁻¹, via a triangular solve (S is lower triangular).
+    right_all = torch.linalg.solve_triangular(chol, vh, upper=False, left=False)  # X·S = Vᵀ
+    return u, sigma, right_all, errors
+
+
+@register_strategy("lowrank", needs_data=True, calib_images=512, batch_size=64, rank_multiple=1)
+def lowrank(ctx: PlanContext):
+    """Whitened-SVD factorization, ranks grown from the MP edge against output error."""
+    cfg = ctx.config
+    fits = {layer.name: layer.fit for layer in ctx.spectrum.layers}
+    eligible = {n: m for n, m in ctx.targets if getattr(m, "groups", 1) == 1}
+    covs = input_covariances(
+        ctx.model, eligible, ctx.loader(int(cfg["batch_size"])), int(cfg["calib_images"])
+    )
+    factors, plans_fixed = {}, {}
+    for name, module in ctx.targets:
+        if name not in eligible:
+            plans_fixed[name] = dense_entry(name, module, "kept dense: grouped convolution")
+            continue
+        factors[name] = whitened_factors(module.weight, covs[name])
+
+    multiple = max(1, int(cfg["rank_multiple"]))
+
+    def rank_for(name: str, eps: float) -> int:
+        errors = factors[name][3]
+        r = int(torch.nonzero(errors <= eps)[0])  # errors[-1] = 0, so one always exists
+        fit = fits.get(name)
+        r = max(r, fit.n_spikes if fit is not None else 0, 1)
+        return min(math.ceil(r / multiple) * multiple, len(errors) - 1)
+
+    shapes = {n: (m.weight.shape[0], m.weight[0].numel()) for n, m in eligible.items()}
+
+    def layer_params(name: str, rank: int) -> int:
+        m, n = shapes[name]
+        return min(m * n, rank * (m + n))
+
+    total = sum(m.weight.numel() for _, m in ctx.targets)
+    fixed = sum(p.params_after for p in plans_fixed.values())
+    budget = (1 - ctx.sparsity) * total
+
+    def params_at(eps: float) -> int:
+        return fixed + sum(layer_params(n, rank_for(n, eps)) for n in factors)
+
+    lo, hi = 0.0, 1.0
+    met = params_at(hi) <= budget
+    for _ in range(50):
+        mid = (lo + hi) / 2
+        if params_at(mid) <= budget:
+            hi = mid
+        else:
+            lo = mid
+    eps = hi
+    plans: list[LayerPlan] = []
+    for name, module in ctx.targets:
+        if name in plans_fixed:
+            plans.append(plans_fixed[name])
+            continue
+        u, sigma, right_all, errors = factors[name]
+        rank = rank_for(name, eps)
+        fit = fits.get(name)
+        spikes = fit.n_spikes if fit is not None else 0
+        stats = {"output_error": float(errors[rank]), "edge_rank": float(spikes)}
+        m = module.weight.shape[0]
+        n = module.weight[0].numel()
+        if rank * (m + n) >= m * n:
+            plans.append(
+                dense_entry(
+                    name,
+                    module,
+                    f"kept dense: rank {rank} needed for output error ≤ {eps:.3g} "
+                    f"is above break-even {m * n / (m + n):.1f}",
+                    **{"edge_rank": float(spikes)},
+                )
+            )
+            continue
+        root = sigma[:rank].sqrt()
+        left = (u[:, :rank] * root).to(module.weight.dtype)
+        right = (root[:, None] * right_all[:rank]).to(module.weight.dtype)
+        plans.append(
+            LayerPlan(
+                name,
+                "lowrank",
+                tuple(module.weight.shape),
+                m * n,
+                rank * (m + n),
+                rank=rank,
+                reason=(
+                    f"rank {rank} (MP edge: {spikes} spikes) for relative output error "
+                    f"{float(errors[rank]):.3g} ≤ {eps:.3g} on calibration data"
+                ),
+                stats=stats,
+                payload={"left": left, "right": right},
+            )
+        )
+    if not met:
+        for p in plans:
+            p.reason += " [budget not reachable: even edge ranks exceed it]"
+    return plans

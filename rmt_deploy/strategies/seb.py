@@ -1,0 +1,65 @@
+"""Spectral edge budgeting (SEB, successor of arXiv 2503.01922; yspennstate/RMT_based_pruning).
+
+Layers whose MP edge σ₊ is high relative to the others (more noise-like scale) are pruned
+harder: score |W_ij| / w_ℓ with w_ℓ = max(0.1, 1 + β·[1 − s/s_d]₊^p · z_ℓ), p = 1, z_ℓ the
+z-score of σ₊ across layers, pruned globally to sparsity s.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .base import PlanContext, global_masks, mask_entry, register_strategy
+
+
+def seb_regime(sparsity: float, kind: str) -> tuple[float, float]:
+    """(β, s_d) for a layer kind ("attn", "mlp" or "other") at sparsity s (successor's table).
+
+    Below 0.30 SEB is plain magnitude (β = 0). Above 0.55 the successor separates attention
+    (β = 1.0) from MLP (β = 2.0); other layers (CNNs) use β = 1.0 there.
+    """
+    if sparsity < 0.30:
+        return 0.0, 1.0
+    if sparsity <= 0.40:
+        return 1.0, 0.5
+    if sparsity <= 0.55:
+        return 1.25, 0.70
+    return (2.0 if kind == "mlp" else 1.0), 0.85
+
+
+def layer_kind(name: str) -> str:
+    if "attn" in name:
+        return "attn"
+    if "mlp" in name or ".fc" in name:
+        return "mlp"
+    return "other"
+
+
+def seb_scales(ctx: PlanContext, sparsity: float) -> dict[str, float]:
+    """w_ℓ per targeted layer; layers without an MP fit get z = 0 (w = 1)."""
+    fits = {layer.name: layer.fit for layer in ctx.spectrum.layers}
+    edges = {n: f.singular_edge for n, f in fits.items() if f is not None}
+    values = np.array(list(edges.values()))
+    mean, std = (values.mean(), values.std()) if len(values) > 1 else (0.0, 0.0)
+    scales = {}
+    for name, _ in ctx.targets:
+        z = (edges[name] - mean) / std if name in edges and std > 0 else 0.0
+        beta, s_d = seb_regime(sparsity, layer_kind(name))
+        scales[name] = max(0.1, 1 + beta * max(0.0, 1 - sparsity / s_d) * z)
+    return scales
+
+
+@register_strategy("seb")
+def seb(ctx: PlanContext):
+    """Spectral edge budgeting: global pruning by |W| / w_ℓ with w_ℓ from the MP edge z-score."""
+    weights = {name: module.weight.detach() for name, module in ctx.targets}
+    scales = seb_scales(ctx, ctx.sparsity)
+    masks = global_masks(weights, scales, ctx.sparsity)
+    plans = []
+    for name, module in ctx.targets:
+        entry = mask_entry(
+            name, module, masks[name], f"SEB score |W|/w with w = {scales[name]:.3f}"
+        )
+        entry.stats["seb_scale"] = scales[name]
+        plans.append(entry)
+    return plans
