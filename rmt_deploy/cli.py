@@ -24,6 +24,29 @@ def _fraction(low: float, high: float, name: str):
     return parse
 
 
+def _sparsity(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"sparsity must be a number, got {text!r}") from exc
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"sparsity must lie in [0, 1), got {value}")
+    return value
+
+
+def _settings(pairs: list[str]) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise RmtDeployError(f"--set takes KEY=VALUE, got {pair!r}")
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw
+    return out
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -86,6 +109,47 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--no-plots", action="store_true", help="skip the per-layer PNG plots")
     analyze.set_defaults(func=_cmd_analyze)
 
+    compress = sub.add_parser(
+        "compress", help="plan and apply a compression strategy, optionally recover, save"
+    )
+    _add_model_args(compress)
+    compress.add_argument(
+        "--strategy",
+        required=True,
+        help="magnitude | classic_rmt | seb | ser | hybrid | lowrank | nm24",
+    )
+    compress.add_argument(
+        "--sparsity",
+        type=_sparsity,
+        default=0.5,
+        help="share of conv/linear weights (lowrank: parameters) to remove",
+    )
+    compress.add_argument(
+        "--data", type=Path, help="training image folder (needed by ser, hybrid, lowrank, recovery)"
+    )
+    compress.add_argument("--out", type=Path, required=True, help="output directory")
+    compress.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="strategy setting, e.g. --set theta=0.2 (repeatable)",
+    )
+    compress.add_argument(
+        "--bn-recal-images",
+        type=int,
+        default=2000,
+        help="re-estimate BatchNorm statistics on this many images (with --data)",
+    )
+    compress.add_argument(
+        "--finetune-steps",
+        type=int,
+        default=0,
+        help="recovery fine-tune steps after compression (with --data)",
+    )
+    compress.add_argument("--lr", type=float, default=0.01, help="fine-tune learning rate")
+    compress.set_defaults(func=_cmd_compress)
+
     evaluate = sub.add_parser("eval", help="top-1 accuracy on a labelled image folder")
     _add_model_args(evaluate)
     evaluate.add_argument(
@@ -137,6 +201,57 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     print(
         f"wrote {out / 'spectrum.json'}, {out / 'spectrum.md'}"
         + ("" if args.no_plots else f" and {len(spectrum.fitted)} plots in {out / 'plots'}")
+    )
+    return 0
+
+
+def _cmd_compress(args: argparse.Namespace) -> int:
+    from .compress import compress_
+    from .data import eval_transform, load_image_dataset, train_transform
+    from .models import DataConfig, save_checkpoint
+    from .models.checkpoint import PLAN_METADATA_KEY
+    from .paths import ensure_output_dir
+    from .recovery import FinetuneConfig, bn_recalibrate, finetune
+    from .strategies import plan
+
+    out = ensure_output_dir(args.out)
+    model = _load(args)
+    config = DataConfig.from_model(model)
+    calib = train = None
+    if args.data is not None:
+        calib = load_image_dataset(args.data, eval_transform(config))
+        train = load_image_dataset(args.data, train_transform(config))
+    data = train if args.strategy in ("ser", "hybrid") else calib
+    settings = _settings(args.set)
+    the_plan = plan(model, args.strategy, args.sparsity, data=data, name=args.model, **settings)
+    compress_(model, the_plan)
+    if calib is not None and args.bn_recal_images > 0:
+        bn_recalibrate(model, calib, n_images=args.bn_recal_images, progress=not args.quiet)
+    if args.finetune_steps > 0:
+        if train is None:
+            raise RmtDeployError("--finetune-steps needs --data (a training image folder)")
+        finetune(
+            model,
+            train,
+            FinetuneConfig(max_steps=args.finetune_steps, lr=args.lr),
+            progress=not args.quiet,
+        )
+    the_plan.save(out / "plan.json")
+    save_checkpoint(
+        model,
+        out / "model.safetensors",
+        {PLAN_METADATA_KEY: the_plan.to_json(), "rmt_deploy.model": args.model},
+    )
+    s = the_plan.summary()
+    print(
+        f"{args.model} {args.strategy} s={args.sparsity}: {s['params_before']:,} → "
+        f"{s['params_after']:,} conv/linear weights ({100 * s['sparsity']:.1f} % removed); "
+        f"{s['lowrank_layers']} low-rank, {s['mask_layers']} masked, {s['nm24_layers']} 2:4, "
+        f"{s['dense_layers']} dense"
+    )
+    print(
+        f"wrote {out / 'model.safetensors'} and {out / 'plan.json'}; evaluate with: "
+        f"rmt-deploy eval {args.model} --checkpoint {out / 'model.safetensors'} --data DIR"
     )
     return 0
 

@@ -21,7 +21,13 @@ from torch import nn
 
 from ..errors import CheckpointError, UnknownModelError
 from ..paths import assets_dir
-from .checkpoint import check_finite, load_checkpoint_into, read_state_dict
+from .checkpoint import (
+    check_finite,
+    load_checkpoint_into,
+    read_plan_metadata,
+    read_state_dict,
+    save_checkpoint,
+)
 from .cifar_resnet import DEPTHS, CifarResNet
 
 __all__ = [
@@ -31,6 +37,7 @@ __all__ = [
     "cifar_checkpoint",
     "load_model",
     "read_state_dict",
+    "save_checkpoint",
 ]
 
 _CIFAR_NAME = re.compile(r"^cifar_resnet(\d+)$")
@@ -57,12 +64,24 @@ def load_model(
     assets: str | os.PathLike[str] | None = None,
     **kwargs: object,
 ) -> nn.Module:
-    """Build the model `name` on CPU in eval mode, loading `checkpoint` if given."""
+    """Build the model `name` on CPU in eval mode, loading `checkpoint` if given.
+
+    A compressed checkpoint (written by `rmt-deploy compress`) carries its plan: the layers are
+    rewritten to the compressed structure before the weights are loaded.
+    """
     model = _build(name, **kwargs)
     cifar = _CIFAR_NAME.match(name)
     if checkpoint is None and cifar and pretrained:
         checkpoint = cifar_checkpoint(int(cifar.group(1)), assets)
     if checkpoint is not None:
+        plan_json = read_plan_metadata(checkpoint)
+        if plan_json is not None:
+            import json
+
+            from ..compress import compress_
+            from ..plan import CompressionPlan
+
+            compress_(model, CompressionPlan.from_dict(json.loads(plan_json)), structure_only=True)
         load_checkpoint_into(model, checkpoint)
     else:
         check_finite(model, source=name)

@@ -59,6 +59,37 @@ def _unwrap(raw: object, path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+PLAN_METADATA_KEY = "rmt_deploy.plan"
+
+
+def read_plan_metadata(path: str | os.PathLike[str]) -> str | None:
+    """The compression plan (JSON text) stored in a compressed `.safetensors`, if any."""
+    path = Path(path)
+    if path.suffix != ".safetensors" or not path.is_file():
+        return None
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return (handle.metadata() or {}).get(PLAN_METADATA_KEY)
+    except Exception:  # unreadable files are reported by read_state_dict with a clear message
+        return None
+
+
+def save_checkpoint(
+    model: nn.Module, path: str | os.PathLike[str], metadata: dict[str, str] | None = None
+) -> Path:
+    """Write the model's state dict as safetensors, atomically, with optional text metadata."""
+    from safetensors.torch import save_file
+
+    from ..paths import write_with_atomic
+
+    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    return write_with_atomic(
+        path, lambda tmp: save_file(state, str(tmp), metadata={"format": "pt", **(metadata or {})})
+    )
+
+
 def load_checkpoint_into(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
     """Load `path` into `model` strictly: every key must match in name and shape."""
     state = read_state_dict(path)
