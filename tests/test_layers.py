@@ -1,0 +1,98 @@
+"""Low-rank, masked and 2:4 layers: exact algebra, masks that hold, readable printing."""
+
+import pytest
+import torch
+from torch import nn
+
+from rmt_deploy.compress import truncated_svd
+from rmt_deploy.layers import (
+    LowRankConv2d,
+    LowRankLinear,
+    MaskedConv2d,
+    MaskedLinear,
+    is_nm_sparse,
+    magnitude_mask,
+    nm_incompatibility,
+    nm_mask,
+)
+
+
+def test_lowrank_linear_is_the_truncated_matrix():
+    torch.manual_seed(0)
+    dense = nn.Linear(48, 32)
+    left, right = truncated_svd(dense.weight, 8)
+    layer = LowRankLinear.from_factors(left, right, dense.bias)
+    x = torch.randn(5, 48)
+    u, s, vh = torch.linalg.svd(dense.weight.double())
+    w8 = (u[:, :8] * s[:8]) @ vh[:8]
+    assert torch.allclose(layer(x).double(), x.double() @ w8.T + dense.bias.double(), atol=1e-5)
+    assert sum(p.numel() for p in layer.parameters()) == 8 * (48 + 32) + 32
+    assert "rank=8" in repr(layer)
+    full = LowRankLinear.from_factors(*truncated_svd(dense.weight, 32), dense.bias)
+    assert torch.allclose(full(x), dense(x), atol=1e-5)
+
+
+@pytest.mark.parametrize(("stride", "padding", "dilation"), [(1, 1, 1), (2, 0, 1), (1, 2, 2)])
+def test_lowrank_conv_keeps_geometry(stride, padding, dilation):
+    torch.manual_seed(1)
+    conv = nn.Conv2d(6, 10, 3, stride=stride, padding=padding, dilation=dilation)
+    x = torch.randn(2, 6, 13, 13)
+    full = LowRankConv2d.from_factors(conv, *truncated_svd(conv.weight, 10))
+    assert torch.allclose(full(x), conv(x), atol=1e-5)
+    low = LowRankConv2d.from_factors(conv, *truncated_svd(conv.weight, 3))
+    ref = nn.functional.conv2d(x, low.dense_weight(), conv.bias, stride, padding, dilation)
+    assert torch.allclose(low(x), ref, atol=1e-5)
+    assert low.second.kernel_size == (1, 1) and "rank=3" in repr(low)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_masks_hold_through_training(optimizer):
+    torch.manual_seed(2)
+    dense_lin, dense_conv = nn.Linear(16, 8), nn.Conv2d(4, 8, 3)
+    lin = MaskedLinear.from_dense(dense_lin, magnitude_mask(dense_lin.weight, 0.3))
+    conv = MaskedConv2d.from_dense(dense_conv, nm_mask(dense_conv.weight))
+    params = [*lin.parameters(), *conv.parameters()]
+    opt = (
+        torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=0.1)
+        if optimizer == "sgd"
+        else torch.optim.AdamW(params, lr=0.1, weight_decay=0.1)
+    )
+    for _ in range(5):
+        loss = lin(torch.randn(4, 16)).pow(2).sum() + conv(torch.randn(2, 4, 6, 6)).pow(2).sum()
+        opt.zero_grad()
+        loss.backward()
+        assert torch.all(lin.weight.grad[lin.weight_mask == 0] == 0)
+        opt.step()
+    assert torch.all(lin.masked_weight()[lin.weight_mask == 0] == 0)
+    assert lin.density == pytest.approx(0.3, abs=0.01)
+    lin.fold_()
+    assert torch.all(lin.weight[lin.weight_mask == 0] == 0)
+    assert is_nm_sparse(conv.masked_weight()) and "density=0.500" in repr(conv)
+
+
+def test_nm_mask_keeps_the_two_largest_of_each_input_group():
+    torch.manual_seed(3)
+    w = torch.randn(8, 12)
+    mask = nm_mask(w)
+    groups = (w.abs() * mask).reshape(8, 3, 4)
+    kept = mask.reshape(8, 3, 4).sum(-1)
+    assert torch.all(kept == 2)
+    top2 = w.abs().reshape(8, 3, 4).topk(2, dim=-1).values.sum(-1)
+    assert torch.allclose(groups.sum(-1), top2)
+
+
+def test_conv_groups_run_along_input_channels():
+    torch.manual_seed(4)
+    w = torch.randn(5, 8, 3, 3)
+    mask = nm_mask(w)
+    # For every output channel and kernel position, 2 of each 4 consecutive input channels.
+    per_position = mask.permute(0, 2, 3, 1).reshape(-1, 2, 4).sum(-1)
+    assert torch.all(per_position == 2)
+    assert is_nm_sparse(w * mask) and not is_nm_sparse(w)
+
+
+def test_incompatible_shapes_are_named():
+    assert nm_incompatibility((16, 3, 3, 3)) == "input dimension 3 is not divisible by 4"
+    assert nm_incompatibility((16, 64)) is None
+    with pytest.raises(ValueError, match="not divisible by 4"):
+        nm_mask(torch.randn(16, 3, 3, 3))
