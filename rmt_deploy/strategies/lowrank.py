@@ -60,17 +60,34 @@ def input_covariances(
     return {name: sums[name] / counts[name] for name in modules}
 
 
+def _svd_via_gram(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Thin SVD of `a` from the eigendecomposition of its smaller Gram matrix (float64).
+
+    Several times faster than an SVD on CPU and exact enough for truncation: directions with
+    σ ≈ 0 (which no useful rank keeps) get zero vectors instead of noise.
+    """
+    wide = a.shape[0] <= a.shape[1]
+    gram = a @ a.T if wide else a.T @ a
+    eigenvalues, vectors = torch.linalg.eigh(gram)
+    eigenvalues, vectors = eigenvalues.flip(0).clamp_min(0), vectors.flip(1)
+    sigma = eigenvalues.sqrt()
+    inv = torch.where(sigma > sigma[0] * 1e-10, 1 / sigma, torch.zeros_like(sigma))
+    if wide:
+        return vectors, sigma, (vectors.T @ a) * inv[:, None]
+    return (a @ vectors) * inv[None, :], sigma, vectors.T
+
+
 def whitened_factors(weight: torch.Tensor, cov: torch.Tensor):
-    """(U·√Σ, √Σ·Vᵀ·S⁻¹ as a function of rank) and the relative output error for every rank."""
+    """SVD of W·S (S the Cholesky factor of the input covariance) and, for every rank r,
+    the relative output error of keeping r directions: (U, σ, Vᵀ·S⁻¹, errors)."""
     matrix = weight.detach().reshape(weight.shape[0], -1).double()
     d = cov.shape[0]
     damp = 1e-6 * float(torch.trace(cov)) / d + 1e-12
     chol = torch.linalg.cholesky(cov + damp * torch.eye(d, dtype=cov.dtype))
-    u, sigma, vh = torch.linalg.svd(matrix @ chol, full_matrices=False)
+    u, sigma, vh = _svd_via_gram(matrix @ chol)
     energy = sigma**2
     tail = energy.flip(0).cumsum(0).flip(0)  # tail[r] = Σ_{i≥r} σ_i²
     errors = torch.cat([tail, tail.new_zeros(1)]) / energy.sum().clamp_min(1e-30)
-    # right factor rows: √σ_i · v_iᵀ S⁻¹, via a triangular solve (S is lower triangular).
     right_all = torch.linalg.solve_triangular(chol, vh, upper=False, left=False)  # X·S = Vᵀ
     return u, sigma, right_all, errors
 
