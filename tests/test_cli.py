@@ -116,3 +116,73 @@ def test_console_entry_point():
         [sys.executable, "-m", "rmt_deploy", "--help"], capture_output=True, text=True, check=True
     )
     assert "analyze" in done.stdout and "eval" in done.stdout
+
+
+def test_compress_then_eval(capsys, tmp_path, assets, cifar_test):
+    out = tmp_path / "c20"
+    code, stdout, err = run(
+        capsys,
+        "compress",
+        "cifar_resnet20",
+        "--strategy",
+        "seb",
+        "--sparsity",
+        "0.4",
+        "--data",
+        str(assets / "cifar10" / "train"),
+        "--bn-recal-images",
+        "400",
+        "--out",
+        str(out),
+    )
+    assert code == 0, err
+    assert "seb s=0.4" in stdout and (out / "model.safetensors").is_file()
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["strategy"] == "seb" and abs(plan["summary"]["sparsity"] - 0.4) < 1e-4
+    code, stdout, err = run(
+        capsys,
+        "eval",
+        "cifar_resnet20",
+        "--checkpoint",
+        str(out / "model.safetensors"),
+        "--data",
+        str(cifar_test),
+        "--limit",
+        "300",
+        "--json",
+    )
+    assert code == 0, err
+    assert json.loads(stdout)["top1"] > 50  # 40 % pruned + BN recal: still a working model
+    code, _, err = run(
+        capsys,
+        "eval",
+        "cifar_resnet32",
+        "--checkpoint",
+        str(out / "model.safetensors"),
+        "--data",
+        str(cifar_test),
+    )
+    assert code == 2 and "does not match the model" in err  # made for another model
+
+
+def test_compress_bad_input(capsys, tmp_path):
+    out = str(tmp_path / "o")
+    code, _, err = run(capsys, "compress", "cifar_resnet20", "--strategy", "magic", "--out", out)
+    assert code == 2 and "unknown strategy 'magic'" in err and "nm24" in err
+    code, _, err = run(capsys, "compress", "cifar_resnet20", "--strategy", "ser", "--out", out)
+    assert code == 2 and "needs training/calibration data" in err
+    code, _, err = run(
+        capsys,
+        "compress",
+        "cifar_resnet20",
+        "--strategy",
+        "classic_rmt",
+        "--set",
+        "tau=1",
+        "--out",
+        out,
+    )
+    assert code == 2 and "no setting tau" in err
+    with pytest.raises(SystemExit) as exc:
+        main(["compress", "cifar_resnet20", "--strategy", "seb", "--sparsity", "1.0", "--out", out])
+    assert exc.value.code == 2 and "sparsity must lie in [0, 1)" in capsys.readouterr().err

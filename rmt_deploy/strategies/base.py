@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..analysis import ModelSpectrum, analyze
 from ..errors import RmtDeployError
+from ..layers.sparsity import lowest_mask
 from ..plan import LayerPlan
 
 FilterFn = Callable[[nn.Module, str], bool]
@@ -124,10 +125,7 @@ def global_masks(
     Ties at the threshold are broken by position so the count is exact.
     """
     scores = torch.cat([(w.abs() / layer_scale[n]).flatten().float() for n, w in weights.items()])
-    n_prune = int(round(sparsity * scores.numel()))
-    keep = torch.ones(scores.numel(), dtype=torch.float32)
-    if n_prune:
-        keep[scores.topk(n_prune, largest=False, sorted=False).indices] = 0.0
+    keep = (~lowest_mask(scores, int(round(sparsity * scores.numel())))).float()
     masks, start = {}, 0
     for name, w in weights.items():
         masks[name] = keep[start : start + w.numel()].reshape(w.shape)
