@@ -34,12 +34,13 @@ from rmt_deploy.recovery import FinetuneConfig, bn_recalibrate, finetune  # noqa
 from rmt_deploy.strategies import plan  # noqa: E402
 
 SPARSE = ["magnitude", "classic_rmt", "seb", "ser", "hybrid"]
-ROWS = (
+ROWS = (  # the s = 0.5 comparison first, then the structured rows, then the other levels
     [("dense", 0.0)]
     + [(s, 0.5) for s in SPARSE]
-    + [(s, 0.3) for s in SPARSE]
+    + [("nm24", 0.5), ("lowrank", 0.5)]
     + [(s, 0.7) for s in SPARSE]
-    + [("lowrank", 0.3), ("lowrank", 0.5), ("lowrank", 0.7), ("nm24", 0.5)]
+    + [("lowrank", 0.3), ("lowrank", 0.7)]
+    + [(s, 0.3) for s in SPARSE]
 )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 from collections.abc import Sequence
@@ -148,6 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="recovery fine-tune steps after compression (with --data)",
     )
     compress.add_argument("--lr", type=float, default=0.01, help="fine-tune learning rate")
+    compress.add_argument(
+        "--distill-alpha",
+        type=float,
+        default=0.0,
+        help="weight of distillation from the uncompressed model (0 = off)",
+    )
     compress.set_defaults(func=_cmd_compress)
 
     evaluate = sub.add_parser("eval", help="top-1 accuracy on a labelled image folder")
@@ -205,6 +212,23 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def _init_distributed() -> None:
+    """Under `torchrun` (WORLD_SIZE > 1) join the process group: nccl on GPUs, gloo on CPU."""
+    import os
+
+    import torch
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+
+
 def _cmd_compress(args: argparse.Namespace) -> int:
     from .compress import compress_
     from .data import eval_transform, load_image_dataset, train_transform
@@ -215,6 +239,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     from .strategies import plan
 
     out = ensure_output_dir(args.out)
+    _init_distributed()
     model = _load(args)
     config = DataConfig.from_model(model)
     calib = train = None
@@ -224,18 +249,19 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     data = train if args.strategy in ("ser", "hybrid") else calib
     settings = _settings(args.set)
     the_plan = plan(model, args.strategy, args.sparsity, data=data, name=args.model, **settings)
+    teacher = copy.deepcopy(model) if args.distill_alpha > 0 else None
     compress_(model, the_plan)
     if calib is not None and args.bn_recal_images > 0:
         bn_recalibrate(model, calib, n_images=args.bn_recal_images, progress=not args.quiet)
     if args.finetune_steps > 0:
         if train is None:
             raise RmtDeployError("--finetune-steps needs --data (a training image folder)")
-        finetune(
-            model,
-            train,
-            FinetuneConfig(max_steps=args.finetune_steps, lr=args.lr),
-            progress=not args.quiet,
+        recipe = FinetuneConfig(
+            max_steps=args.finetune_steps, lr=args.lr, distill_alpha=args.distill_alpha
         )
+        finetune(model, train, recipe, teacher=teacher, progress=not args.quiet)
+    if _rank() != 0:  # under torchrun every rank trains; one writes
+        return 0
     the_plan.save(out / "plan.json")
     save_checkpoint(
         model,

@@ -119,6 +119,16 @@ class FinetuneResult:
         return asdict(self)
 
 
+def lasso_scales(spectrum) -> dict[str, float]:
+    """Seed paper's group-lasso weight per layer, s_ℓ = 1/(1 + 10⁴·L∞_ℓ): layers whose spectrum
+    fits the MP law well (small L∞ gap, i.e. mostly noise) are pushed hardest toward zero."""
+    return {
+        layer.name: 1.0 / (1.0 + 1e4 * layer.fit.gof)
+        for layer in spectrum.layers
+        if layer.fit is not None
+    }
+
+
 def _lr_at(step: int, total: int, warmup: int, peak: float) -> float:
     if step < warmup:
         return peak * (step + 1) / warmup

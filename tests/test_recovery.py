@@ -30,6 +30,20 @@ def test_bn_recalibration_matches_the_data():
     assert not model.training and model[1].momentum == 0.1
 
 
+def test_lasso_scales_follow_fit_quality():
+    from rmt_deploy import analyze
+    from rmt_deploy.recovery import lasso_scales
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(128, 256), nn.Linear(256, 64))
+    model[1].weight.data = torch.randn(64, 3) @ torch.randn(3, 256) + 0.01 * torch.randn(64, 256)
+    spectrum = analyze(model)
+    scales = lasso_scales(spectrum)
+    for layer in spectrum.layers:
+        assert scales[layer.name] == pytest.approx(1 / (1 + 1e4 * layer.fit.gof))
+    assert scales["0"] > scales["1"]  # pure noise fits MP better than a low-rank + noise layer
+
+
 def toy_task(n=512, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, 20, generator=g)
