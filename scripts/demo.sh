@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job, end to end on the real defaults: set up, check the real pretrained CIFAR-10
-# ResNet-56 on the real CIFAR-10 test images, then analyze its spectrum and a timm ViT's.
-# Results land in runs/demo/ (spectrum.json, spectrum.md, plots/).
+# ResNet-56 on the real CIFAR-10 test images, analyze its spectrum (and a timm ViT's), then
+# compress it with spectral edge budgeting at 50 % sparsity, recover briefly on the real train
+# images and measure it again. Results land in runs/demo/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -15,4 +16,10 @@ echo "== spectral analysis of ResNet-56"
 $rmt --assets "$ASSETS" analyze cifar_resnet56 --out "$OUT/cifar_resnet56"
 echo "== spectral analysis of vit_base_patch16_224 (random init: no pretrained ViT can be downloaded here)"
 $rmt analyze vit_base_patch16_224 --out "$OUT/vit_base_patch16_224"
-echo "== done: open $OUT/*/spectrum.md and $OUT/*/plots/"
+echo "== compress ResNet-56: SEB at 50 % sparsity, BN recalibration, 80 fine-tune steps"
+$rmt --assets "$ASSETS" compress cifar_resnet56 --strategy seb --sparsity 0.5 \
+  --data "$ASSETS/cifar10/train" --finetune-steps 80 --out "$OUT/cifar_resnet56_seb50"
+echo "== accuracy of the compressed ResNet-56"
+$rmt --assets "$ASSETS" eval cifar_resnet56 --checkpoint "$OUT/cifar_resnet56_seb50/model.safetensors" \
+  --data "$ASSETS/cifar10/test"
+echo "== done: see $OUT/*/spectrum.md, $OUT/*/plots/ and $OUT/cifar_resnet56_seb50/plan.json"
