@@ -157,6 +157,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     compress.set_defaults(func=_cmd_compress)
 
+    export = sub.add_parser("export", help="ONNX with a dynamic batch, verified in ONNX Runtime")
+    export.add_argument("model", help="model name, or a compressed model.safetensors")
+    export.add_argument("--checkpoint", type=Path, help="weights for a model given by name")
+    export.add_argument("--random-init", action="store_true", help=argparse.SUPPRESS)
+    export.add_argument("--out", type=Path, required=True, help="output directory")
+    export.add_argument(
+        "--data", type=Path, help="image folder for the parity check (default: random inputs)"
+    )
+    export.add_argument("--verify-images", type=_positive_int, default=64)
+    export.add_argument("--exporter", choices=("torchscript", "dynamo"), default="torchscript")
+    export.add_argument("--opset", type=int, help="default 17 (torchscript) or 20 (dynamo)")
+    export.add_argument("--no-simplify", action="store_true", help="skip onnxslim")
+    export.add_argument("--static-batch", action="store_true", help="fix the batch axis to 1")
+    export.add_argument("--atol", type=float, default=1e-4)
+    export.add_argument("--rtol", type=float, default=1e-3)
+    export.set_defaults(func=_cmd_export)
+
     evaluate = sub.add_parser("eval", help="top-1 accuracy on a labelled image folder")
     _add_model_args(evaluate)
     evaluate.add_argument(
@@ -278,6 +295,77 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     print(
         f"wrote {out / 'model.safetensors'} and {out / 'plan.json'}; evaluate with: "
         f"rmt-deploy eval {args.model} --checkpoint {out / 'model.safetensors'} --data DIR"
+    )
+    return 0
+
+
+def _resolve_model_arg(args: argparse.Namespace) -> None:
+    """`export model.safetensors`: take the model name from the compressed checkpoint."""
+    from safetensors import safe_open
+
+    path = Path(args.model)
+    if path.suffix == ".safetensors" and path.is_file():
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                name = (handle.metadata() or {}).get("rmt_deploy.model")
+        except Exception as exc:
+            raise RmtDeployError(f"cannot read checkpoint {path}: {exc}") from exc
+        if not name:
+            raise RmtDeployError(
+                f"{path} does not name its model; pass the model name and --checkpoint {path}"
+            )
+        args.model, args.checkpoint = name, path
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .data import eval_transform, load_image_dataset
+    from .exporters import export
+    from .models import DataConfig
+    from .models.checkpoint import read_plan_metadata
+    from .paths import ensure_output_dir
+
+    _resolve_model_arg(args)
+    out = ensure_output_dir(args.out)
+    model = _load(args)
+    config = DataConfig.from_model(model)
+    data = None
+    if args.data is not None:
+        data = load_image_dataset(args.data, eval_transform(config), args.verify_images)
+    plan_json = read_plan_metadata(args.checkpoint) if args.checkpoint else None
+    extra = {
+        "source": {
+            "model": args.model,
+            "checkpoint": str(args.checkpoint) if args.checkpoint else None,
+        },
+        "preprocessing": {
+            "input_size": list(config.input_size),
+            "mean": list(config.mean),
+            "std": list(config.std),
+            "crop_pct": config.crop_pct,
+            "interpolation": config.interpolation,
+        },
+        "plan": json.loads(plan_json) if plan_json else None,
+    }
+    artifact = export(
+        model,
+        out,
+        tuple(config.input_size),
+        dynamic_batch=not args.static_batch,
+        opset=args.opset,
+        exporter=args.exporter,
+        simplify=not args.no_simplify,
+        verify_data=data,
+        n_verify=args.verify_images,
+        atol=args.atol,
+        rtol=args.rtol,
+        name=args.model,
+        manifest_extra=extra,
+    )
+    p = artifact.parity
+    print(
+        f"{args.model}: wrote {artifact.onnx_path} (opset {artifact.opset}, {args.exporter}); "
+        f"parity on {p.n_images} {p.source}: max |Δ| {p.max_abs_diff:.2e}, "
+        f"rel {p.max_rel_diff:.2e}, top-1 agreement {100 * p.top1_agreement:.2f} %"
     )
     return 0
 
