@@ -174,6 +174,16 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--rtol", type=float, default=1e-3)
     export.set_defaults(func=_cmd_export)
 
+    build = sub.add_parser("build", help="TensorRT engine from an exported ONNX file")
+    build.add_argument("onnx", type=Path, help="model.onnx written by `rmt-deploy export`")
+    build.add_argument("--out", type=Path, help="engine file (default: beside the ONNX)")
+    build.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp16")
+    build.add_argument("--sparsity", choices=("disable", "enable", "force"), default="enable")
+    build.add_argument("--batch", default="1:1:1", help="optimization profile MIN:OPT:MAX")
+    build.add_argument("--workspace", type=_positive_int, default=2048, help="MB")
+    build.add_argument("--timing-cache", type=Path, help="read and update this timing cache")
+    build.set_defaults(func=_cmd_build)
+
     evaluate = sub.add_parser("eval", help="top-1 accuracy on a labelled image folder")
     _add_model_args(evaluate)
     evaluate.add_argument(
@@ -367,6 +377,41 @@ def _cmd_export(args: argparse.Namespace) -> int:
         f"parity on {p.n_images} {p.source}: max |Δ| {p.max_abs_diff:.2e}, "
         f"rel {p.max_rel_diff:.2e}, top-1 agreement {100 * p.top1_agreement:.2f} %"
     )
+    return 0
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    from .exporters.tensorrt_build import BatchProfile, build_engine
+
+    if not args.onnx.is_file():
+        raise RmtDeployError(f"ONNX file not found: {args.onnx}")
+    profile = BatchProfile.parse(args.batch)
+    engine = args.out or args.onnx.with_name(
+        f"{args.onnx.stem}_{args.precision}_b{profile.maximum}.engine"
+    )
+    report = build_engine(
+        args.onnx,
+        engine,
+        precision=args.precision,
+        sparsity=args.sparsity,
+        batch=profile,
+        workspace_mb=args.workspace,
+        timing_cache=args.timing_cache,
+    )
+    print(
+        f"wrote {report.engine_path} (TensorRT {report.tensorrt_version}, {report.precision}, "
+        f"{'strongly typed' if report.strongly_typed else 'builder flags'}, batch "
+        f"{profile.minimum}:{profile.optimum}:{profile.maximum})"
+    )
+    if report.sparse_eligible:
+        print(
+            f"sparse-eligible layers ({len(report.sparse_eligible)}): "
+            + ", ".join(report.sparse_eligible)
+        )
+        print(
+            f"sparse kernels picked ({len(report.sparse_picked)}): "
+            + (", ".join(report.sparse_picked) or "none")
+        )
     return 0
 
 

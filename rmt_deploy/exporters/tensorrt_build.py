@@ -1,0 +1,240 @@
+"""Build a TensorRT engine from ONNX through the TensorRT Python API (TensorRT 10 and 11).
+
+TensorRT 10 (what JetPack 6 ships) takes the precision as builder flags (FP16, BF16) on a
+weakly typed network. TensorRT 11 drops those flags and needs strongly typed networks, so the
+ONNX graph is cast to the chosen precision before parsing. Sparse kernels are allowed with
+the SPARSE_WEIGHTS flag; TensorRT picks one only where it is faster, and says which layers were
+eligible in its build log, which is collected and reported.
+
+Only `build_engine` touches TensorRT; everything around it is plain Python and tested here.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import RmtDeployError
+from ..paths import write_with_atomic
+
+PRECISIONS = ("fp32", "fp16", "bf16")
+SPARSITY_MODES = ("disable", "enable", "force")
+
+
+class TensorRTUnavailable(RmtDeployError):
+    """The TensorRT Python package is not installed (it needs an NVIDIA GPU machine)."""
+
+
+class EngineBuildError(RmtDeployError):
+    """TensorRT could not parse the ONNX file or build an engine."""
+
+
+@dataclass(frozen=True)
+class BatchProfile:
+    minimum: int
+    optimum: int
+    maximum: int
+
+    @classmethod
+    def parse(cls, text: str) -> BatchProfile:
+        """'MIN:OPT:MAX', e.g. '1:8:32'."""
+        parts = text.split(":")
+        try:
+            values = [int(p) for p in parts]
+        except ValueError:
+            values = []
+        if len(values) != 3 or not 0 < values[0] <= values[1] <= values[2]:
+            raise RmtDeployError(
+                f"--batch takes MIN:OPT:MAX with 0 < MIN ≤ OPT ≤ MAX, got {text!r}"
+            )
+        return cls(*values)
+
+    def covers(self, batch: int) -> bool:
+        return self.minimum <= batch <= self.maximum
+
+
+@dataclass
+class BuildReport:
+    engine_path: Path
+    tensorrt_version: str
+    precision: str
+    sparsity: str
+    strongly_typed: bool
+    profile: BatchProfile
+    sparse_eligible: list[str] = field(default_factory=list)
+    sparse_picked: list[str] = field(default_factory=list)
+
+
+_ELIGIBLE = re.compile(r"Layers eligible for sparse math:\s*(.*)", re.IGNORECASE)
+_PICKED = re.compile(r"picked sparse implementation for layers:\s*(.*)", re.IGNORECASE)
+
+
+def parse_sparsity_log(lines: list[str]) -> tuple[list[str], list[str]]:
+    """Layer names from TensorRT's 'eligible for sparse math' / 'picked sparse' log lines."""
+    eligible, picked = [], []
+    for line in lines:
+        for pattern, bucket in ((_ELIGIBLE, eligible), (_PICKED, picked)):
+            match = pattern.search(line)
+            if match:
+                bucket += [name.strip() for name in match.group(1).split(",") if name.strip()]
+    return eligible, picked
+
+
+def tensorrt_major(version: str) -> int:
+    return int(version.split(".")[0])
+
+
+def cast_onnx_precision(model, precision: str):
+    """Cast float32 initializers and constants to fp16/bf16, keep float32 inputs and outputs
+    (Cast nodes at the edges): what a strongly typed TensorRT 11 network needs."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    if precision == "fp32":
+        return model
+    target = {"fp16": TensorProto.FLOAT16, "bf16": TensorProto.BFLOAT16}[precision]
+    graph = model.graph
+
+    def convert(tensor):
+        if tensor.data_type != TensorProto.FLOAT:
+            return tensor
+        array = numpy_helper.to_array(tensor)
+        if target == TensorProto.FLOAT16:
+            new = numpy_helper.from_array(array.astype(np.float16), tensor.name)
+        else:
+            new = helper.make_tensor(
+                tensor.name,
+                TensorProto.BFLOAT16,
+                array.shape,
+                array.astype(np.float32).flatten().tolist(),
+            )
+        return new
+
+    for i, init in enumerate(graph.initializer):
+        graph.initializer[i].CopyFrom(convert(init))
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.TENSOR:
+                attr.t.CopyFrom(convert(attr.t))
+        if node.op_type == "Cast":
+            for attr in node.attribute:
+                if attr.name == "to" and attr.i == TensorProto.FLOAT:
+                    attr.i = target
+    del graph.value_info[:]
+    casts = []
+    for inp in graph.input:
+        if inp.type.tensor_type.elem_type == TensorProto.FLOAT:
+            cast_name = f"{inp.name}__cast"
+            for node in graph.node:
+                for k, name in enumerate(node.input):
+                    if name == inp.name:
+                        node.input[k] = cast_name
+            casts.append(helper.make_node("Cast", [inp.name], [cast_name], to=target))
+    for out in graph.output:
+        if out.type.tensor_type.elem_type == TensorProto.FLOAT:
+            low = f"{out.name}__low"
+            for node in graph.node:
+                for k, name in enumerate(node.output):
+                    if name == out.name:
+                        node.output[k] = low
+            graph.node.append(helper.make_node("Cast", [low], [out.name], to=TensorProto.FLOAT))
+    for cast in reversed(casts):
+        graph.node.insert(0, cast)
+    return model
+
+
+def build_engine(
+    onnx_path: str | os.PathLike[str],
+    engine_path: str | os.PathLike[str],
+    *,
+    precision: str = "fp16",
+    sparsity: str = "enable",
+    batch: BatchProfile = BatchProfile(1, 1, 1),
+    workspace_mb: int = 2048,
+    timing_cache: str | os.PathLike[str] | None = None,
+    input_name: str = "input",
+) -> BuildReport:
+    """Parse `onnx_path`, build a serialized engine and write it atomically to `engine_path`."""
+    if precision not in PRECISIONS:
+        raise RmtDeployError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if sparsity not in SPARSITY_MODES:
+        raise RmtDeployError(f"sparsity must be one of {SPARSITY_MODES}, got {sparsity!r}")
+    try:
+        import tensorrt as trt
+    except ImportError as exc:
+        raise TensorRTUnavailable(
+            "TensorRT is not installed: `rmt-deploy build` runs on a machine with an NVIDIA GPU "
+            "and the tensorrt Python package (JetPack on Jetson); the export/ kit builds "
+            "engines there too"
+        ) from exc
+    import onnx
+
+    major = tensorrt_major(trt.__version__)
+    strongly_typed = major >= 11
+    lines: list[str] = []
+
+    class _Logger(trt.ILogger):
+        def __init__(self):
+            trt.ILogger.__init__(self)
+
+        def log(self, severity, msg):  # noqa: D401 - TensorRT callback
+            lines.append(msg)
+
+    logger = _Logger()
+    builder = trt.Builder(logger)
+    flags = 0
+    if strongly_typed:
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    graph = onnx.load(str(onnx_path))
+    if strongly_typed:
+        graph = cast_onnx_precision(graph, precision)
+    if sparsity == "force":
+        from .onnx_sparsity import force_24_initializers
+
+        force_24_initializers(graph)
+    if not parser.parse(graph.SerializeToString(), str(Path(onnx_path).parent)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise EngineBuildError(f"TensorRT cannot parse {onnx_path}: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
+    if not strongly_typed and precision != "fp32":
+        config.set_flag(trt.BuilderFlag.FP16 if precision == "fp16" else trt.BuilderFlag.BF16)
+    if sparsity != "disable":
+        config.set_flag(trt.BuilderFlag.SPARSE_WEIGHTS)
+    shape = tuple(network.get_input(0).shape)
+    profile = builder.create_optimization_profile()
+    profile.set_shape(
+        input_name,
+        (batch.minimum, *shape[1:]),
+        (batch.optimum, *shape[1:]),
+        (batch.maximum, *shape[1:]),
+    )
+    config.add_optimization_profile(profile)
+    cache = None
+    if timing_cache is not None:
+        blob = Path(timing_cache).read_bytes() if Path(timing_cache).exists() else b""
+        cache = config.create_timing_cache(blob)
+        config.set_timing_cache(cache, ignore_mismatch=False)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise EngineBuildError(f"TensorRT failed to build an engine: {' | '.join(lines[-5:])}")
+    write_with_atomic(engine_path, lambda tmp: Path(tmp).write_bytes(bytes(serialized)))
+    if cache is not None:
+        write_with_atomic(timing_cache, lambda tmp: Path(tmp).write_bytes(bytes(cache.serialize())))
+    eligible, picked = parse_sparsity_log(lines)
+    return BuildReport(
+        Path(engine_path),
+        trt.__version__,
+        precision,
+        sparsity,
+        strongly_typed,
+        batch,
+        eligible,
+        picked,
+    )
