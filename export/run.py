@@ -1,0 +1,241 @@
+#!/usr/bin/env python3
+"""Run an exported model on the target: ONNX Runtime (model.onnx) or TensorRT (*.engine).
+
+Needs numpy, Pillow for image folders, and one runtime: onnxruntime (or onnxruntime-gpu), or
+tensorrt with cuda-python. No torch, no rmt_deploy. Prints latency percentiles after a
+time-based warm-up, and top-1 when the image folder has one sub-folder per class.
+
+    python3 run.py --onnx model.onnx --manifest manifest.json --images cifar10/test --limit 1000
+    python3 run.py --engine model_fp16_b8.engine --manifest manifest.json --batch 8 --iterations 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+def load_preprocessing(manifest: Path | None) -> dict:
+    if manifest is None:
+        return {
+            "input_size": [3, 224, 224],
+            "mean": [0.485, 0.456, 0.406],
+            "std": [0.229, 0.224, 0.225],
+            "crop_pct": 0.875,
+            "interpolation": "bicubic",
+        }
+    return json.loads(manifest.read_text())["preprocessing"]
+
+
+def image_folder(root: Path, limit: int | None) -> list[tuple[Path, int]]:
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir())
+    samples = [
+        (f, i)
+        for i, c in enumerate(classes)
+        for f in sorted((root / c).iterdir())
+        if f.suffix.lower() in SUFFIXES
+    ]
+    if not samples:
+        sys.exit(f"error: {root} has no class sub-folders with images")
+    if limit and limit < len(samples):
+        step = len(samples) / limit
+        samples = [samples[int(i * step)] for i in range(limit)]
+    return samples
+
+
+def preprocess(path: Path, cfg: dict) -> np.ndarray:
+    """Resize the short side to size/crop_pct, center-crop, scale to [0, 1], normalize (CHW)."""
+    from PIL import Image
+
+    _, height, width = cfg["input_size"]
+    resample = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}.get(
+        cfg.get("interpolation", "bilinear"), Image.BILINEAR
+    )
+    with Image.open(path) as img:
+        img = img.convert("RGB")
+        scale = int(min(height, width) / cfg.get("crop_pct", 1.0))
+        w, h = img.size
+        if min(w, h) != scale:
+            ratio = scale / min(w, h)
+            img = img.resize((max(scale, round(w * ratio)), max(scale, round(h * ratio))), resample)
+        w, h = img.size
+        left, top = (w - width) // 2, (h - height) // 2
+        img = img.crop((left, top, left + width, top + height))
+        array = np.asarray(img, dtype=np.float32) / 255.0
+    array = (array - np.array(cfg["mean"], np.float32)) / np.array(cfg["std"], np.float32)
+    return array.transpose(2, 0, 1)
+
+
+class OrtRunner:
+    def __init__(self, path: Path, threads: int | None):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        providers = [
+            p
+            for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+            if p in ort.get_available_providers()
+        ]
+        self.session = ort.InferenceSession(str(path), options, providers=providers)
+        self.name = self.session.get_inputs()[0].name
+        self.device = self.session.get_providers()[0]
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.name: batch})[0]
+
+
+class TrtRunner:
+    """TensorRT 10 execution with explicit device buffers (cuda-python's cudart)."""
+
+    def __init__(self, path: Path):
+        import tensorrt as trt
+        from cuda.bindings import (
+            runtime as cudart,
+        )  # cuda-python ≥ 12.8; older: from cuda import cudart
+
+        self.trt, self.cudart = trt, cudart
+        logger = trt.Logger(trt.Logger.WARNING)
+        self.engine = trt.Runtime(logger).deserialize_cuda_engine(path.read_bytes())
+        self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.input = next(
+            n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT
+        )
+        self.output = next(
+            n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT
+        )
+        _, self.stream = cudart.cudaStreamCreate()
+        self.device = f"TensorRT {trt.__version__}"
+        self.buffers: dict[str, tuple[int, int]] = {}
+
+    def _buffer(self, name: str, nbytes: int) -> int:
+        ptr, size = self.buffers.get(name, (0, 0))
+        if size < nbytes:
+            if ptr:
+                self.cudart.cudaFree(ptr)
+            _, ptr = self.cudart.cudaMalloc(nbytes)
+            self.buffers[name] = (ptr, nbytes)
+        return self.buffers[name][0]
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        cudart = self.cudart
+        lo, _, hi = self.engine.get_tensor_profile_shape(self.input, 0)
+        if not lo[0] <= batch.shape[0] <= hi[0]:
+            sys.exit(
+                f"error: batch {batch.shape[0]} is outside the engine's profile "
+                f"{lo[0]}..{hi[0]}; rebuild with a wider --batch"
+            )
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        self.context.set_input_shape(self.input, batch.shape)
+        out_shape = tuple(self.context.get_tensor_shape(self.output))
+        out = np.empty(out_shape, dtype=np.float32)
+        d_in = self._buffer(self.input, batch.nbytes)
+        d_out = self._buffer(self.output, out.nbytes)
+        kind = cudart.cudaMemcpyKind
+        cudart.cudaMemcpyAsync(
+            d_in, batch.ctypes.data, batch.nbytes, kind.cudaMemcpyHostToDevice, self.stream
+        )
+        self.context.set_tensor_address(self.input, d_in)
+        self.context.set_tensor_address(self.output, d_out)
+        self.context.execute_async_v3(self.stream)
+        cudart.cudaMemcpyAsync(
+            out.ctypes.data, d_out, out.nbytes, kind.cudaMemcpyDeviceToHost, self.stream
+        )
+        cudart.cudaStreamSynchronize(self.stream)
+        return out
+
+
+def percentiles(samples_ms: list[float]) -> dict[str, float]:
+    ordered = sorted(samples_ms)
+
+    def pct(q: float) -> float:
+        return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+    return {
+        "min": ordered[0],
+        "mean": statistics.fmean(ordered),
+        "median": pct(50),
+        "p90": pct(90),
+        "p95": pct(95),
+        "p99": pct(99),
+        "max": ordered[-1],
+        "std": statistics.pstdev(ordered),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--onnx", type=Path)
+    which.add_argument("--engine", type=Path)
+    parser.add_argument("--manifest", type=Path, help="manifest.json written by the export")
+    parser.add_argument("--images", type=Path, help="class sub-folders of images (top-1)")
+    parser.add_argument("--limit", type=int, help="use an evenly spaced subset of the images")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--warmup-seconds", type=float, default=2.0)
+    parser.add_argument("--iterations", type=int, default=100, help="timed runs (random input)")
+    parser.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+
+    cfg = load_preprocessing(args.manifest)
+    runner = OrtRunner(args.onnx, args.threads) if args.onnx else TrtRunner(args.engine)
+    shape = (args.batch, *cfg["input_size"])
+    warm = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    end = time.perf_counter() + args.warmup_seconds
+    while time.perf_counter() < end:
+        runner(warm)
+
+    latencies: list[float] = []
+    correct = seen = 0
+    if args.images:
+        samples = image_folder(args.images, args.limit)
+        for start in range(0, len(samples), args.batch):
+            chunk = samples[start : start + args.batch]
+            batch = np.stack([preprocess(p, cfg) for p, _ in chunk])
+            t0 = time.perf_counter()
+            logits = runner(batch)
+            latencies.append((time.perf_counter() - t0) * 1e3)
+            correct += int((logits.argmax(1) == np.array([y for _, y in chunk])).sum())
+            seen += len(chunk)
+    else:
+        for _ in range(args.iterations):
+            t0 = time.perf_counter()
+            runner(warm)
+            latencies.append((time.perf_counter() - t0) * 1e3)
+
+    stats = percentiles(latencies)
+    result = {
+        "runtime": runner.device,
+        "batch": args.batch,
+        "runs": len(latencies),
+        "latency_ms": stats,
+        "throughput_images_per_s": 1e3 * args.batch / stats["mean"],
+    }
+    if seen:
+        result.update({"images": seen, "top1": 100.0 * correct / seen})
+    print(
+        f"{runner.device}, batch {args.batch}, {len(latencies)} runs: "
+        + ", ".join(f"{k} {v:.3f} ms" for k, v in stats.items())
+        + f"; {result['throughput_images_per_s']:.1f} images/s"
+    )
+    if seen:
+        print(f"top-1 {result['top1']:.2f} % on {seen} images")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
