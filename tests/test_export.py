@@ -71,6 +71,19 @@ def test_resnet56_exports_with_parity(variant, resnet56, cifar64, tmp_path, asse
     assert session.run(None, {"input": np.zeros((5, 3, 32, 32), np.float32)})[0].shape == (5, 10)
 
 
+def test_external_data_past_the_protobuf_limit(tmp_path, monkeypatch):
+    import rmt_deploy.exporters.onnx_export as onnx_export
+
+    monkeypatch.setattr(onnx_export, "_TWO_GB", 1000)  # pretend a 2 GB model
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(48, 32), nn.ReLU(), nn.Linear(32, 5))
+    artifact = export(model, tmp_path, (3, 4, 4), n_verify=4, name="big")
+    assert (tmp_path / "model.onnx.data").stat().st_size >= 48 * 32 * 4
+    assert artifact.onnx_path.stat().st_size < 2000 and artifact.parity.passed
+    manifest = json.loads(artifact.manifest_path.read_text())
+    assert set(manifest["files"]) == {"model.onnx", "model.onnx.data"}
+
+
 class Branchy(nn.Module):
     """A data-dependent branch the tracer freezes: ONNX then disagrees on half the inputs."""
 

@@ -104,3 +104,28 @@ def test_build_engine(small_onnx, tmp_path):
         timing_cache=tmp_path / "cache",
     )
     assert report.engine_path.stat().st_size > 0 and (tmp_path / "cache").exists()
+
+
+HAS_TORCH_TRT = importlib.util.find_spec("torch_tensorrt") is not None
+
+
+@pytest.mark.skipif(HAS_TORCH_TRT, reason="torch-tensorrt is installed")
+def test_torch_tensorrt_missing_is_clear(tmp_path):
+    from rmt_deploy.exporters.torch_tensorrt_build import compile_torch_tensorrt
+
+    with pytest.raises(TensorRTUnavailable, match="torch-tensorrt is not installed"):
+        compile_torch_tensorrt(nn.Linear(4, 2), tmp_path / "m.ep", (4,))
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.skipif(
+    not (HAS_TORCH_TRT and torch.cuda.is_available()),
+    reason="torch-tensorrt and a CUDA device are needed",
+)
+def test_torch_tensorrt_compiles(tmp_path):
+    from rmt_deploy.exporters.torch_tensorrt_build import compile_torch_tensorrt
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.LazyLinear(4))
+    model(torch.zeros(1, 3, 8, 8))
+    path = compile_torch_tensorrt(model, tmp_path / "m.ep", (3, 8, 8), precision="fp16")
+    assert path.stat().st_size > 0

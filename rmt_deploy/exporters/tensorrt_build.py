@@ -57,6 +57,9 @@ class BatchProfile:
         return self.minimum <= batch <= self.maximum
 
 
+SINGLE_BATCH = BatchProfile(1, 1, 1)
+
+
 @dataclass
 class BuildReport:
     engine_path: Path
@@ -153,7 +156,7 @@ def build_engine(
     *,
     precision: str = "fp16",
     sparsity: str = "enable",
-    batch: BatchProfile = BatchProfile(1, 1, 1),
+    batch: BatchProfile = SINGLE_BATCH,
     workspace_mb: int = 2048,
     timing_cache: str | os.PathLike[str] | None = None,
     input_name: str = "input",
