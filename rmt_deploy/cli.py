@@ -170,6 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--opset", type=int, help="default 17 (torchscript) or 20 (dynamo)")
     export.add_argument("--no-simplify", action="store_true", help="skip onnxslim")
     export.add_argument("--static-batch", action="store_true", help="fix the batch axis to 1")
+    export.add_argument(
+        "--torch-tensorrt",
+        choices=("fp32", "fp16", "bf16"),
+        help="also compile with Torch-TensorRT at this precision (GPU only) and save model_trt.ep",
+    )
     export.add_argument("--atol", type=float, default=1e-4)
     export.add_argument("--rtol", type=float, default=1e-3)
     export.set_defaults(func=_cmd_export)
@@ -335,6 +340,13 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from .paths import ensure_output_dir
 
     _resolve_model_arg(args)
+    if args.torch_tensorrt:  # fail before the export, not after it
+        import importlib.util
+
+        if importlib.util.find_spec("torch_tensorrt") is None:
+            raise RmtDeployError(
+                "--torch-tensorrt: torch-tensorrt is not installed (it needs an NVIDIA GPU)"
+            )
     out = ensure_output_dir(args.out)
     model = _load(args)
     config = DataConfig.from_model(model)
@@ -371,6 +383,13 @@ def _cmd_export(args: argparse.Namespace) -> int:
         name=args.model,
         manifest_extra=extra,
     )
+    if args.torch_tensorrt:
+        from .exporters.torch_tensorrt_build import compile_torch_tensorrt
+
+        ep = compile_torch_tensorrt(
+            model, out / "model_trt.ep", tuple(config.input_size), precision=args.torch_tensorrt
+        )
+        print(f"wrote {ep} (Torch-TensorRT ExportedProgram, {args.torch_tensorrt})")
     p = artifact.parity
     print(
         f"{args.model}: wrote {artifact.onnx_path} (opset {artifact.opset}, {args.exporter}); "
