@@ -189,6 +189,33 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--timing-cache", type=Path, help="read and update this timing cache")
     build.set_defaults(func=_cmd_build)
 
+    bench = sub.add_parser("bench", help="latency, memory and accuracy of model variants")
+    bench.add_argument("model", help="model name (the variants are checkpoints of it)")
+    bench.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME[=CHECKPOINT]",
+        help="a variant to compare; the first is the reference (default: dense)",
+    )
+    bench.add_argument(
+        "--backends",
+        default="torch,onnxruntime",
+        help="comma list: torch, torch-compile, onnxruntime",
+    )
+    bench.add_argument("--batches", default="1,8", help="comma list of batch sizes")
+    bench.add_argument("--data", type=Path, help="labelled image folder for top-1")
+    bench.add_argument("--limit", type=_positive_int, default=1000, help="images for top-1")
+    bench.add_argument("--runs", type=_positive_int, default=60)
+    bench.add_argument("--warmup", type=float, default=1.0, help="seconds of warm-up")
+    bench.add_argument("--device", default="cpu", help="cpu or cuda (torch backends)")
+    bench.add_argument("--out", type=Path, required=True)
+    bench.set_defaults(func=_cmd_bench)
+
+    report = sub.add_parser("report", help="re-render tables and plots from saved results")
+    report.add_argument("dir", type=Path, help="folder with bench.json")
+    report.set_defaults(func=_cmd_report)
+
     evaluate = sub.add_parser("eval", help="top-1 accuracy on a labelled image folder")
     _add_model_args(evaluate)
     evaluate.add_argument(
@@ -431,6 +458,79 @@ def _cmd_build(args: argparse.Namespace) -> int:
             f"sparse kernels picked ({len(report.sparse_picked)}): "
             + (", ".join(report.sparse_picked) or "none")
         )
+    return 0
+
+
+def _int_list(text: str, what: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError as exc:
+        raise RmtDeployError(f"{what} takes a comma list of integers, got {text!r}") from exc
+    if not values or min(values) <= 0:
+        raise RmtDeployError(f"{what} takes positive integers, got {text!r}")
+    return values
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import BACKENDS, benchmark, write_report
+    from .data import eval_transform, load_image_dataset
+    from .exporters import export
+    from .models import DataConfig, load_model
+    from .paths import ensure_output_dir
+
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    unknown = [b for b in backends if b not in BACKENDS]
+    if unknown:
+        raise RmtDeployError(
+            f"unknown backend(s) {', '.join(unknown)}; available: {', '.join(BACKENDS)}"
+        )
+    batches = _int_list(args.batches, "--batches")
+    out = ensure_output_dir(args.out)
+    variants: dict[str, dict] = {}
+    for spec in args.variant or ["dense"]:
+        name, _, checkpoint = spec.partition("=")
+        model = load_model(args.model, checkpoint or None, assets=args.assets)
+        variants[name] = {"model": model}
+    config = DataConfig.from_model(next(iter(variants.values()))["model"])
+    data = None
+    if args.data is not None:
+        data = load_image_dataset(args.data, eval_transform(config), args.limit)
+    if "onnxruntime" in backends:
+        for name, spec in variants.items():
+            spec["onnx"] = export(
+                spec["model"], out / "onnx" / name, tuple(config.input_size), n_verify=8, name=name
+            ).onnx_path
+    suite = benchmark(
+        variants,
+        backends,
+        batches,
+        tuple(config.input_size),
+        data=data,
+        reference=next(iter(variants)),
+        warmup_s=args.warmup,
+        runs=args.runs,
+        backend_options={"device": args.device},
+    )
+    write_report(suite, out, f"{args.model}: {', '.join(variants)}")
+    for r in suite.results:
+        speed = r.extra.get("speedup_vs_reference")
+        print(
+            f"{r.variant:>12} {r.backend:>12} batch {r.batch:>4}: median "
+            f"{r.latency.median_ms:8.3f} ms  p99 {r.latency.p99_ms:8.3f} ms"
+            + (f"  ×{speed:.2f}" if speed else "")
+            + (f"  top-1 {r.top1:.2f} %" if r.top1 is not None else "")
+        )
+    for s in suite.skipped:
+        print(f"not run: {s['variant']} / {s['backend']}: {s['reason']}")
+    print(f"wrote {out / 'bench.md'}, bench.json, bench.csv and plots")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .bench import render_saved
+
+    written = render_saved(args.dir)
+    print("wrote " + ", ".join(str(p) for p in written))
     return 0
 
 

@@ -1,0 +1,19 @@
+"""Benchmarks: latency percentiles, memory, FLOPs and accuracy over backends; reports."""
+
+from .backends import BACKENDS, BackendUnavailable, register_backend
+from .report import render_saved, write_report
+from .runner import BenchResult, BenchSuite, benchmark
+from .stats import LatencyStats, summarize
+
+__all__ = [
+    "BACKENDS",
+    "BackendUnavailable",
+    "BenchResult",
+    "BenchSuite",
+    "LatencyStats",
+    "benchmark",
+    "register_backend",
+    "render_saved",
+    "summarize",
+    "write_report",
+]

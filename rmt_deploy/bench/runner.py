@@ -1,0 +1,199 @@
+"""benchmark(): latency after a time-based warm-up, memory, FLOPs and accuracy for each
+(variant, backend, batch), variants interleaved so that their ratios are paired."""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.flop_counter import FlopCounterMode
+
+from ..errors import DataError
+from .backends import BackendUnavailable, Prepared, prepare
+from .stats import LatencyStats, summarize
+
+
+@dataclass
+class BenchResult:
+    variant: str
+    backend: str
+    batch: int
+    device: str
+    threads: int
+    latency: LatencyStats
+    params: int
+    flops_per_image: int | None
+    file_bytes: int | None
+    peak_rss_mb: float
+    peak_cuda_mb: float | None
+    top1: float | None = None
+    agreement_with_reference: float | None = None
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class BenchSuite:
+    results: list[BenchResult]
+    skipped: list[dict]  # variant/backend pairs that could not run, with the reason
+    reference: str | None = None
+
+    def to_dict(self) -> dict:
+        return {
+            "reference": self.reference,
+            "results": [r.to_dict() for r in self.results],
+            "skipped": self.skipped,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> BenchSuite:
+        results = []
+        for r in data["results"]:
+            r = dict(r)
+            r["latency"] = LatencyStats(**r["latency"])
+            results.append(BenchResult(**r))
+        return cls(results, data.get("skipped", []), data.get("reference"))
+
+
+def count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """FLOPs of one image, by torch's FlopCounterMode (2 per multiply-accumulate)."""
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(torch.zeros(1, *input_shape))
+    return int(counter.get_total_flops())
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def time_runs(prepared: Prepared, batch: np.ndarray, warmup_s: float, runs: int) -> list[float]:
+    """Warm up for `warmup_s` seconds, then time `runs` calls (CUDA events on GPU)."""
+    end = time.perf_counter() + warmup_s
+    while time.perf_counter() < end:
+        prepared.run(batch)
+    prepared.synchronize()
+    samples = []
+    for _ in range(runs):
+        if prepared.cuda:
+            start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            prepared.run(batch)
+            stop.record()
+            torch.cuda.synchronize()
+            samples.append(start.elapsed_time(stop))
+        else:
+            t0 = time.perf_counter()
+            prepared.run(batch)
+            samples.append((time.perf_counter() - t0) * 1e3)
+    return samples
+
+
+def accuracy(prepared: Prepared, data: Dataset, batch_size: int = 100) -> tuple[float, np.ndarray]:
+    if len(data) == 0:
+        raise DataError("the accuracy dataset is empty")
+    preds, correct = [], 0
+    for images, labels in DataLoader(data, batch_size=batch_size, num_workers=1):
+        logits = prepared.run(images.numpy())
+        pred = logits.argmax(1)
+        preds.append(pred)
+        correct += int((pred == labels.numpy()).sum())
+    return 100.0 * correct / len(data), np.concatenate(preds)
+
+
+def benchmark(
+    variants: dict[str, dict],
+    backends: list[str],
+    batches: list[int],
+    input_shape: tuple[int, int, int],
+    *,
+    data: Dataset | None = None,
+    reference: str | None = None,
+    warmup_s: float = 1.0,
+    runs: int = 50,
+    rounds: int = 3,
+    backend_options: dict | None = None,
+) -> BenchSuite:
+    """`variants`: name → {"model": nn.Module, "onnx": Path | None}. Every (variant, backend)
+    that can run is timed at every batch size; variants alternate within each round and the
+    samples of all rounds are pooled, so slow drifts of the machine hit all of them alike."""
+    options = backend_options or {}
+    prepared: dict[tuple[str, str], Prepared] = {}
+    skipped: dict[tuple[str, str], str] = {}
+    for vname, spec in variants.items():
+        for backend in backends:
+            try:
+                prepared[vname, backend] = prepare(
+                    backend, spec.get("model"), spec.get("onnx"), **options
+                )
+            except BackendUnavailable as exc:
+                skipped[vname, backend] = str(exc)
+    if not prepared:
+        reasons = "; ".join(f"{v}/{b}: {r}" for (v, b), r in skipped.items())
+        raise BackendUnavailable(f"no backend can run any variant ({reasons})")
+    rng = np.random.default_rng(0)
+    samples: dict[tuple[str, str, int], list[float]] = {}
+    for batch in batches:
+        x = rng.standard_normal((batch, *input_shape)).astype(np.float32)
+        for _ in range(rounds):
+            for key, runner in prepared.items():
+                samples.setdefault((*key, batch), []).extend(
+                    time_runs(runner, x, warmup_s / rounds, max(1, runs // rounds))
+                )
+    results = []
+    preds: dict[tuple[str, str], np.ndarray] = {}
+    for (vname, backend), runner in prepared.items():
+        spec = variants[vname]
+        model = spec.get("model")
+        onnx_path = spec.get("onnx")
+        top1 = None
+        if data is not None:
+            top1, preds[vname, backend] = accuracy(runner, data)
+        for batch in batches:
+            results.append(
+                BenchResult(
+                    variant=vname,
+                    backend=backend,
+                    batch=batch,
+                    device=runner.device,
+                    threads=runner.threads,
+                    latency=summarize(samples[vname, backend, batch], batch),
+                    params=sum(p.numel() for p in model.parameters()) if model is not None else 0,
+                    flops_per_image=count_flops(model, input_shape) if model is not None else None,
+                    file_bytes=Path(onnx_path).stat().st_size
+                    if onnx_path and backend == "onnxruntime"
+                    else None,
+                    peak_rss_mb=_peak_rss_mb(),
+                    peak_cuda_mb=(
+                        torch.cuda.max_memory_allocated() / 2**20
+                        if torch.cuda.is_available()
+                        else None
+                    ),
+                    top1=top1,
+                    extra={"pid": os.getpid()},
+                )
+            )
+    if reference is not None:
+        for r in results:
+            ref = preds.get((reference, r.backend))
+            mine = preds.get((r.variant, r.backend))
+            if ref is not None and mine is not None:
+                r.agreement_with_reference = float((ref == mine).mean() * 100)
+    if reference is not None:
+        base = {
+            (r.backend, r.batch): r.latency.median_ms for r in results if r.variant == reference
+        }
+        for r in results:
+            if (r.backend, r.batch) in base:
+                r.extra["speedup_vs_reference"] = base[r.backend, r.batch] / r.latency.median_ms
+    skipped_list = [{"variant": v, "backend": b, "reason": why} for (v, b), why in skipped.items()]
+    return BenchSuite(results, skipped_list, reference)

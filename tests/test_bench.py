@@ -1,0 +1,180 @@
+"""Benchmark harness: statistics, tegrastats parsing, backends, reports, bad input."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from rmt_deploy.bench import BackendUnavailable, benchmark, render_saved, summarize, write_report
+from rmt_deploy.bench.tegrastats import energy_per_inference_mj, input_rail, parse_line
+from rmt_deploy.cli import main
+from rmt_deploy.exporters import export
+
+ORIN_NANO = (
+    "11-24-2026 10:15:32 RAM 2442/7620MB (lfb 1055x4MB) SWAP 0/3810MB (cached 0MB) "
+    "CPU [1%@729,0%@729,0%@729,0%@729,off,off] EMC_FREQ 0%@2133 GR3D_FREQ 37%@[305] "
+    "NVDEC off NVJPG off VIC off OFA off APE 200 cpu@46.781C soc2@45.968C gpu@46.062C "
+    "tj@46.781C VDD_IN 4812mW/4512mW VDD_CPU_GPU_CV 481mW/470mW VDD_SOC 1403mW/1398mW"
+)
+AGX_ORIN = (
+    "RAM 5127/30536MB (lfb 5914x4MB) SWAP 0/15268MB (cached 0MB) CPU [2%@2201,0%@2201,"
+    "0%@2201,0%@2201,0%@2201,0%@2201,0%@2201,0%@2201] EMC_FREQ 0%@3199 GR3D_FREQ 99%@[1300,1300] "
+    "VIC_FREQ 729 APE 174 CV0@-256C CPU@48.343C Tboard@37C SOC2@45.468C VDD_GPU_SOC 13182mW/9182mW "
+    "VDD_CPU_CV 794mW/794mW VIN_SYS_5V0 3927mW/3927mW VDDQ_VDD2_1V8AO 503mW/503mW"
+)
+XAVIER_NX = (
+    "RAM 2917/7772MB (lfb 3x4MB) SWAP 0/3886MB (cached 0MB) CPU [3%@1190,1%@1190] "
+    "EMC_FREQ 0%@1600 GR3D_FREQ 0%@114 APE 150 MTS fg 0% bg 0% AO@34C GPU@33.5C "
+    "VDD_IN 3927/3927 VDD_CPU_GPU_CV 450/450 VDD_SOC 1105/1105"
+)
+
+
+def test_summary_matches_numpy():
+    samples = list(np.random.default_rng(0).gamma(4, 1.5, 501))
+    stats = summarize(samples, batch=8)
+    for name, q in (("median_ms", 50), ("p90_ms", 90), ("p95_ms", 95), ("p99_ms", 99)):
+        assert getattr(stats, name) == pytest.approx(np.percentile(samples, q))
+    assert stats.throughput == pytest.approx(8e3 / np.mean(samples))
+    assert stats.min_ms == min(samples) and stats.runs == 501
+
+
+def test_tegrastats_lines_of_each_module():
+    nano = parse_line(ORIN_NANO)
+    assert (nano.ram_used_mb, nano.ram_total_mb) == (2442, 7620)
+    assert (nano.gpu_load_pct, nano.gpu_freq_mhz) == (37, 305)
+    assert nano.rails_mw == {"VDD_IN": 4812, "VDD_CPU_GPU_CV": 481, "VDD_SOC": 1403}
+    agx = parse_line(AGX_ORIN)
+    assert agx.gpu_load_pct == 99 and agx.gpu_freq_mhz == 1300
+    assert agx.rails_mw == {
+        "VDD_GPU_SOC": 13182,
+        "VDD_CPU_CV": 794,
+        "VIN_SYS_5V0": 3927,
+        "VDDQ_VDD2_1V8AO": 503,
+    }
+    assert input_rail(agx) == "VIN_SYS_5V0" and input_rail(nano) == "VDD_IN"
+    nx = parse_line(XAVIER_NX)
+    assert nx.rails_mw["VDD_IN"] == 3927 and nx.gpu_freq_mhz == 114
+    # 4812 mW at 100 inferences/s = 48.12 mJ per inference
+    assert energy_per_inference_mj([nano], 100.0) == pytest.approx(48.12)
+
+
+def tiny():
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)
+    ).eval()
+
+
+def test_benchmark_two_variants_two_backends(tmp_path):
+    dense = tiny()
+    other = tiny()
+    with torch.no_grad():
+        other[4].weight[:, ::2] = 0
+    variants = {}
+    for name, model in (("dense", dense), ("pruned", other)):
+        art = export(model, tmp_path / name, (3, 8, 8), n_verify=4, name=name)
+        variants[name] = {"model": model, "onnx": art.onnx_path}
+    data = TensorDataset(torch.randn(40, 3, 8, 8), torch.randint(0, 4, (40,)))
+    suite = benchmark(
+        variants,
+        ["torch", "onnxruntime"],
+        [1, 4],
+        (3, 8, 8),
+        data=data,
+        reference="dense",
+        warmup_s=0.05,
+        runs=9,
+        rounds=3,
+    )
+    assert len(suite.results) == 2 * 2 * 2 and not suite.skipped
+    for r in suite.results:
+        assert r.latency.runs == 9 and r.latency.median_ms > 0 and r.threads >= 1
+        assert r.flops_per_image == 2 * (8 * 3 * 9 * 36) + 2 * (8 * 4)  # conv + linear MACs × 2
+        assert 0 <= r.top1 <= 100 and r.peak_rss_mb > 0
+    dense_rows = [r for r in suite.results if r.variant == "dense"]
+    assert all(r.agreement_with_reference == 100.0 for r in dense_rows)
+    assert all(r.extra["speedup_vs_reference"] == 1.0 for r in dense_rows)
+    written = write_report(suite, tmp_path / "report", "tiny")
+    assert {p.name for p in written} >= {
+        "bench.json",
+        "bench.csv",
+        "bench.md",
+        "pareto.png",
+        "latency_by_batch.png",
+    }
+    (tmp_path / "report" / "bench.md").unlink()
+    render_saved(tmp_path / "report")
+    assert "| pruned | onnxruntime | 4 |" in (tmp_path / "report" / "bench.md").read_text()
+
+
+def test_backends_that_cannot_run(tmp_path):
+    with pytest.raises(BackendUnavailable, match="no backend can run"):
+        benchmark({"m": {"model": tiny()}}, ["onnxruntime"], [1], (3, 8, 8), runs=2)
+    suite = benchmark(
+        {"m": {"model": tiny()}}, ["torch", "onnxruntime"], [1], (3, 8, 8), warmup_s=0.01, runs=2
+    )
+    assert suite.skipped[0]["backend"] == "onnxruntime"
+    assert "needs an exported model.onnx" in suite.skipped[0]["reason"]
+
+
+def test_bench_cli_bad_input(capsys, tmp_path, assets):
+    out = str(tmp_path / "o")
+    assert (
+        main(["--quiet", "bench", "cifar_resnet20", "--backends", "tensorflow", "--out", out]) == 2
+    )
+    assert "unknown backend(s) tensorflow" in capsys.readouterr().err
+    assert main(["--quiet", "bench", "cifar_resnet20", "--batches", "1,x", "--out", out]) == 2
+    assert "comma list of integers" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    (empty / "cat").mkdir(parents=True)
+    assert (
+        main(
+            [
+                "--quiet",
+                "bench",
+                "cifar_resnet20",
+                "--backends",
+                "torch",
+                "--data",
+                str(empty),
+                "--out",
+                out,
+            ]
+        )
+        == 2
+    )
+    assert "not an image folder" in capsys.readouterr().err
+    assert main(["--quiet", "report", str(tmp_path)]) == 2
+    assert "cannot read benchmark results" in capsys.readouterr().err
+
+
+def test_bench_cli_real_model(capsys, tmp_path, assets, cifar_test):
+    code = main(
+        [
+            "--quiet",
+            "--assets",
+            str(assets),
+            "bench",
+            "cifar_resnet20",
+            "--backends",
+            "torch,onnxruntime",
+            "--batches",
+            "1,2",
+            "--data",
+            str(cifar_test),
+            "--limit",
+            "100",
+            "--runs",
+            "6",
+            "--warmup",
+            "0.1",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    data = json.loads((tmp_path / "bench.json").read_text())
+    assert len(data["results"]) == 4 and all(r["top1"] > 60 for r in data["results"])
