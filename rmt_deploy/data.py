@@ -56,6 +56,17 @@ def train_transform(config: DataConfig) -> transforms.Compose:
     )
 
 
+def take_images(loader, max_images: int):
+    """Yield the image batches of `loader` until `max_images` images in all (last one cut)."""
+    seen = 0
+    for images, _labels in loader:
+        images = images[: max_images - seen]
+        yield images
+        seen += len(images)
+        if seen >= max_images:
+            return
+
+
 class LabeledImages(Dataset):
     """A list of (image path, class index) pairs; the common form of both folder layouts."""
 

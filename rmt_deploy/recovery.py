@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 from tqdm.auto import tqdm
 
+from .data import take_images
 from .errors import DataError, RmtDeployError
 from .layers import MASKED_TYPES
 
@@ -62,12 +63,11 @@ def bn_recalibrate(
     )
     seen = 0
     try:
-        for images, _ in tqdm(loader, desc="bn-recal", unit="batch", disable=not progress):
-            images = images[: n_images - seen]
+        for images in tqdm(
+            take_images(loader, n_images), desc="bn-recal", unit="batch", disable=not progress
+        ):
             model(images)
             seen += len(images)
-            if seen >= n_images:
-                break
     finally:
         for m, (momentum, training) in zip(bns, saved, strict=True):
             m.momentum = momentum

@@ -7,6 +7,7 @@ from torch import nn
 
 from rmt_deploy import ModelSpectrum, analyze
 from rmt_deploy.errors import NonFiniteWeightsError
+from tests.families import FAMILIES
 
 
 class Toy(nn.Module):
@@ -73,17 +74,7 @@ def test_nan_weights_name_the_layer():
         analyze(model)
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        "vit_tiny_patch16_224",
-        "deit_tiny_patch16_224",
-        "swin_tiny_patch4_window7_224",
-        "convnext_atto",
-        "hiera_tiny_224",
-        "resnet18",
-    ],
-)
+@pytest.mark.parametrize("name", list(FAMILIES.values()))
 def test_timm_families(name):
     from rmt_deploy import load_model
 

@@ -11,15 +11,7 @@ from rmt_deploy.compress import compress_
 from rmt_deploy.layers import MASKED_TYPES, LowRankConv2d, LowRankLinear, is_nm_sparse
 from rmt_deploy.recovery import FinetuneConfig, finetune
 from rmt_deploy.strategies import plan
-
-FAMILIES = {
-    "vit": "vit_tiny_patch16_224",
-    "deit": "deit_tiny_patch16_224",
-    "swin": "swin_tiny_patch4_window7_224",
-    "convnext": "convnext_atto",
-    "hiera": "hiera_tiny_224",
-    "resnet": "resnet18",
-}
+from tests.families import FAMILIES
 
 
 def images(n=4):

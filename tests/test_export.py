@@ -15,15 +15,9 @@ from rmt_deploy import DataConfig, compress_, load_model, plan
 from rmt_deploy.data import eval_transform, load_image_dataset
 from rmt_deploy.exporters import ExportMismatchError, export, verify_onnx
 from rmt_deploy.layers import is_nm_sparse
+from tests.families import FAMILIES
 
-TIMM = [
-    "vit_tiny_patch16_224",
-    "deit_tiny_patch16_224",
-    "swin_tiny_patch4_window7_224",
-    "convnext_atto",
-    "hiera_tiny_224",
-    "resnet18",
-]
+TIMM = list(FAMILIES.values())
 
 
 @pytest.fixture(scope="module")

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..data import take_images
 from ..errors import RmtDeployError
 from ..paths import ensure_output_dir, write_json_atomic
 
@@ -83,13 +84,7 @@ def _inputs(data: Dataset | None, n: int, shape: tuple[int, ...], batch: int):
         for start in range(0, n, batch):
             yield torch.randn(min(batch, n - start), *shape, generator=g)
         return
-    seen = 0
-    for images, _ in DataLoader(data, batch_size=batch, shuffle=False, num_workers=1):
-        images = images[: n - seen]
-        yield images
-        seen += len(images)
-        if seen >= n:
-            return
+    yield from take_images(DataLoader(data, batch_size=batch, shuffle=False, num_workers=1), n)
 
 
 @torch.no_grad()

@@ -36,6 +36,16 @@ class _MaskedMixin:
     def fold_(self) -> None:
         self.weight.mul_(self.weight_mask)
 
+    @torch.no_grad()
+    def _take_from(self, dense: nn.Module, mask: torch.Tensor):
+        """Copy the dense layer's weight and bias, install `mask`, zero the pruned entries."""
+        self.weight.copy_(dense.weight)
+        if dense.bias is not None:
+            self.bias.copy_(dense.bias)
+        self.weight_mask.copy_(mask)
+        self.fold_()
+        return self.to(dense.weight.device)
+
 
 class MaskedLinear(_MaskedMixin, nn.Linear):
     def __init__(
@@ -89,13 +99,7 @@ class MaskedConv2d(_MaskedMixin, nn.Conv2d):
             bias=conv.bias is not None,
             padding_mode=conv.padding_mode,
         )
-        with torch.no_grad():
-            layer.weight.copy_(conv.weight)
-            if conv.bias is not None:
-                layer.bias.copy_(conv.bias)
-        layer.weight_mask.copy_(mask)
-        layer.fold_()
-        return layer.to(conv.weight.device)
+        return layer._take_from(conv, mask)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(x, self.masked_weight(), self.bias)

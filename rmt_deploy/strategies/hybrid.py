@@ -19,7 +19,7 @@ from ..layers import MASKED_TYPES
 from ..plan import CompressionPlan
 from ..recovery import FinetuneConfig, bn_recalibrate, finetune
 from .base import PlanContext, global_masks, mask_entry, register_strategy
-from .ser import ser_masks
+from .ser import SER_DEFAULTS, ser_masks
 
 
 def _split(data, holdout: int, seed: int = 0):
@@ -35,11 +35,7 @@ def _split(data, holdout: int, seed: int = 0):
     cycle_steps=100,
     cycle_lr=0.005,
     holdout_images=1000,
-    rho=1.05,
-    reservoir_steps=128,
-    reservoir_lr=1e-3,
-    batch_size=64,
-    progress=False,
+    **SER_DEFAULTS,
 )
 def hybrid(ctx: PlanContext):
     """Magnitude cycles while held-out top-1 stays within the drop threshold, then SER."""

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..data import take_images
 from ..plan import LayerPlan
 from .base import PlanContext, dense_entry, register_strategy
 
@@ -45,14 +46,11 @@ def input_covariances(
     handles = [m.register_forward_pre_hook(hook(n, m)) for n, m in modules.items()]
     was_training = model.training
     model.eval()
-    seen = 0
     try:
-        for images, _ in tqdm(loader, desc="calibrate", unit="batch", disable=not progress):
-            images = images[: max_images - seen]
+        for images in tqdm(
+            take_images(loader, max_images), desc="calibrate", unit="batch", disable=not progress
+        ):
             model(images)
-            seen += len(images)
-            if seen >= max_images:
-                break
     finally:
         for handle in handles:
             handle.remove()

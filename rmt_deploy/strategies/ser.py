@@ -85,15 +85,17 @@ def ser_masks(ctx: PlanContext, weights: dict[str, torch.Tensor]) -> dict[str, t
     return out
 
 
-@register_strategy(
-    "ser",
-    needs_data=True,
-    rho=1.05,
-    reservoir_steps=128,
-    reservoir_lr=1e-3,
-    batch_size=64,
-    progress=False,
-)
+# Successor's runner: ρ slightly above 1; at least 128 reservoir batches; AdamW.
+SER_DEFAULTS = {
+    "rho": 1.05,
+    "reservoir_steps": 128,
+    "reservoir_lr": 1e-3,
+    "batch_size": 64,
+    "progress": False,
+}
+
+
+@register_strategy("ser", needs_data=True, **SER_DEFAULTS)
 def ser(ctx: PlanContext):
     """Sparsify–estimate–restore: over-prune with SEB, train the reservoir, restore the top."""
     weights = {name: module.weight.detach().clone() for name, module in ctx.targets}
