@@ -36,7 +36,7 @@ def load_preprocessing(manifest: Path | None) -> dict:
 
 
 def image_folder(root: Path, limit: int | None) -> list[tuple[Path, int]]:
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir())
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     samples = [
         (f, i)
         for i, c in enumerate(classes)

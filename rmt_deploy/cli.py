@@ -48,6 +48,16 @@ def _settings(pairs: list[str]) -> dict[str, object]:
     return out
 
 
+def _nonneg_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected an integer ≥ 0, got {text!r}") from exc
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer ≥ 0, got {value}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -138,13 +148,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     compress.add_argument(
         "--bn-recal-images",
-        type=int,
+        type=_nonneg_int,
         default=2000,
         help="re-estimate BatchNorm statistics on this many images (with --data)",
     )
     compress.add_argument(
         "--finetune-steps",
-        type=int,
+        type=_nonneg_int,
         default=0,
         help="recovery fine-tune steps after compression (with --data)",
     )
@@ -297,6 +307,10 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     from .recovery import FinetuneConfig, bn_recalibrate, finetune
     from .strategies import plan
 
+    if args.finetune_steps > 0 and args.data is None:  # say so before minutes of planning
+        raise RmtDeployError("--finetune-steps needs --data (a training image folder)")
+    if not 0.0 <= args.distill_alpha <= 1.0:
+        raise RmtDeployError(f"--distill-alpha must lie in [0, 1], got {args.distill_alpha}")
     out = ensure_output_dir(args.out)
     _init_distributed()
     model = _load(args)
@@ -307,7 +321,9 @@ def _cmd_compress(args: argparse.Namespace) -> int:
         train = load_image_dataset(args.data, train_transform(config))
     data = train if args.strategy in ("ser", "hybrid") else calib
     settings = _settings(args.set)
-    the_plan = plan(model, args.strategy, args.sparsity, data=data, name=args.model, **settings)
+    the_plan = plan(
+        model, args.strategy, args.sparsity, data=data, name=args.model, config=settings
+    )
     teacher = copy.deepcopy(model) if args.distill_alpha > 0 else None
     compress_(model, the_plan)
     if calib is not None and args.bn_recal_images > 0:

@@ -59,6 +59,11 @@ def compress_(model: nn.Module, plan: CompressionPlan, structure_only: bool = Fa
     later `load_state_dict`): that is how a compressed checkpoint is loaded.
     """
     modules = [(layer, _target(model, layer)) for layer in plan.layers]  # validate everything first
+    if plan.extra_state and not structure_only:
+        unknown = set(plan.extra_state) - set(model.state_dict())
+        if unknown:
+            raise PlanError(f"plan state names tensors the model lacks: {sorted(unknown)[:5]}")
+        model.load_state_dict(plan.extra_state, strict=False)
     for layer, module in modules:
         if "weight" in layer.payload and not structure_only:
             module.weight.copy_(layer.payload["weight"])
@@ -72,7 +77,8 @@ def compress_(model: nn.Module, plan: CompressionPlan, structure_only: bool = Fa
                 left, right = layer.payload["left"], layer.payload["right"]
             else:
                 left, right = truncated_svd(module.weight, layer.rank)
-            replace_module(model, layer.name, _lowrank(module, left, right))
+            new = _lowrank(module, left, right).to(module.weight.device, module.weight.dtype)
+            replace_module(model, layer.name, new)
             continue
         if structure_only:
             mask = torch.ones_like(module.weight)

@@ -85,6 +85,9 @@ class CompressionPlan:
     config: dict[str, Any]
     layers: list[LayerPlan]
     model: str = ""
+    # Non-target parameters and buffers a strategy changed while planning (hybrid's fine-tuned
+    # norms and biases), keyed as in the uncompressed model; in memory only, like payloads.
+    extra_state: dict[str, torch.Tensor] = field(default_factory=dict, repr=False, compare=False)
 
     def summary(self) -> dict[str, Any]:
         before = sum(layer.params_before for layer in self.layers)

@@ -44,7 +44,8 @@ def test_json_round_trip_and_recompute(tmp_path):
     compress_(b, loaded)  # no payload: per-layer magnitude at the planned density
     for (name, ma), (_, mb) in zip(a.named_modules(), b.named_modules(), strict=True):
         if isinstance(ma, MaskedConv2d | MaskedLinear):
-            assert ma.density == pytest.approx(mb.density, abs=1e-3), name
+            # a global threshold keeps, in each layer, that layer's largest |W|: the same set
+            assert torch.equal(ma.weight_mask, mb.weight_mask), name
 
 
 def test_compressed_checkpoint_reloads(tmp_path):

@@ -8,7 +8,7 @@ from torch.utils.data import TensorDataset
 
 from rmt_deploy.compress import compress_
 from rmt_deploy.models import CifarResNet
-from rmt_deploy.strategies import plan
+from rmt_deploy.strategies import StrategyError, plan
 from rmt_deploy.strategies.classic_rmt import sparsify_singular_vectors
 from rmt_deploy.strategies.lowrank import whitened_factors
 from rmt_deploy.strategies.seb import layer_kind, seb_regime
@@ -135,7 +135,10 @@ def test_hybrid_hands_off_and_reaches_target():
     )
     assert p.summary()["sparsity"] == pytest.approx(0.4, abs=1e-3)
     assert "held-out top-1 by level" in p.layers[0].reason
+    # The cycles recalibrated BatchNorm and fine-tuned biases: that state travels in the plan.
+    assert "bn1.running_mean" in p.extra_state and "layer1.0.conv1.weight" not in p.extra_state
     compress_(model, p)
+    assert torch.equal(model.bn1.running_mean, p.extra_state["bn1.running_mean"])
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
 
@@ -143,3 +146,17 @@ def test_strategy_on_user_module():
     model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 16))
     p = plan(model, "seb", 0.45)
     assert p.summary()["sparsity"] == pytest.approx(0.45, abs=1e-4)
+
+
+def test_settings_are_typed():
+    model = model20()
+    p = plan(model, "classic_rmt", 0.3, config={"theta": "0.2"})
+    assert p.config["theta"] == 0.2
+    with pytest.raises(StrategyError, match="theta must be a float"):
+        plan(model, "classic_rmt", 0.3, config={"theta": "abc"})
+    with pytest.raises(StrategyError, match="must not be negative"):
+        plan(model, "lowrank", 0.3, data=synthetic(), config={"calib_images": -1})
+    with pytest.raises(StrategyError, match="no setting sparsity"):
+        plan(model, "seb", 0.3, config={"sparsity": 0.9})
+    with pytest.raises(StrategyError, match="step must lie"):
+        plan(model, "hybrid", 0.3, data=synthetic(), step=0.0)

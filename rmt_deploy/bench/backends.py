@@ -3,6 +3,7 @@ on numpy/torch inputs, or says why it cannot run here."""
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -77,7 +78,7 @@ def _device(options) -> str:
 
 @register_backend("torch")
 def torch_eager(model=None, onnx_path=None, **options) -> Prepared:
-    module = _need_model(model, "torch").eval()
+    module = copy.deepcopy(_need_model(model, "torch")).eval()  # the caller's stays on CPU
     device = _device(options)
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[
         options.get("precision", "fp32")
@@ -87,7 +88,7 @@ def torch_eager(model=None, onnx_path=None, **options) -> Prepared:
 
 @register_backend("torch-compile")
 def torch_compiled(model=None, onnx_path=None, **options) -> Prepared:
-    module = _need_model(model, "torch-compile").eval()
+    module = copy.deepcopy(_need_model(model, "torch-compile")).eval()
     device = _device(options)
     try:
         compiled = torch.compile(module.to(device))

@@ -127,6 +127,16 @@ def benchmark(
     that can run is timed at every batch size; variants alternate within each round and the
     samples of all rounds are pooled, so slow drifts of the machine hit all of them alike."""
     options = backend_options or {}
+    # Counted on the CPU models before any backend copies them elsewhere.
+    sizes = {
+        v: (
+            sum(p.numel() for p in spec["model"].parameters()),
+            count_flops(spec["model"], input_shape),
+        )
+        if spec.get("model") is not None
+        else (0, None)
+        for v, spec in variants.items()
+    }
     prepared: dict[tuple[str, str], Prepared] = {}
     skipped: dict[tuple[str, str], str] = {}
     for vname, spec in variants.items():
@@ -153,7 +163,6 @@ def benchmark(
     preds: dict[tuple[str, str], np.ndarray] = {}
     for (vname, backend), runner in prepared.items():
         spec = variants[vname]
-        model = spec.get("model")
         onnx_path = spec.get("onnx")
         top1 = None
         if data is not None:
@@ -167,8 +176,8 @@ def benchmark(
                     device=runner.device,
                     threads=runner.threads,
                     latency=summarize(samples[vname, backend, batch], batch),
-                    params=sum(p.numel() for p in model.parameters()) if model is not None else 0,
-                    flops_per_image=count_flops(model, input_shape) if model is not None else None,
+                    params=sizes[vname][0],
+                    flops_per_image=sizes[vname][1],
                     file_bytes=Path(onnx_path).stat().st_size
                     if onnx_path and backend == "onnxruntime"
                     else None,

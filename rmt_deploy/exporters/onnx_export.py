@@ -225,9 +225,18 @@ def export(
         start = time.perf_counter()
         graph = onnx.load(str(raw))
         if simplify:
-            import onnxslim
+            try:
+                import onnxslim
 
-            graph = onnxslim.slim(graph)
+                graph = onnxslim.slim(graph)
+            except ImportError as exc:
+                raise ExportError(
+                    "onnxslim is not installed (pip install onnxslim, or --no-simplify)"
+                ) from exc
+            except Exception as exc:
+                raise ExportError(
+                    f"onnxslim failed on {name}: {exc} (retry with --no-simplify)"
+                ) from exc
         try:
             onnx.checker.check_model(graph, full_check=False)
             graph = onnx.shape_inference.infer_shapes(graph, strict_mode=True)
@@ -265,6 +274,7 @@ def export(
                 "file was written"
             )
         final = out / "model.onnx"
+        (out / "model.onnx.data").unlink(missing_ok=True)  # never pair with a stale data file
         if external:
             shutil.move(str(Path(tmp_dir) / "model.onnx.data"), out / "model.onnx.data")
         os.replace(staged, final)

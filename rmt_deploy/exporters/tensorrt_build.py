@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -194,14 +195,22 @@ def build_engine(
         flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
-    graph = onnx.load(str(onnx_path))
-    if strongly_typed:
-        graph = cast_onnx_precision(graph, precision)
-    if sparsity == "force":
-        from .onnx_sparsity import force_24_initializers
+    parse_path = Path(onnx_path)
+    with tempfile.TemporaryDirectory() as tmp_dir:
+        if strongly_typed or sparsity == "force":
+            graph = onnx.load(str(onnx_path))
+            if strongly_typed:
+                graph = cast_onnx_precision(graph, precision)
+            if sparsity == "force":
+                from .onnx_sparsity import force_24_initializers
 
-        force_24_initializers(graph)
-    if not parser.parse(graph.SerializeToString(), str(Path(onnx_path).parent)):
+                force_24_initializers(graph)
+            parse_path = Path(tmp_dir) / "model.onnx"  # external data: no 2 GB protobuf limit
+            onnx.save_model(
+                graph, str(parse_path), save_as_external_data=True, location="model.onnx.data"
+            )
+        parsed = parser.parse_from_file(str(parse_path))
+    if not parsed:
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise EngineBuildError(f"TensorRT cannot parse {onnx_path}: {errors}")
     config = builder.create_builder_config()

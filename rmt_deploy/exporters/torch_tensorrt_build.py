@@ -59,7 +59,10 @@ def compile_torch_tensorrt(
     )
     example = torch.randn(batch.optimum, *input_shape, device="cuda")
     with atomic_path(out_path) as tmp:
-        target = Path(str(tmp) + ".ep")
-        torch_tensorrt.save(compiled, str(target), inputs=[example])
-        os.replace(target, tmp)
+        target = Path(str(tmp) + ".ep")  # torch_tensorrt.save wants the .ep suffix
+        try:
+            torch_tensorrt.save(compiled, str(target), inputs=[example])
+            os.replace(target, tmp)
+        finally:
+            target.unlink(missing_ok=True)
     return Path(out_path)

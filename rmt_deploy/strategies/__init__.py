@@ -24,7 +24,8 @@ def plan(
     spectrum: ModelSpectrum | None = None,
     filter_fn: FilterFn | None = None,
     name: str = "",
-    **config: Any,
+    config: dict[str, Any] | None = None,
+    **settings: Any,
 ) -> CompressionPlan:
     """Decide, per Linear/Conv2d layer, dense | low-rank r | mask at density d | 2:4, with reasons.
 
@@ -37,6 +38,7 @@ def plan(
             f"unknown strategy {strategy!r}; available: {', '.join(sorted(STRATEGIES))}"
         )
     spec = STRATEGIES[strategy]
+    config = {**(config or {}), **settings}
     if not isinstance(sparsity, int | float) or not 0.0 <= sparsity < 1.0:
         raise StrategyError(f"sparsity must lie in [0, 1), got {sparsity!r}")
     unknown = set(config) - set(spec.defaults)
@@ -46,11 +48,37 @@ def plan(
             f"strategy {strategy!r} has no setting {', '.join(sorted(unknown))} "
             f"(settings: {allowed})"
         )
+    config = {
+        key: _coerce(strategy, key, value, spec.defaults[key]) for key, value in config.items()
+    }
     if spec.needs_data and data is None:
         raise StrategyError(f"strategy {strategy!r} needs training/calibration data (--data)")
     targets = prunable_layers(model, filter_fn)
     if not targets:
         raise StrategyError("no Linear/Conv2d layer to compress (check filter_fn)")
     ctx = PlanContext(model, targets, float(sparsity), {**spec.defaults, **config}, data, spectrum)
-    layers = spec.fn(ctx)
-    return CompressionPlan(strategy, {"sparsity": float(sparsity), **ctx.config}, layers, name)
+    produced = spec.fn(ctx)
+    layers, extra_state = produced if isinstance(produced, tuple) else (produced, {})
+    return CompressionPlan(
+        strategy, {"sparsity": float(sparsity), **ctx.config}, layers, name, extra_state
+    )
+
+
+def _coerce(strategy: str, key: str, value: Any, default: Any) -> Any:
+    """Bring a setting (from YAML or `--set`) to the type of its default, or say why not."""
+    kind = type(default)
+    try:
+        if kind is bool:
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError(value)
+                return value.lower() in ("true", "1")
+            return bool(value)
+        coerced = kind(value)
+    except (TypeError, ValueError) as exc:
+        raise StrategyError(
+            f"strategy {strategy!r}: setting {key} must be a {kind.__name__}, got {value!r}"
+        ) from exc
+    if kind in (int, float) and coerced < 0:
+        raise StrategyError(f"strategy {strategy!r}: setting {key} must not be negative")
+    return coerced

@@ -18,7 +18,7 @@ from ..evaluate import evaluate
 from ..layers import MASKED_TYPES
 from ..plan import CompressionPlan
 from ..recovery import FinetuneConfig, bn_recalibrate, finetune
-from .base import PlanContext, global_masks, mask_entry, register_strategy
+from .base import PlanContext, StrategyError, global_masks, mask_entry, register_strategy
 from .ser import SER_DEFAULTS, ser_masks
 
 
@@ -40,8 +40,17 @@ def _split(data, holdout: int, seed: int = 0):
 def hybrid(ctx: PlanContext):
     """Magnitude cycles while held-out top-1 stays within the drop threshold, then SER."""
     cfg = ctx.config
+    if not 1e-3 <= float(cfg["step"]) < 1:
+        raise StrategyError(f"hybrid step must lie in [0.001, 1), got {cfg['step']}")
     train, holdout = _split(ctx.data, int(cfg["holdout_images"]))
-    reference = evaluate(ctx.model, holdout, progress=False).top1
+
+    def holdout_top1(model) -> float:
+        # Same seed each time: when the data is augmented, every level sees the same crops
+        # as the reference, so the comparison with the drop threshold is paired.
+        torch.manual_seed(1234)
+        return evaluate(model, holdout, progress=False).top1
+
+    reference = holdout_top1(ctx.model)
     current = copy.deepcopy(ctx.model)
     names = [n for n, _ in ctx.targets]
     level, held_level = 0.0, 0.0
@@ -68,7 +77,7 @@ def hybrid(ctx: PlanContext):
             ),
             progress=bool(cfg["progress"]),
         )
-        top1 = evaluate(trial, holdout, progress=False).top1
+        top1 = holdout_top1(trial)
         history.append((level, top1))
         if reference - top1 > float(cfg["drop_threshold"]):
             break
@@ -90,6 +99,8 @@ def hybrid(ctx: PlanContext):
         masks = ser_masks(hand_off, weights)
         how = f"magnitude cycles to s = {held_level:.2f}, then SER to s = {ctx.sparsity}"
     trail = ", ".join(f"{lv:.2f}:{t:.1f}" for lv, t in history)
+    targets = {f"{n}.weight" for n in names}
+    extra_state = {k: v for k, v in held_state.items() if k not in targets}
     return [
         mask_entry(
             n,
@@ -99,4 +110,4 @@ def hybrid(ctx: PlanContext):
             weight=weights[n],
         )
         for n, module in ctx.targets
-    ]
+    ], extra_state
