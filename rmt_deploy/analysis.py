@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,7 +14,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .errors import NonFiniteWeightsError, RmtDeployError
-from .paths import write_json_atomic
+from .paths import read_json, write_json_atomic
 from .spectral.fit import (
     DEFAULT_ALPHA,
     DEFAULT_BETA,
@@ -177,11 +176,7 @@ class ModelSpectrum:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> ModelSpectrum:
-        try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise RmtDeployError(f"cannot read spectrum file {path}: {exc}") from exc
-        return cls.from_dict(data)
+        return cls.from_dict(read_json(path, "spectrum file", RmtDeployError))
 
 
 def analyzable_layers(

@@ -85,6 +85,14 @@ def write_json_atomic(target: str | os.PathLike[str], data: Any) -> Path:
     return write_text_atomic(target, json.dumps(data, indent=2, allow_nan=False) + "\n")
 
 
+def read_json(path: str | os.PathLike[str], what: str, error: type[Exception] = OutputError) -> Any:
+    """Parse a JSON file this tool wrote; an unreadable one raises `error` naming `what`."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise error(f"cannot read {what} {path}: {exc}") from exc
+
+
 def write_with_atomic(target: str | os.PathLike[str], writer: Callable[[Path], object]) -> Path:
     """Call `writer(tmp_path)` and move the result into place atomically."""
     with atomic_path(target) as tmp:

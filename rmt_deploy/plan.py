@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from .errors import RmtDeployError
-from .paths import write_json_atomic
+from .paths import read_json, write_json_atomic
 
 ACTIONS = ("dense", "lowrank", "mask", "nm24")
 PLAN_SCHEMA = 1
@@ -136,8 +136,4 @@ class CompressionPlan:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> CompressionPlan:
-        try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise PlanError(f"cannot read plan {path}: {exc}") from exc
-        return cls.from_dict(data)
+        return cls.from_dict(read_json(path, "plan", PlanError))

@@ -25,24 +25,45 @@ def test_kit_needs_neither_torch_nor_rmt_deploy(script):
     assert not names & {"torch", "torchvision", "timm", "rmt_deploy"}, names
 
 
-def test_run_onnx_on_real_images_matches_eval(tmp_path, cifar_test, assets, capsys):
-    assert (
-        main(
-            [
-                "--quiet",
-                "--assets",
-                str(assets),
-                "export",
-                "cifar_resnet20",
-                "--out",
-                str(tmp_path),
-                "--verify-images",
-                "8",
-            ]
-        )
-        == 0
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, assets):
+    """ResNet-20 exported once for both kit runs."""
+    out = tmp_path_factory.mktemp("kit")
+    args = [
+        "--quiet",
+        "--assets",
+        str(assets),
+        "export",
+        "cifar_resnet20",
+        "--out",
+        str(out),
+        "--verify-images",
+        "8",
+    ]
+    assert main(args) == 0
+    return out
+
+
+def run_kit(exported, *extra):
+    return subprocess.run(
+        [
+            sys.executable,
+            str(KIT / "run.py"),
+            "--onnx",
+            str(exported / "model.onnx"),
+            "--manifest",
+            str(exported / "manifest.json"),
+            "--warmup-seconds",
+            "0.2",
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     )
-    capsys.readouterr()
+
+
+def test_run_onnx_on_real_images_matches_eval(exported, tmp_path, cifar_test, assets, capsys):
     assert (
         main(
             [
@@ -62,70 +83,24 @@ def test_run_onnx_on_real_images_matches_eval(tmp_path, cifar_test, assets, caps
     )
     expected = json.loads(capsys.readouterr().out)["top1"]
     result = tmp_path / "run.json"
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(KIT / "run.py"),
-            "--onnx",
-            str(tmp_path / "model.onnx"),
-            "--manifest",
-            str(tmp_path / "manifest.json"),
-            "--images",
-            str(cifar_test),
-            "--limit",
-            "300",
-            "--batch",
-            "50",
-            "--warmup-seconds",
-            "0.2",
-            "--threads",
-            "2",
-            "--json",
-            str(result),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
+    done = run_kit(
+        exported,
+        "--images",
+        str(cifar_test),
+        "--limit",
+        "300",
+        "--batch",
+        "50",
+        "--threads",
+        "2",
+        "--json",
+        str(result),
     )
     data = json.loads(result.read_text())
     assert data["images"] == 300 and data["top1"] == pytest.approx(expected, abs=1e-6)
     assert "p99" in data["latency_ms"] and "top-1" in done.stdout
 
 
-def test_run_random_input_latency(tmp_path, assets, capsys):
-    assert (
-        main(
-            [
-                "--quiet",
-                "--assets",
-                str(assets),
-                "export",
-                "cifar_resnet20",
-                "--out",
-                str(tmp_path),
-                "--verify-images",
-                "4",
-            ]
-        )
-        == 0
-    )
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(KIT / "run.py"),
-            "--onnx",
-            str(tmp_path / "model.onnx"),
-            "--manifest",
-            str(tmp_path / "manifest.json"),
-            "--batch",
-            "4",
-            "--iterations",
-            "20",
-            "--warmup-seconds",
-            "0.2",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+def test_run_random_input_latency(exported):
+    done = run_kit(exported, "--batch", "4", "--iterations", "20")
     assert "batch 4, 20 runs" in done.stdout and "median" in done.stdout
