@@ -210,7 +210,18 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--backends",
         default="torch,onnxruntime",
-        help="comma list: torch, torch-compile, onnxruntime",
+        help="comma list: torch, torch-compile, onnxruntime, onnxruntime-cuda, onnxruntime-trt, "
+        "tensorrt",
+    )
+    bench.add_argument(
+        "--engine",
+        action="append",
+        default=[],
+        metavar="NAME=ENGINE",
+        help="a TensorRT engine (rmt-deploy build) for variant NAME, run by backend tensorrt",
+    )
+    bench.add_argument(
+        "--power", action="store_true", help="sample power with tegrastats/jtop (Jetson)"
     )
     bench.add_argument("--batches", default="1,8", help="comma list of batch sizes")
     bench.add_argument("--data", type=Path, help="labelled image folder for top-1")
@@ -506,11 +517,21 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         name, _, checkpoint = spec.partition("=")
         model = load_model(args.model, checkpoint or None, assets=args.assets)
         variants[name] = {"model": model}
+    for spec in args.engine:
+        name, sep, engine = spec.partition("=")
+        if not sep or name not in variants:
+            raise RmtDeployError(
+                f"--engine takes NAME=ENGINE for one of the variants ({', '.join(variants)}), "
+                f"got {spec!r}"
+            )
+        if not Path(engine).is_file():
+            raise RmtDeployError(f"engine file not found: {engine}")
+        variants[name]["engine"] = Path(engine)
     config = DataConfig.from_model(next(iter(variants.values()))["model"])
     data = None
     if args.data is not None:
         data = load_image_dataset(args.data, eval_transform(config), args.limit)
-    if "onnxruntime" in backends:
+    if any(b.startswith("onnxruntime") for b in backends):
         for name, spec in variants.items():
             spec["onnx"] = export(
                 spec["model"], out / "onnx" / name, tuple(config.input_size), n_verify=8, name=name
@@ -525,6 +546,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         warmup_s=args.warmup,
         runs=args.runs,
         backend_options={"device": args.device},
+        power=args.power,
     )
     write_report(suite, out, f"{args.model}: {', '.join(variants)}")
     for r in suite.results:

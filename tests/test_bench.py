@@ -178,3 +178,77 @@ def test_bench_cli_real_model(capsys, tmp_path, assets, cifar_test):
     assert code == 0, capsys.readouterr().err
     data = json.loads((tmp_path / "bench.json").read_text())
     assert len(data["results"]) == 4 and all(r["top1"] > 60 for r in data["results"])
+
+
+def _fake_engine(tmp_path, profile):
+    """An engine file with its build record, as `rmt-deploy build` leaves them."""
+    from rmt_deploy.exporters.tensorrt_build import BatchProfile, BuildReport, write_engine_info
+
+    engine = tmp_path / "m.engine"
+    engine.write_bytes(b"not a real engine")
+    report = BuildReport(engine, "10.3.0", "fp16", "enable", False, BatchProfile(*profile))
+    write_engine_info(report, tmp_path / "m.onnx")
+    return engine
+
+
+def test_batch_outside_engine_profile_fails_before_timing(tmp_path):
+    from rmt_deploy.bench.backends import EngineProfileError
+    from rmt_deploy.exporters.tensorrt_build import read_engine_profile
+
+    engine = _fake_engine(tmp_path, (1, 8, 32))
+    assert read_engine_profile(engine).maximum == 32
+    variants = {"m": {"model": tiny(), "engine": engine}}
+    with pytest.raises(EngineProfileError, match=r"batch 64 is outside .* --batch 1:64:64"):
+        benchmark(variants, ["torch", "tensorrt"], [1, 64], (3, 8, 8), runs=2)
+    assert read_engine_profile(tmp_path / "other.engine") is None
+    (tmp_path / "m.engine.json").write_text("{broken")
+    with pytest.raises(Exception, match="cannot read engine build record"):
+        read_engine_profile(engine)
+
+
+def test_gpu_backends_say_why_they_cannot_run_here(tmp_path):
+    onnx_path = export(tiny(), tmp_path / "x", (3, 8, 8), n_verify=2, name="x").onnx_path
+    engine = _fake_engine(tmp_path, (1, 1, 4))
+    suite = benchmark(
+        {"m": {"model": tiny(), "onnx": onnx_path, "engine": engine}},
+        ["torch", "onnxruntime-cuda", "tensorrt"],
+        [1],
+        (3, 8, 8),
+        warmup_s=0.01,
+        runs=2,
+    )
+    reasons = {s["backend"]: s["reason"] for s in suite.skipped}
+    if not torch.cuda.is_available():
+        assert "CUDAExecutionProvider is not available" in reasons["onnxruntime-cuda"]
+        assert "TensorRT" in reasons["tensorrt"] or "CUDA" in reasons["tensorrt"]
+    assert [r.backend for r in suite.results] == ["torch"]
+
+
+def test_jtop_stats_and_power_summary():
+    from rmt_deploy.bench.runner import power_summary
+    from rmt_deploy.bench.stats import summarize
+    from rmt_deploy.bench.tegrastats import sample_from_jtop
+
+    stats = {"time": 0, "GPU": 87.5, "Power VDD_CPU_GPU_CV": 2100, "Power VDD_IN": 6000}
+    sample = sample_from_jtop(stats)
+    assert sample.gpu_load_pct == 87 and sample.rails_mw["VDD_IN"] == 6000
+    inside = [parse_line(ORIN_NANO) for _ in range(3)]  # 4812 mW each
+    outside = parse_line(ORIN_NANO.replace("VDD_IN 4812", "VDD_IN 9999"))
+    for i, s in enumerate(inside):
+        s.time = 10.0 + i
+    outside.time = 50.0
+    result = type("R", (), {"latency": summarize([10.0] * 5, batch=1)})()  # 100 images/s
+    summary = power_summary([*inside, outside], [(9.5, 12.5)], result)
+    assert summary["power_samples"] == 3 and summary["power_rail"] == "VDD_IN"
+    assert summary["energy_per_image_mj"] == pytest.approx(48.12)
+
+
+def test_power_needs_a_jetson():
+    import shutil
+
+    from rmt_deploy.errors import RmtDeployError
+
+    if shutil.which("tegrastats"):
+        pytest.skip("this machine is a Jetson")
+    with pytest.raises(RmtDeployError, match="neither tegrastats nor jtop"):
+        benchmark({"m": {"model": tiny()}}, ["torch"], [1], (3, 8, 8), runs=2, power=True)

@@ -27,6 +27,7 @@ class Prepared:
     threads: int
     synchronize: Callable[[], None] = lambda: None
     cuda: bool = False
+    batch_range: tuple[int, int] | None = None  # an engine's optimization profile, MIN..MAX
 
 
 BACKENDS: dict[str, Callable[..., Prepared]] = {}
@@ -40,10 +41,16 @@ def register_backend(name: str):
     return wrap
 
 
-def prepare(name: str, model: nn.Module | None, onnx_path: Path | None, **options) -> Prepared:
+def prepare(
+    name: str,
+    model: nn.Module | None,
+    onnx_path: Path | None,
+    engine: Path | None = None,
+    **options,
+) -> Prepared:
     if name not in BACKENDS:
         raise RmtDeployError(f"unknown backend {name!r}; available: {', '.join(BACKENDS)}")
-    return BACKENDS[name](model=model, onnx_path=onnx_path, **options)
+    return BACKENDS[name](model=model, onnx_path=onnx_path, engine=engine, **options)
 
 
 def _need_model(model, name):
@@ -97,15 +104,20 @@ def torch_compiled(model=None, onnx_path=None, **options) -> Prepared:
     return _torch_runner(compiled, device, torch.float32)
 
 
-@register_backend("onnxruntime")
-def onnxruntime_backend(model=None, onnx_path=None, **options) -> Prepared:
+ORT_PROVIDERS = {
+    "onnxruntime": "CPUExecutionProvider",
+    "onnxruntime-cuda": "CUDAExecutionProvider",
+    "onnxruntime-trt": "TensorrtExecutionProvider",
+}
+
+
+def _onnxruntime(provider: str, onnx_path, options) -> Prepared:
     if importlib.util.find_spec("onnxruntime") is None:
         raise BackendUnavailable("onnxruntime is not installed (pip install onnxruntime)")
     if onnx_path is None or not Path(onnx_path).is_file():
         raise BackendUnavailable("backend onnxruntime needs an exported model.onnx")
     import onnxruntime as ort
 
-    provider = options.get("provider", "CPUExecutionProvider")
     if provider not in ort.get_available_providers():
         raise BackendUnavailable(
             f"{provider} is not available in this onnxruntime "
@@ -121,3 +133,78 @@ def onnxruntime_backend(model=None, onnx_path=None, **options) -> Prepared:
         raise BackendUnavailable(f"onnxruntime cannot load {onnx_path}: {exc}") from exc
     name = session.get_inputs()[0].name
     return Prepared(lambda b: session.run(None, {name: b})[0], f"onnxruntime {provider}", threads)
+
+
+def _register_ort(backend: str, provider: str) -> None:
+    register_backend(backend)(
+        lambda model=None, onnx_path=None, **o: _onnxruntime(provider, onnx_path, o)
+    )
+
+
+for _backend, _provider in ORT_PROVIDERS.items():
+    _register_ort(_backend, _provider)
+
+
+@register_backend("tensorrt")
+def tensorrt_engine(model=None, onnx_path=None, engine=None, **options) -> Prepared:
+    """A serialized TensorRT engine (`rmt-deploy build`), run on torch CUDA buffers."""
+    if engine is None or not Path(engine).is_file():
+        raise BackendUnavailable("backend tensorrt needs an engine file (rmt-deploy build)")
+    try:
+        import tensorrt as trt
+    except ImportError as exc:
+        raise BackendUnavailable(
+            "TensorRT is not installed (it needs an NVIDIA GPU machine or a Jetson)"
+        ) from exc
+    if not torch.cuda.is_available():
+        raise BackendUnavailable("TensorRT needs a CUDA device and none is visible")
+    runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+    cuda_engine = runtime.deserialize_cuda_engine(Path(engine).read_bytes())
+    if cuda_engine is None:
+        raise BackendUnavailable(
+            f"TensorRT {trt.__version__} cannot load {engine}: engines only run on the TensorRT "
+            "version and GPU they were built with; rebuild it here"
+        )
+    context = cuda_engine.create_execution_context()
+    names = [cuda_engine.get_tensor_name(i) for i in range(cuda_engine.num_io_tensors)]
+    inputs = [n for n in names if cuda_engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+    outputs = [n for n in names if cuda_engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+    lowest, _, highest = cuda_engine.get_tensor_profile_shape(inputs[0], 0)
+
+    def torch_dtype(name: str) -> torch.dtype:
+        return torch.from_numpy(np.zeros(1, trt.nptype(cuda_engine.get_tensor_dtype(name)))).dtype
+
+    in_dtype, out_dtype = torch_dtype(inputs[0]), torch_dtype(outputs[0])
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        check_engine_batch(Path(engine), batch.shape[0], (lowest[0], highest[0]))
+        x = torch.from_numpy(batch).to("cuda", in_dtype)
+        context.set_input_shape(inputs[0], tuple(x.shape))
+        y = torch.empty(tuple(context.get_tensor_shape(outputs[0])), dtype=out_dtype, device="cuda")
+        context.set_tensor_address(inputs[0], x.data_ptr())
+        context.set_tensor_address(outputs[0], y.data_ptr())
+        if not context.execute_async_v3(torch.cuda.current_stream().cuda_stream):
+            raise RmtDeployError(f"TensorRT failed to run {engine} at batch {batch.shape[0]}")
+        return y.float().cpu().numpy()
+
+    return Prepared(
+        run,
+        f"TensorRT {trt.__version__} {torch.cuda.get_device_name()}",
+        torch.get_num_threads(),
+        torch.cuda.synchronize,
+        cuda=True,
+        batch_range=(int(lowest[0]), int(highest[0])),
+    )
+
+
+class EngineProfileError(RmtDeployError):
+    """A batch size outside the range the engine's optimization profile was built for."""
+
+
+def check_engine_batch(engine: Path, batch: int, batch_range: tuple[int, int]) -> None:
+    lo, hi = batch_range
+    if not lo <= batch <= hi:
+        raise EngineProfileError(
+            f"batch {batch} is outside the optimization profile of {engine} (batch {lo} to {hi}): "
+            f"rebuild it with `rmt-deploy build --batch {min(lo, batch)}:{batch}:{max(hi, batch)}`"
+        )

@@ -31,6 +31,9 @@ COLUMNS = [
     "flops_per_image",
     "file_bytes",
     "peak_rss_mb",
+    "peak_cuda_mb",
+    "mean_power_mw",
+    "energy_per_image_mj",
 ]
 
 
@@ -57,6 +60,9 @@ def rows(suite: BenchSuite) -> list[dict]:
                 "flops_per_image": r.flops_per_image,
                 "file_bytes": r.file_bytes,
                 "peak_rss_mb": r.peak_rss_mb,
+                "peak_cuda_mb": r.peak_cuda_mb,
+                "mean_power_mw": r.extra.get("mean_power_mw"),
+                "energy_per_image_mj": r.extra.get("energy_per_image_mj"),
             }
         )
     return out
@@ -89,6 +95,18 @@ def markdown(suite: BenchSuite, title: str = "Benchmark") -> str:
             f"{_fmt(r['speedup'])} | {_fmt(r['top1'])} | {_fmt(r['agreement'])} | "
             f"{r['params']:,} | {_fmt(gflops, 3)} |"
         )
+    energy = [r for r in rows(suite) if r["energy_per_image_mj"] is not None]
+    if energy:
+        lines += [
+            "",
+            "| variant | backend | batch | mean power mW | energy mJ/img |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['variant']} | {r['backend']} | {r['batch']} | {_fmt(r['mean_power_mw'], 0)} | "
+            f"{_fmt(r['energy_per_image_mj'], 3)} |"
+            for r in energy
+        ]
     if suite.skipped:
         lines += ["", "Not run:", ""] + [
             f"- {s['variant']} / {s['backend']}: {s['reason']}" for s in suite.skipped

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import time
@@ -16,8 +17,9 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..errors import DataError
-from .backends import BackendUnavailable, Prepared, prepare
+from .backends import BackendUnavailable, Prepared, check_engine_batch, prepare
 from .stats import LatencyStats, summarize
+from .tegrastats import energy_per_inference_mj, input_rail, power_sampler
 
 
 @dataclass
@@ -62,6 +64,41 @@ class BenchSuite:
             r["latency"] = LatencyStats(**r["latency"])
             results.append(BenchResult(**r))
         return cls(results, data.get("skipped", []), data.get("reference"))
+
+
+def _check_engine_profiles(variants: dict, backends: list[str], batches: list[int]) -> None:
+    """Fail before any timing when an engine's recorded profile misses a batch size."""
+    if "tensorrt" not in backends:
+        return
+    from ..exporters.tensorrt_build import read_engine_profile
+
+    for spec in variants.values():
+        engine = spec.get("engine")
+        profile = read_engine_profile(engine) if engine else None
+        if profile is not None:
+            for batch in batches:
+                check_engine_batch(Path(engine), batch, (profile.minimum, profile.maximum))
+
+
+@contextlib.contextmanager
+def _nothing():
+    yield
+
+
+def power_summary(samples, windows: list[tuple[float, float]], result: BenchResult) -> dict:
+    """Mean power over the samples taken while this (variant, backend, batch) ran, and the
+    energy per inference it implies at the measured throughput."""
+    inside = [s for s in samples if any(a <= s.time <= b for a, b in windows)]
+    rail = input_rail(inside[0]) if inside else None
+    if rail is None:
+        return {"power_samples": len(inside)}
+    energy = energy_per_inference_mj(inside, result.latency.throughput)
+    return {
+        "power_samples": len(inside),
+        "power_rail": rail,
+        "mean_power_mw": sum(s.rails_mw.get(rail, 0) for s in inside) / len(inside),
+        "energy_per_image_mj": energy,
+    }
 
 
 def count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
@@ -122,11 +159,17 @@ def benchmark(
     runs: int = 50,
     rounds: int = 3,
     backend_options: dict | None = None,
+    power: bool = False,
 ) -> BenchSuite:
-    """`variants`: name → {"model": nn.Module, "onnx": Path | None}. Every (variant, backend)
-    that can run is timed at every batch size; variants alternate within each round and the
-    samples of all rounds are pooled, so slow drifts of the machine hit all of them alike."""
+    """`variants`: name → {"model": nn.Module, "onnx": Path, "engine": Path} (each optional).
+    Every (variant, backend) that can run is timed at every batch size; variants alternate
+    within each round and the samples of all rounds are pooled, so slow drifts of the machine
+    hit all of them alike. With `power` (Jetson), tegrastats or jtop samples the power rails
+    while each one runs and the result carries the energy per inference."""
     options = backend_options or {}
+    if not variants:
+        raise DataError("no variants to benchmark")
+    _check_engine_profiles(variants, backends, batches)
     # Counted on the CPU models before any backend copies them elsewhere.
     sizes = {
         v: (
@@ -143,22 +186,31 @@ def benchmark(
         for backend in backends:
             try:
                 prepared[vname, backend] = prepare(
-                    backend, spec.get("model"), spec.get("onnx"), **options
+                    backend, spec.get("model"), spec.get("onnx"), spec.get("engine"), **options
                 )
             except BackendUnavailable as exc:
                 skipped[vname, backend] = str(exc)
     if not prepared:
         reasons = "; ".join(f"{v}/{b}: {r}" for (v, b), r in skipped.items())
         raise BackendUnavailable(f"no backend can run any variant ({reasons})")
+    for (vname, _backend), runner in prepared.items():
+        if runner.batch_range is not None:
+            for batch in batches:
+                check_engine_batch(Path(variants[vname]["engine"]), batch, runner.batch_range)
     rng = np.random.default_rng(0)
     samples: dict[tuple[str, str, int], list[float]] = {}
-    for batch in batches:
-        x = rng.standard_normal((batch, *input_shape)).astype(np.float32)
-        for _ in range(rounds):
-            for key, runner in prepared.items():
-                samples.setdefault((*key, batch), []).extend(
-                    time_runs(runner, x, warmup_s / rounds, max(1, runs // rounds))
-                )
+    windows: dict[tuple[str, str, int], list[tuple[float, float]]] = {}
+    sampler = power_sampler() if power else None
+    with sampler if sampler is not None else _nothing():
+        for batch in batches:
+            x = rng.standard_normal((batch, *input_shape)).astype(np.float32)
+            for _ in range(rounds):
+                for key, runner in prepared.items():
+                    began = time.monotonic()
+                    samples.setdefault((*key, batch), []).extend(
+                        time_runs(runner, x, warmup_s / rounds, max(1, runs // rounds))
+                    )
+                    windows.setdefault((*key, batch), []).append((began, time.monotonic()))
     results = []
     preds: dict[tuple[str, str], np.ndarray] = {}
     for (vname, backend), runner in prepared.items():
@@ -191,6 +243,10 @@ def benchmark(
                     extra={"pid": os.getpid()},
                 )
             )
+            if sampler is not None:
+                results[-1].extra.update(
+                    power_summary(sampler.samples, windows[vname, backend, batch], results[-1])
+                )
     if reference is not None:
         for r in results:
             ref = preds.get((reference, r.backend))

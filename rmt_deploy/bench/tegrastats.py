@@ -27,6 +27,7 @@ class TegraSample:
     gpu_load_pct: int | None = None
     gpu_freq_mhz: int | None = None
     rails_mw: dict[str, int] = field(default_factory=dict)  # instantaneous power per rail
+    time: float = field(default_factory=time.monotonic)  # when it was read
 
 
 def parse_line(line: str) -> TegraSample:
@@ -45,7 +46,7 @@ def parse_line(line: str) -> TegraSample:
 
 def input_rail(sample: TegraSample) -> str | None:
     """The rail that measures the whole module's input power, as each module names it."""
-    for name in ("VDD_IN", "VIN_SYS_5V0", "POM_5V_IN", "VIN"):
+    for name in ("VDD_IN", "VIN_SYS_5V0", "POM_5V_IN", "VIN", "TOT"):
         if name in sample.rails_mw:
             return name
     return None
@@ -91,3 +92,62 @@ class TegraStatsSampler:
         if self._thread is not None:
             self._thread.join(timeout=1)
         time.sleep(0)
+
+
+def sample_from_jtop(stats: dict) -> TegraSample:
+    """jtop's flat `jetson.stats` dict ('GPU': load %, 'Power VDD_IN': mW, 'Power TOT': mW…)."""
+    sample = TegraSample()
+    gpu = stats.get("GPU")
+    if isinstance(gpu, int | float):
+        sample.gpu_load_pct = int(gpu)
+    for key, value in stats.items():
+        if isinstance(key, str) and key.startswith("Power ") and isinstance(value, int | float):
+            sample.rails_mw[key.removeprefix("Power ")] = int(value)
+    return sample
+
+
+class JtopSampler:
+    """Sample power through jetson-stats (`jtop`) where tegrastats cannot be run directly."""
+
+    def __init__(self, interval_ms: int = 100):
+        try:
+            from jtop import jtop
+        except ImportError as exc:
+            raise FileNotFoundError("jtop (jetson-stats) is not installed") from exc
+        self._jtop = jtop(interval=interval_ms / 1000)
+        self.samples: list[TegraSample] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> JtopSampler:
+        self._jtop.start()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+        return self
+
+    def _read(self) -> None:
+        while not self._stop.is_set() and self._jtop.ok():
+            self.samples.append(sample_from_jtop(dict(self._jtop.stats)))
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2)
+        self._jtop.close()
+
+
+def power_sampler(interval_ms: int = 100) -> TegraStatsSampler | JtopSampler:
+    """tegrastats if it is on PATH, else jtop; a clear error on machines with neither."""
+    from ..errors import RmtDeployError
+
+    try:
+        return TegraStatsSampler(interval_ms)
+    except FileNotFoundError:
+        pass
+    try:
+        return JtopSampler(interval_ms)
+    except FileNotFoundError:
+        raise RmtDeployError(
+            "power measurement needs a Jetson: neither tegrastats nor jtop (jetson-stats) "
+            "is available here"
+        ) from None

@@ -240,7 +240,7 @@ def build_engine(
     if cache is not None:
         write_with_atomic(timing_cache, lambda tmp: Path(tmp).write_bytes(bytes(cache.serialize())))
     eligible, picked = parse_sparsity_log(lines)
-    return BuildReport(
+    report = BuildReport(
         Path(engine_path),
         trt.__version__,
         precision,
@@ -250,3 +250,42 @@ def build_engine(
         eligible,
         picked,
     )
+    write_engine_info(report, onnx_path)
+    return report
+
+
+def engine_info_path(engine_path: str | os.PathLike[str]) -> Path:
+    """`model.engine` → `model.engine.json`: how the engine was built, beside it."""
+    path = Path(engine_path)
+    return path.with_name(path.name + ".json")
+
+
+def write_engine_info(report: BuildReport, onnx_path: str | os.PathLike[str]) -> Path:
+    """Record the build (profile, precision, versions) so runners can check batches before
+    loading TensorRT, and readers know what an engine file is."""
+    from ..paths import write_json_atomic
+
+    info = {
+        "onnx": str(onnx_path),
+        "tensorrt_version": report.tensorrt_version,
+        "precision": report.precision,
+        "sparsity": report.sparsity,
+        "strongly_typed": report.strongly_typed,
+        "profile": [report.profile.minimum, report.profile.optimum, report.profile.maximum],
+        "sparse_eligible": report.sparse_eligible,
+        "sparse_picked": report.sparse_picked,
+    }
+    return write_json_atomic(engine_info_path(report.engine_path), info)
+
+
+def read_engine_profile(engine_path: str | os.PathLike[str]) -> BatchProfile | None:
+    """The batch profile recorded beside an engine, or None when there is no record."""
+    from ..paths import read_json
+
+    info_path = engine_info_path(engine_path)
+    if not info_path.is_file():
+        return None
+    profile = read_json(info_path, what="engine build record").get("profile")
+    if not (isinstance(profile, list) and len(profile) == 3):
+        raise RmtDeployError(f"{info_path} has no valid 'profile' [MIN, OPT, MAX]")
+    return BatchProfile(*(int(v) for v in profile))

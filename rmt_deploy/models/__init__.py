@@ -3,6 +3,7 @@
 Names:
 - `cifar_resnet20|32|44|56`: the CIFAR-10 ResNets; the pretrained checkpoint from the shared
   assets is loaded unless `checkpoint` is given or `pretrained=False`;
+- `cifar_vit_tiny`: a small ViT trained here on CIFAR-10 (checkpoint shipped in the package);
 - any timm model name (random init; no hub download is attempted), with an optional local
   checkpoint;
 - `package.module:callable`: a function returning an `nn.Module`.
@@ -29,6 +30,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .cifar_resnet import DEPTHS, CifarResNet
+from .cifar_vit import VIT_CHECKPOINT, cifar_vit_tiny
 
 __all__ = [
     "CifarResNet",
@@ -73,6 +75,13 @@ def load_model(
     cifar = _CIFAR_NAME.match(name)
     if checkpoint is None and cifar and pretrained:
         checkpoint = cifar_checkpoint(int(cifar.group(1)), assets)
+    if checkpoint is None and name == "cifar_vit_tiny" and pretrained:
+        if not VIT_CHECKPOINT.is_file():
+            raise CheckpointError(
+                f"the trained CIFAR ViT checkpoint {VIT_CHECKPOINT} is missing: train it with "
+                "benchmarks/train_vit.py or pass pretrained=False"
+            )
+        checkpoint = VIT_CHECKPOINT
     if checkpoint is not None:
         plan_json = read_plan_metadata(checkpoint)
         if plan_json is not None:
@@ -97,12 +106,14 @@ def _build(name: str, **kwargs: object) -> nn.Module:
                 f"unknown model {name!r}: CIFAR ResNets exist in depths {sorted(DEPTHS)}"
             )
         return CifarResNet(depth, **kwargs)  # type: ignore[arg-type]
+    if name == "cifar_vit_tiny":
+        return cifar_vit_tiny(**kwargs)
     if ":" in name:
         return _from_callable(name, **kwargs)
     import timm
 
     if not timm.is_model(name):
-        choices = timm.list_models() + [f"cifar_resnet{d}" for d in DEPTHS]
+        choices = timm.list_models() + [f"cifar_resnet{d}" for d in DEPTHS] + ["cifar_vit_tiny"]
         close = difflib.get_close_matches(name, choices, n=3, cutoff=0.6)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise UnknownModelError(
