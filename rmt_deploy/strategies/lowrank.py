@@ -90,6 +90,36 @@ def whitened_factors(weight: torch.Tensor, cov: torch.Tensor):
     return u, sigma, right_all, errors
 
 
+def rank_for_error(errors: torch.Tensor, eps: float, edge_rank: int, multiple: int = 1) -> int:
+    """The smallest rank whose relative output error is ≤ eps, never below the MP edge rank
+    (the spikes are signal), rounded up to a multiple of `multiple`."""
+    r = int(torch.nonzero(errors <= eps)[0])  # errors[-1] = 0, so one always exists
+    r = max(r, edge_rank, 1)
+    return min(math.ceil(r / multiple) * multiple, len(errors) - 1)
+
+
+def factorized_entry(
+    name: str, module: nn.Module, factors, rank: int, reason: str, stats: dict[str, float]
+) -> LayerPlan:
+    """A low-rank LayerPlan carrying the whitened factors truncated to `rank`."""
+    u, sigma, right_all, _errors = factors
+    m, n = module.weight.shape[0], module.weight[0].numel()
+    root = sigma[:rank].sqrt()
+    left = (u[:, :rank] * root).to(module.weight.dtype)
+    right = (root[:, None] * right_all[:rank]).to(module.weight.dtype)
+    return LayerPlan(
+        name,
+        "lowrank",
+        tuple(module.weight.shape),
+        m * n,
+        rank * (m + n),
+        rank=rank,
+        reason=reason,
+        stats=stats,
+        payload={"left": left, "right": right},
+    )
+
+
 @register_strategy("lowrank", needs_data=True, calib_images=512, batch_size=64, rank_multiple=1)
 def lowrank(ctx: PlanContext):
     """Whitened-SVD factorization, ranks grown from the MP edge against output error."""
@@ -109,11 +139,8 @@ def lowrank(ctx: PlanContext):
     multiple = max(1, int(cfg["rank_multiple"]))
 
     def rank_for(name: str, eps: float) -> int:
-        errors = factors[name][3]
-        r = int(torch.nonzero(errors <= eps)[0])  # errors[-1] = 0, so one always exists
         fit = fits.get(name)
-        r = max(r, fit.n_spikes if fit is not None else 0, 1)
-        return min(math.ceil(r / multiple) * multiple, len(errors) - 1)
+        return rank_for_error(factors[name][3], eps, fit.n_spikes if fit else 0, multiple)
 
     shapes = {n: (m.weight.shape[0], m.weight[0].numel()) for n, m in eligible.items()}
 
@@ -142,7 +169,7 @@ def lowrank(ctx: PlanContext):
         if name in plans_fixed:
             plans.append(plans_fixed[name])
             continue
-        u, sigma, right_all, errors = factors[name]
+        errors = factors[name][3]
         rank = rank_for(name, eps)
         fit = fits.get(name)
         spikes = fit.n_spikes if fit is not None else 0
@@ -160,25 +187,11 @@ def lowrank(ctx: PlanContext):
                 )
             )
             continue
-        root = sigma[:rank].sqrt()
-        left = (u[:, :rank] * root).to(module.weight.dtype)
-        right = (root[:, None] * right_all[:rank]).to(module.weight.dtype)
-        plans.append(
-            LayerPlan(
-                name,
-                "lowrank",
-                tuple(module.weight.shape),
-                m * n,
-                rank * (m + n),
-                rank=rank,
-                reason=(
-                    f"rank {rank} (MP edge: {spikes} spikes) for relative output error "
-                    f"{float(errors[rank]):.3g} ≤ {eps:.3g} on calibration data"
-                ),
-                stats=stats,
-                payload={"left": left, "right": right},
-            )
+        reason = (
+            f"rank {rank} (MP edge: {spikes} spikes) for relative output error "
+            f"{float(errors[rank]):.3g} ≤ {eps:.3g} on calibration data"
         )
+        plans.append(factorized_entry(name, module, factors[name], rank, reason, stats))
     if not met:
         for p in plans:
             p.reason += " [budget not reachable: even edge ranks exceed it]"
