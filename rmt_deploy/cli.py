@@ -232,6 +232,22 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", type=Path, required=True)
     bench.set_defaults(func=_cmd_bench)
 
+    pipeline = sub.add_parser(
+        "run", help="the whole pipeline from a YAML config (analyze … benchmark, report)"
+    )
+    pipeline.add_argument("config", type=Path, help="run config (YAML); see examples/")
+    pipeline.add_argument("--output", type=Path, help="output folder (overrides the config's)")
+    pipeline.add_argument(
+        "--stages", help="comma list of stages to run (their dependencies must be done)"
+    )
+    pipeline.add_argument("--force", action="store_true", help="rerun stages even if up to date")
+    pipeline.add_argument(
+        "--accuracy-budget",
+        type=float,
+        help="max top-1 loss in pp for the latency-aware planner (overrides the config's)",
+    )
+    pipeline.set_defaults(func=_cmd_run)
+
     report = sub.add_parser("report", help="re-render tables and plots from saved results")
     report.add_argument("dir", type=Path, help="folder with bench.json")
     report.set_defaults(func=_cmd_report)
@@ -560,6 +576,30 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     for s in suite.skipped:
         print(f"not run: {s['variant']} / {s['backend']}: {s['reason']}")
     print(f"wrote {out / 'bench.md'}, bench.json, bench.csv and plots")
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .pipeline import load_config, run
+
+    config = load_config(args.config)
+    if args.output is not None:
+        config.output = str(args.output)
+    if args.assets is not None:
+        config.assets = str(args.assets)
+    if args.accuracy_budget is not None:
+        if args.accuracy_budget < 0:
+            raise RmtDeployError(f"--accuracy-budget must be ≥ 0, got {args.accuracy_budget}")
+        config.compress.accuracy_budget = args.accuracy_budget
+        config.compress.layer_error = None
+    stages = [s.strip() for s in args.stages.split(",") if s.strip()] if args.stages else None
+    result = run(config, stages=stages, force=args.force, progress=not args.quiet)
+    print(
+        f"ran {', '.join(result.ran) or 'nothing'}"
+        + (f"; up to date: {', '.join(result.skipped)}" if result.skipped else "")
+    )
+    if result.report is not None:
+        print(f"report: {result.report}")
     return 0
 
 

@@ -137,3 +137,40 @@ class CompressionPlan:
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> CompressionPlan:
         return cls.from_dict(read_json(path, "plan", PlanError))
+
+    def save_payloads(self, path: str | os.PathLike[str]) -> Path:
+        """The in-memory tensors (factors, masks, changed state) as safetensors, so that a
+        plan made in one process can be applied in another without planning again."""
+        from safetensors.torch import save_file
+
+        from .paths import write_with_atomic
+
+        tensors = {
+            f"layer::{layer.name}::{key}": value.detach().contiguous().clone()
+            for layer in self.layers
+            for key, value in layer.payload.items()
+        }
+        tensors.update(
+            {f"extra::{k}": v.detach().contiguous().clone() for k, v in self.extra_state.items()}
+        )
+        return write_with_atomic(path, lambda tmp: save_file(tensors, str(tmp)))
+
+    def load_payloads(self, path: str | os.PathLike[str]) -> CompressionPlan:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            tensors = load_file(str(path))
+        except (OSError, SafetensorError) as exc:
+            raise PlanError(f"cannot read plan tensors {path}: {exc}") from exc
+        by_name = {layer.name: layer for layer in self.layers}
+        for key, value in tensors.items():
+            kind, _, rest = key.partition("::")
+            if kind == "extra":
+                self.extra_state[rest] = value
+                continue
+            name, _, field_name = rest.rpartition("::")
+            if name not in by_name:
+                raise PlanError(f"{path} holds tensors for layer {name!r}, which the plan lacks")
+            by_name[name].payload[field_name] = value
+        return self

@@ -1,0 +1,260 @@
+"""The pipeline's config: one YAML file, validated into plain dataclasses with clear errors.
+
+Every key is optional except `model`; unknown keys and wrong types are refused with the path
+of the offending key (e.g. `finetune.steps: expected an integer, got 'many'`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import RmtDeployError
+
+
+class ConfigError(RmtDeployError):
+    """The run config is malformed: unknown key, wrong type, impossible value."""
+
+
+@dataclass
+class DataSection:
+    """Image folders; relative paths are taken inside the assets folder."""
+
+    train: str = "cifar10/train"
+    test: str = "cifar10/test"
+    calib_images: int = 512  # activations for the whitened SVD and BatchNorm statistics
+    val_images: int = 2000  # taken out of the test folder to validate plans; never tested on
+    test_images: int | None = None  # cap on the remaining test images (quick runs)
+
+
+@dataclass
+class AnalyzeSection:
+    plots: bool = True  # one spectrum plot per fitted layer
+
+
+@dataclass
+class CompressSection:
+    """`strategy: latency` is the latency-aware planner; any other name is a fixed strategy."""
+
+    strategy: str = "latency"
+    sparsity: float = 0.5  # fixed strategies: share of weights to remove
+    settings: dict[str, Any] = field(default_factory=dict)  # fixed strategies' settings
+    accuracy_budget: float | None = 1.0  # latency: max held-out top-1 loss in pp
+    layer_error: float | None = None  # latency without a budget: the per-layer error
+    backend: str = "onnxruntime"  # latency: where layers are timed (torch | onnxruntime)
+    device: str = "cpu"
+    batch: int = 8  # latency: the deployment batch size layers are timed at
+    error_grid: list[float] | None = None  # latency: the global settings searched
+
+
+@dataclass
+class FinetuneSection:
+    steps: int = 100
+    batch_size: int = 128
+    lr: float | None = None  # default: 0.01 for SGD, 1e-4 for AdamW
+    optimizer: str | None = None  # default: AdamW for transformers, SGD otherwise
+    distill_alpha: float = 0.0
+    bn_recal_images: int = 2000
+
+
+@dataclass
+class TensorRTSection:
+    precision: str = "fp16"
+    batch: str = "1:8:32"  # optimization profile MIN:OPT:MAX
+    sparsity: str = "enable"
+
+
+@dataclass
+class ExportSection:
+    onnx: bool = True
+    opset: int | None = None
+    verify_images: int = 64
+    tensorrt: TensorRTSection | None = None  # built only where TensorRT is installed
+
+
+@dataclass
+class BenchmarkSection:
+    backends: list[str] = field(default_factory=lambda: ["torch", "onnxruntime"])
+    batches: list[int] = field(default_factory=lambda: [1, 8, 64])
+    runs: int = 60
+    warmup_s: float = 1.0
+    agreement_images: int = 1000
+    power: bool = False  # Jetson: tegrastats / jtop
+
+
+@dataclass
+class RunConfig:
+    model: str
+    checkpoint: str | None = None
+    assets: str | None = None
+    output: str = "runs/run"
+    seed: int = 0
+    analyze: AnalyzeSection = field(default_factory=AnalyzeSection)
+    data: DataSection = field(default_factory=DataSection)
+    compress: CompressSection = field(default_factory=CompressSection)
+    finetune: FinetuneSection = field(default_factory=FinetuneSection)
+    export: ExportSection = field(default_factory=ExportSection)
+    benchmark: BenchmarkSection = field(default_factory=BenchmarkSection)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> RunConfig:
+        config = _build(cls, data, "")
+        _check_values(config)
+        return config
+
+
+def load_config(path: str | os.PathLike[str]) -> RunConfig:
+    """Read and validate a YAML (or JSON) run config."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    try:
+        return RunConfig.from_dict(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+
+
+def _build(cls: type, data: Any, where: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'the config'} must be a mapping of keys, got {_kind(data)}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(
+            f"unknown key{'s' if len(unknown) > 1 else ''} "
+            f"{', '.join(_join(where, k) for k in unknown)} (allowed: {', '.join(sorted(names))})"
+        )
+    missing = [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+        and f.name not in data
+    ]
+    if missing:
+        raise ConfigError(f"missing required key {', '.join(_join(where, k) for k in missing)}")
+    values = {k: _convert(hints[k], v, _join(where, k)) for k, v in data.items()}
+    return cls(**values)
+
+
+def _convert(hint: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        (inner,) = [o for o in options if o is not type(None)]
+        return _convert(inner, value, where)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, {} if value is None else value, where)
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {_kind(value)}")
+        return [_convert(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {_kind(value)}")
+        return dict(value)
+    if hint is Any:
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {_kind(value)}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {_kind(value)}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where}: expected a number, got {_kind(value)}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {_kind(value)}")
+        return value
+    raise ConfigError(f"{where}: unsupported config type {hint}")  # a bug in this module
+
+
+def _check_values(config: RunConfig) -> None:
+    from ..bench import BACKENDS
+    from ..strategies import STRATEGIES
+
+    c, f, b = config.compress, config.finetune, config.benchmark
+    if c.strategy != "latency" and c.strategy not in STRATEGIES:
+        raise ConfigError(
+            f"compress.strategy: unknown {c.strategy!r} (latency, {', '.join(sorted(STRATEGIES))})"
+        )
+    if not 0.0 <= c.sparsity < 1.0:
+        raise ConfigError(f"compress.sparsity must lie in [0, 1), got {c.sparsity}")
+    if c.accuracy_budget is not None and c.accuracy_budget < 0:
+        raise ConfigError(f"compress.accuracy_budget must be ≥ 0 pp, got {c.accuracy_budget}")
+    if c.backend not in ("torch", "onnxruntime"):
+        raise ConfigError(f"compress.backend: torch or onnxruntime, got {c.backend!r}")
+    for name, value in (
+        ("compress.batch", c.batch),
+        ("data.calib_images", config.data.calib_images),
+        ("finetune.batch_size", f.batch_size),
+        ("benchmark.runs", b.runs),
+    ):
+        if value <= 0:
+            raise ConfigError(f"{name} must be positive, got {value}")
+    for name, value in (
+        ("finetune.steps", f.steps),
+        ("data.val_images", config.data.val_images),
+        ("finetune.bn_recal_images", f.bn_recal_images),
+    ):
+        if value < 0:
+            raise ConfigError(f"{name} must be ≥ 0, got {value}")
+    if f.optimizer not in (None, "sgd", "adamw"):
+        raise ConfigError(f"finetune.optimizer: sgd or adamw, got {f.optimizer!r}")
+    if not 0.0 <= f.distill_alpha <= 1.0:
+        raise ConfigError(f"finetune.distill_alpha must lie in [0, 1], got {f.distill_alpha}")
+    unknown = [name for name in b.backends if name not in BACKENDS]
+    if unknown:
+        raise ConfigError(
+            f"benchmark.backends: unknown {', '.join(unknown)} (available: {', '.join(BACKENDS)})"
+        )
+    if not b.batches or min(b.batches) <= 0:
+        raise ConfigError(f"benchmark.batches must be positive integers, got {b.batches}")
+    if config.export.tensorrt is not None:
+        from ..exporters.tensorrt_build import PRECISIONS, SPARSITY_MODES, BatchProfile
+
+        t = config.export.tensorrt
+        BatchProfile.parse(t.batch)
+        if t.precision not in PRECISIONS:
+            raise ConfigError(
+                f"export.tensorrt.precision: one of {PRECISIONS}, got {t.precision!r}"
+            )
+        if t.sparsity not in SPARSITY_MODES:
+            raise ConfigError(
+                f"export.tensorrt.sparsity: one of {SPARSITY_MODES}, got {t.sparsity!r}"
+            )
+    if "tensorrt" in b.backends and config.export.tensorrt is None:
+        raise ConfigError("benchmark.backends has tensorrt but export.tensorrt is not configured")
+    if any(name.startswith("onnxruntime") for name in b.backends) and not config.export.onnx:
+        raise ConfigError("benchmark.backends has onnxruntime but export.onnx is false")
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else str(key)
+
+
+def _kind(value: Any) -> str:
+    return "nothing" if value is None else f"{type(value).__name__} {value!r}"
