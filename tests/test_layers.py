@@ -96,3 +96,23 @@ def test_incompatible_shapes_are_named():
     assert nm_incompatibility((16, 64)) is None
     with pytest.raises(ValueError, match="not divisible by 4"):
         nm_mask(torch.randn(16, 3, 3, 3))
+
+
+def test_semi_structured_needs_a_gpu_or_runs_on_one():
+    from torch import nn
+
+    from rmt_deploy.errors import RmtDeployError
+    from rmt_deploy.layers import MaskedLinear, nm_mask, semi_structured_
+
+    torch.manual_seed(0)
+    dense = nn.Linear(128, 64)
+    model = nn.Sequential(MaskedLinear.from_dense(dense, nm_mask(dense.weight.detach())))
+    x = torch.randn(32, 128)
+    expected = model(x)
+    if not torch.cuda.is_available():
+        with pytest.raises(RmtDeployError, match="need an NVIDIA GPU"):
+            semi_structured_(model)
+        return
+    assert semi_structured_(model, torch.float16) == 1
+    got = model(x.cuda().half()).float().cpu()
+    assert torch.allclose(got, expected, atol=5e-2, rtol=5e-2)
