@@ -101,6 +101,14 @@ def power_summary(samples, windows: list[tuple[float, float]], result: BenchResu
     }
 
 
+def _file_bytes(spec: dict, backend: str) -> int | None:
+    """Size of the file the backend runs: the ONNX model or the TensorRT engine."""
+    path = spec.get("engine") if backend == "tensorrt" else None
+    if backend.startswith("onnxruntime"):
+        path = spec.get("onnx")
+    return Path(path).stat().st_size if path and Path(path).is_file() else None
+
+
 def count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     """FLOPs of one image, by torch's FlopCounterMode (2 per multiply-accumulate)."""
     counter = FlopCounterMode(display=False)
@@ -215,7 +223,6 @@ def benchmark(
     preds: dict[tuple[str, str], np.ndarray] = {}
     for (vname, backend), runner in prepared.items():
         spec = variants[vname]
-        onnx_path = spec.get("onnx")
         top1 = None
         if data is not None:
             top1, preds[vname, backend] = accuracy(runner, data)
@@ -230,9 +237,7 @@ def benchmark(
                     latency=summarize(samples[vname, backend, batch], batch),
                     params=sizes[vname][0],
                     flops_per_image=sizes[vname][1],
-                    file_bytes=Path(onnx_path).stat().st_size
-                    if onnx_path and backend == "onnxruntime"
-                    else None,
+                    file_bytes=_file_bytes(spec, backend),
                     peak_rss_mb=_peak_rss_mb(),
                     peak_cuda_mb=(
                         torch.cuda.max_memory_allocated() / 2**20
