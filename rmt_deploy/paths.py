@@ -93,6 +93,17 @@ def read_json(path: str | os.PathLike[str], what: str, error: type[Exception] = 
         raise error(f"cannot read {what} {path}: {exc}") from exc
 
 
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """sha256 of a file, read in 1 MiB blocks (checkpoints and ONNX files can be large)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def write_with_atomic(target: str | os.PathLike[str], writer: Callable[[Path], object]) -> Path:
     """Call `writer(tmp_path)` and move the result into place atomically."""
     with atomic_path(target) as tmp:

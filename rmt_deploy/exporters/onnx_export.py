@@ -11,7 +11,6 @@ initializers, and opset 17 is what TensorRT 10 on JetPack 6 parses. `exporter="d
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import shutil
 import tempfile
@@ -28,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..data import take_images
 from ..errors import RmtDeployError
-from ..paths import ensure_output_dir, write_json_atomic
+from ..paths import ensure_output_dir, file_sha256, write_json_atomic
 
 _TWO_GB = 2**31 - 2**20  # protobuf's hard limit, less headroom for the graph itself
 
@@ -133,14 +132,6 @@ def verify_onnx(
         min_agreement=min_agreement,
         passed=passed,
     )
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _versions() -> dict[str, str]:
@@ -280,7 +271,7 @@ def export(
         os.replace(staged, final)
 
     files = {
-        p.name: {"sha256": _sha256(p), "bytes": p.stat().st_size}
+        p.name: {"sha256": file_sha256(p), "bytes": p.stat().st_size}
         for p in (final, out / "model.onnx.data")
         if p.exists()
     }

@@ -18,6 +18,19 @@ CIFAR_MEAN = (0.485, 0.456, 0.406)
 CIFAR_STD = (0.229, 0.224, 0.225)
 
 
+def cifar_pretrained_cfg(num_classes: int = 10) -> dict:
+    """32×32 inputs, no resize: the same keys as timm's pretrained_cfg, so one data-config
+    reader serves timm models and the CIFAR models alike."""
+    return {
+        "input_size": (3, 32, 32),
+        "mean": CIFAR_MEAN,
+        "std": CIFAR_STD,
+        "crop_pct": 1.0,
+        "interpolation": "bilinear",
+        "num_classes": num_classes,
+    }
+
+
 class PadShortcut(nn.Module):
     """Option-A shortcut: take every other pixel and zero-pad the new channels on both sides."""
 
@@ -64,15 +77,7 @@ class CifarResNet(nn.Module):
         self.layer2 = self._stage(16, 32, blocks, stride=2)
         self.layer3 = self._stage(32, 64, blocks, stride=2)
         self.linear = nn.Linear(64, num_classes)
-        # Same keys as timm's pretrained_cfg, so one data-config reader serves both.
-        self.pretrained_cfg = {
-            "input_size": (3, 32, 32),
-            "mean": CIFAR_MEAN,
-            "std": CIFAR_STD,
-            "crop_pct": 1.0,
-            "interpolation": "bilinear",
-            "num_classes": num_classes,
-        }
+        self.pretrained_cfg = cifar_pretrained_cfg(num_classes)
         for module in self.modules():
             if isinstance(module, nn.Conv2d | nn.Linear):
                 nn.init.kaiming_normal_(module.weight)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from torch import nn
 
-from .cifar_resnet import CIFAR_MEAN, CIFAR_STD
+from .cifar_resnet import cifar_pretrained_cfg
 
 VIT_CHECKPOINT = Path(__file__).resolve().parent / "weights" / "cifar_vit_tiny.safetensors"
 
@@ -26,12 +26,5 @@ def cifar_vit_tiny(**overrides: object) -> nn.Module:
     from timm.models.vision_transformer import VisionTransformer
 
     model = VisionTransformer(**{**VIT_TINY, **overrides})
-    model.pretrained_cfg = {
-        "input_size": (3, 32, 32),
-        "mean": CIFAR_MEAN,
-        "std": CIFAR_STD,
-        "crop_pct": 1.0,
-        "interpolation": "bilinear",
-        "num_classes": int(model.num_classes),
-    }
+    model.pretrained_cfg = cifar_pretrained_cfg(int(model.num_classes))
     return model

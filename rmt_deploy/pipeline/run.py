@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import RmtDeployError
-from ..paths import assets_dir, ensure_output_dir, read_json, write_json_atomic
+from ..paths import assets_dir, ensure_output_dir, file_sha256, read_json, write_json_atomic
 from .config import RunConfig
 
 STAGES = ("analyze", "plan", "compress", "evaluate", "export", "benchmark", "report")
@@ -86,19 +86,11 @@ def _lookup(config: dict, dotted: str):
     return value
 
 
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def stage_keys(config: RunConfig) -> dict[str, str]:
     """Each stage's key: hash of what it reads and of its dependencies' keys."""
     raw = config.to_dict()
     checkpoint = config.checkpoint
-    model_id = _file_digest(Path(checkpoint)) if checkpoint and Path(checkpoint).is_file() else ""
+    model_id = file_sha256(checkpoint) if checkpoint and Path(checkpoint).is_file() else ""
     keys: dict[str, str] = {}
     for stage in STAGES:
         payload = {
