@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
+from tqdm.auto import tqdm
 
 from ..errors import DataError
 from .backends import BackendUnavailable, Prepared, check_engine_batch, prepare
@@ -168,6 +169,7 @@ def benchmark(
     rounds: int = 3,
     backend_options: dict | None = None,
     power: bool = False,
+    progress: bool = False,
 ) -> BenchSuite:
     """`variants`: name → {"model": nn.Module, "onnx": Path, "engine": Path} (each optional).
     Every (variant, backend) that can run is timed at every batch size; variants alternate
@@ -209,7 +211,10 @@ def benchmark(
     samples: dict[tuple[str, str, int], list[float]] = {}
     windows: dict[tuple[str, str, int], list[tuple[float, float]]] = {}
     sampler = power_sampler() if power else None
-    with sampler if sampler is not None else _nothing():
+    bar = tqdm(
+        total=len(batches) * rounds * len(prepared), desc="bench", unit="run", disable=not progress
+    )
+    with sampler if sampler is not None else _nothing(), bar:
         for batch in batches:
             x = rng.standard_normal((batch, *input_shape)).astype(np.float32)
             for _ in range(rounds):
@@ -219,6 +224,7 @@ def benchmark(
                         time_runs(runner, x, warmup_s / rounds, max(1, runs // rounds))
                     )
                     windows.setdefault((*key, batch), []).append((began, time.monotonic()))
+                    bar.update()
     results = []
     preds: dict[tuple[str, str], np.ndarray] = {}
     for (vname, backend), runner in prepared.items():

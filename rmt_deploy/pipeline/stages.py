@@ -375,6 +375,7 @@ def stage_benchmark(ctx: RunContext):
         warmup_s=b.warmup_s,
         runs=b.runs,
         power=b.power,
+        progress=ctx.progress,
         backend_options={"device": ctx.config.compress.device},
     )
     written = write_report(suite, ctx.folder("bench"), f"{ctx.config.model}: dense vs compressed")
