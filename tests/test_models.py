@@ -106,3 +106,32 @@ def test_nan_checkpoint(tmp_path):
     torch.save(state, tmp_path / "nan.pth")
     with pytest.raises(NonFiniteWeightsError, match="layer2.1.conv1.weight"):
         load_model("cifar_resnet20", tmp_path / "nan.pth")
+
+
+def test_cifar_vit_ships_trained_weights(cifar_test, monkeypatch):
+    """The ViT trained by benchmarks/train_vit.py: ~2.7 M parameters, real accuracy."""
+    import json
+    from pathlib import Path
+
+    from rmt_deploy.data import eval_transform, load_image_dataset
+    from rmt_deploy.errors import CheckpointError
+    from rmt_deploy.evaluate import evaluate
+    from rmt_deploy.models import DataConfig
+    from rmt_deploy.models import cifar_vit as vit_module
+
+    model = load_model("cifar_vit_tiny")
+    assert 2.6e6 < sum(p.numel() for p in model.parameters()) < 2.8e6
+    data = load_image_dataset(cifar_test, eval_transform(DataConfig.from_model(model)), 500)
+    recorded = json.loads(
+        (Path(__file__).resolve().parents[1] / "benchmarks/results/train_vit.json").read_text()
+    )["test_top1"]
+    top1 = evaluate(model, data, progress=False).top1
+    assert abs(top1 - recorded) < 5  # 500 of the 10,000 images the recorded figure used
+    untrained = load_model("cifar_vit_tiny", pretrained=False)
+    assert evaluate(untrained, data, progress=False).top1 < 20
+    import rmt_deploy.models as models_module
+
+    monkeypatch.setattr(models_module, "VIT_CHECKPOINT", Path("/nonexistent/vit.safetensors"))
+    with pytest.raises(CheckpointError, match="train it with benchmarks/train_vit.py"):
+        load_model("cifar_vit_tiny")
+    assert vit_module.VIT_CHECKPOINT.name == "cifar_vit_tiny.safetensors"
