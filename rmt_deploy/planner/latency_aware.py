@@ -148,12 +148,14 @@ def latency_plan(
             :batch
         ]
     shapes = capture_input_shapes(model, targets, example)
-    timer = LayerLatency(targets, shapes, backend, device, runs=runs)
+    # On CUDA, time in the deployment precision (fp16; the sparse kernels need it anyway).
+    dtype = torch.float16 if device.startswith("cuda") else torch.float32
+    timer = LayerLatency(targets, shapes, backend, device, dtype=dtype, runs=runs)
     if backend == "onnxruntime":
         dense_ms = time_onnxruntime(copy.deepcopy(model), tuple(example.shape), runs, timer.threads)
     else:
-        on_device = copy.deepcopy(model).to(device).eval()
-        x = example.to(device)
+        on_device = copy.deepcopy(model).to(device, dtype).eval()
+        x = example.to(device, dtype)
         with torch.inference_mode():
             dense_ms = median_ms(lambda: on_device(x), runs, cuda=device.startswith("cuda"))
 

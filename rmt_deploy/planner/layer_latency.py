@@ -9,6 +9,7 @@ or ONNX Runtime (the layer exported on its own). Measurements are memoized per (
 
 from __future__ import annotations
 
+import copy
 import io
 import statistics
 import time
@@ -132,7 +133,7 @@ class LayerLatency:
     def _build(self, name: str, form: str) -> nn.Module | Callable:
         module = self.layers[name]
         if form == "dense":
-            return module
+            return copy.deepcopy(module)  # timing moves it to the device: never the caller's
         if form.startswith("rank:"):
             return lowrank_form(module, int(form.split(":")[1]))
         if form == "nm24":
