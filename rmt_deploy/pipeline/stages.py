@@ -376,7 +376,10 @@ def stage_benchmark(ctx: RunContext):
         runs=b.runs,
         power=b.power,
         progress=ctx.progress,
-        backend_options={"device": ctx.config.compress.device},
+        backend_options={
+            "device": ctx.config.compress.device,
+            "precision": "fp16" if ctx.config.compress.device.startswith("cuda") else "fp32",
+        },
     )
     written = write_report(suite, ctx.folder("bench"), f"{ctx.config.model}: dense vs compressed")
     speedups = {
