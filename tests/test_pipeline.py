@@ -226,3 +226,14 @@ def test_cli_run_reports_up_to_date(finished_run, tmp_path, capsys):
     assert "ran nothing" in out and "report:" in out
     assert main(["--quiet", "run", str(path), "--accuracy-budget", "-1"]) == 2
     assert "--accuracy-budget must be ≥ 0" in capsys.readouterr().err
+
+
+def test_fixed_strategy_reuses_the_analysis(finished_run, tmp_path):
+    _, _, result = finished_run
+    shutil.copytree(result.output, tmp_path / "run")
+    config = _config(tmp_path, compress={"strategy": "nm24"})
+    again = run(config, progress=False, log=lambda _: None)
+    assert again.skipped == ["analyze"] and again.ran[0] == "plan"
+    plan = json.loads((again.output / "plan" / "plan.json").read_text())
+    assert plan["strategy"] == "nm24" and plan["summary"]["nm24_layers"] > 0
+    assert "at sparsity 0.5" in (again.output / "report.md").read_text()

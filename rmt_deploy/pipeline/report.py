@@ -16,7 +16,9 @@ def write_run_report(ctx) -> list[Path]:
     manifest = _read(out / "manifest.json") or {"stages": {}}
     accuracy = _read(out / "evaluate" / "accuracy.json") or {}
     plan = _read(out / "plan" / "plan.json") or {}
-    planner = _read(out / "plan" / "planner.json")
+    planner = (
+        _read(out / "plan" / "planner.json") if ctx.config.compress.strategy == "latency" else None
+    )
     bench = _read(out / "bench" / "bench.json") or {"results": [], "skipped": []}
     config = ctx.config
     lines = [

@@ -157,6 +157,8 @@ def stage_plan(ctx: RunContext):
             raise
         written += _write_planner(folder, report)
     else:
+        for stale in ("planner.json", "planner.md"):  # from an earlier latency-aware plan
+            (folder / stale).unlink(missing_ok=True)
         spectrum = ModelSpectrum.load(ctx.out / "analyze" / "spectrum.json")
         data = ctx.train if c.strategy in ("ser", "hybrid") else ctx.calib
         the_plan = plan(
