@@ -162,6 +162,11 @@ def test_rerun_skips_and_changes_rerun_only_what_depends(finished_run, monkeypat
     assert "analyze" in resumed.skipped and "compress" in resumed.skipped
     bench = json.loads((resumed.output / "bench" / "bench.json").read_text())
     assert {r["batch"] for r in bench["results"]} == {2}
+    # Forcing a stage makes everything downstream of it stale.
+    forced = run(changed, stages=["evaluate"], force=True, **quiet)
+    assert forced.ran == ["evaluate"]
+    with pytest.raises(StageDependencyError, match="stage report needs benchmark"):
+        run(changed, stages=["report"], **quiet)
 
 
 def test_budget_no_plan_meets(finished_run, tmp_path):

@@ -90,7 +90,12 @@ def torch_eager(model=None, onnx_path=None, **options) -> Prepared:
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[
         options.get("precision", "fp32")
     ]
-    return _torch_runner(module.to(device, dtype), device, dtype)
+    module = module.to(device, dtype)
+    if options.get("sparse24") and device.startswith("cuda") and dtype != torch.float32:
+        from ..layers import semi_structured_
+
+        semi_structured_(module, dtype)  # 2:4 masked layers onto the sparse tensor cores
+    return _torch_runner(module, device, dtype)
 
 
 @register_backend("torch-compile")
@@ -175,17 +180,21 @@ def tensorrt_engine(model=None, onnx_path=None, engine=None, **options) -> Prepa
         return torch.from_numpy(np.zeros(1, trt.nptype(cuda_engine.get_tensor_dtype(name)))).dtype
 
     in_dtype, out_dtype = torch_dtype(inputs[0]), torch_dtype(outputs[0])
+    stream = torch.cuda.Stream()  # not the legacy default stream: TensorRT syncs extra there
 
     def run(batch: np.ndarray) -> np.ndarray:
         check_engine_batch(Path(engine), batch.shape[0], (lowest[0], highest[0]))
-        x = torch.from_numpy(batch).to("cuda", in_dtype)
-        context.set_input_shape(inputs[0], tuple(x.shape))
-        y = torch.empty(tuple(context.get_tensor_shape(outputs[0])), dtype=out_dtype, device="cuda")
-        context.set_tensor_address(inputs[0], x.data_ptr())
-        context.set_tensor_address(outputs[0], y.data_ptr())
-        if not context.execute_async_v3(torch.cuda.current_stream().cuda_stream):
-            raise RmtDeployError(f"TensorRT failed to run {engine} at batch {batch.shape[0]}")
-        return y.float().cpu().numpy()
+        with torch.cuda.stream(stream):
+            x = torch.from_numpy(batch).to("cuda", in_dtype)
+            context.set_input_shape(inputs[0], tuple(x.shape))
+            shape = tuple(context.get_tensor_shape(outputs[0]))
+            y = torch.empty(shape, dtype=out_dtype, device="cuda")
+            context.set_tensor_address(inputs[0], x.data_ptr())
+            context.set_tensor_address(outputs[0], y.data_ptr())
+            if not context.execute_async_v3(stream.cuda_stream):
+                raise RmtDeployError(f"TensorRT failed to run {engine} at batch {batch.shape[0]}")
+            out = y.float().cpu().numpy()
+        return out
 
     return Prepared(
         run,

@@ -91,6 +91,7 @@ def power_summary(samples, windows: list[tuple[float, float]], result: BenchResu
     energy per inference it implies at the measured throughput."""
     inside = [s for s in samples if any(a <= s.time <= b for a, b in windows)]
     rail = input_rail(inside[0]) if inside else None
+    inside = [s for s in inside if rail in s.rails_mw]
     if rail is None:
         return {"power_samples": len(inside)}
     energy = energy_per_inference_mj(inside, result.latency.throughput)
@@ -147,9 +148,15 @@ def time_runs(prepared: Prepared, batch: np.ndarray, warmup_s: float, runs: int)
 def accuracy(prepared: Prepared, data: Dataset, batch_size: int = 100) -> tuple[float, np.ndarray]:
     if len(data) == 0:
         raise DataError("the accuracy dataset is empty")
+    lowest = 1
+    if prepared.batch_range is not None:  # an engine runs only the batches its profile covers
+        lowest, batch_size = prepared.batch_range[0], min(batch_size, prepared.batch_range[1])
     preds, correct = [], 0
     for images, labels in DataLoader(data, batch_size=batch_size, num_workers=1):
-        logits = prepared.run(images.numpy())
+        batch = images.numpy()
+        if len(batch) < lowest:  # pad the last batch with copies; their outputs are dropped
+            batch = np.concatenate([batch, np.repeat(batch[-1:], lowest - len(batch), 0)])
+        logits = prepared.run(batch)[: len(images)]
         pred = logits.argmax(1)
         preds.append(pred)
         correct += int((pred == labels.numpy()).sum())

@@ -57,8 +57,8 @@ def energy_per_inference_mj(samples: list[TegraSample], throughput: float) -> fl
     rail = input_rail(samples[0]) if samples else None
     if rail is None or throughput <= 0:
         return None
-    mean_mw = sum(s.rails_mw[rail] for s in samples if rail in s.rails_mw) / len(samples)
-    return mean_mw / throughput
+    readings = [s.rails_mw[rail] for s in samples if rail in s.rails_mw]
+    return sum(readings) / len(readings) / throughput
 
 
 class TegraStatsSampler:
@@ -120,7 +120,14 @@ class JtopSampler:
         self._thread: threading.Thread | None = None
 
     def __enter__(self) -> JtopSampler:
-        self._jtop.start()
+        from ..errors import RmtDeployError
+
+        try:
+            self._jtop.start()
+        except Exception as exc:  # jtop's own exception types; the service may be down
+            raise RmtDeployError(
+                f"jtop cannot start (is the jtop service running?): {exc}"
+            ) from exc
         self._thread = threading.Thread(target=self._read, daemon=True)
         self._thread.start()
         return self

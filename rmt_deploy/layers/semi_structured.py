@@ -16,6 +16,19 @@ from .masked import MaskedLinear
 from .sparsity import is_nm_sparse
 
 
+def semi_structured_incompatibility(module: nn.Module) -> str | None:
+    """Why this layer cannot use the fp16/bf16 2:4 kernels (None when it can): they need a
+    Linear whose output size is a multiple of 32 and input size a multiple of 64."""
+    if not isinstance(module, nn.Linear):
+        return "only Linear layers"
+    if module.out_features % 32 or module.in_features % 64:
+        return (
+            f"{module.out_features}×{module.in_features}: the sparse kernels need out % 32 == 0 "
+            "and in % 64 == 0"
+        )
+    return None
+
+
 class SemiStructuredLinear(nn.Module):
     """y = x Wᵀ + b with W held as a 2:4 semi-structured sparse tensor."""
 
@@ -43,7 +56,11 @@ def semi_structured_(model: nn.Module, dtype: torch.dtype = torch.float16) -> in
     model.to("cuda", dtype).eval()
     swapped = 0
     for name, module in list(model.named_modules()):
-        if isinstance(module, MaskedLinear) and is_nm_sparse(module.masked_weight()):
+        if (
+            isinstance(module, MaskedLinear)
+            and semi_structured_incompatibility(module) is None
+            and is_nm_sparse(module.masked_weight())
+        ):
             parent_name, _, attr = name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
             weight = module.masked_weight().detach().to("cuda", dtype).contiguous()

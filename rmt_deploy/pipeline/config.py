@@ -246,6 +246,18 @@ def _check_values(config: RunConfig) -> None:
             raise ConfigError(
                 f"export.tensorrt.sparsity: one of {SPARSITY_MODES}, got {t.sparsity!r}"
             )
+    if (
+        c.strategy == "latency"
+        and c.layer_error is None
+        and c.accuracy_budget is not None
+        and config.data.val_images == 0
+    ):
+        raise ConfigError(
+            "compress.accuracy_budget needs held-out images: set data.val_images > 0 "
+            "(or a fixed compress.layer_error)"
+        )
+    if "tensorrt" in b.backends and not config.export.onnx:
+        raise ConfigError("benchmark.backends has tensorrt but export.onnx is false")
     if "tensorrt" in b.backends and config.export.tensorrt is None:
         raise ConfigError("benchmark.backends has tensorrt but export.tensorrt is not configured")
     if any(name.startswith("onnxruntime") for name in b.backends) and not config.export.onnx:

@@ -27,7 +27,11 @@ def write_run_report(ctx) -> list[Path]:
         f"Strategy `{config.compress.strategy}`"
         + (
             f" (latency-aware on {config.compress.backend}, batch {config.compress.batch}, "
-            f"accuracy budget {config.compress.accuracy_budget} pp)"
+            + (
+                f"accuracy budget {config.compress.accuracy_budget} pp)"
+                if config.compress.layer_error is None
+                else f"fixed layer error {config.compress.layer_error})"
+            )
             if config.compress.strategy == "latency"
             else f" at sparsity {config.compress.sparsity}"
         )

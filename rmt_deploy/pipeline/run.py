@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import RmtDeployError
+from ..errors import AssetsError, RmtDeployError
 from ..paths import assets_dir, ensure_output_dir, file_sha256, read_json, write_json_atomic
 from .config import RunConfig
 
@@ -75,7 +75,12 @@ class Manifest:
         )
 
     def record(self, name: str, entry: dict) -> None:
+        """Record `name` as done and forget every stage downstream of it: their artifacts
+        were made from what `name` has just replaced."""
         self.data["stages"][name] = entry
+        for later in STAGES:
+            if later != name and name in _needed([later]):
+                self.data["stages"].pop(later, None)
         write_json_atomic(self.path, self.data)
 
 
@@ -86,8 +91,9 @@ def _lookup(config: dict, dotted: str):
     return value
 
 
-def stage_keys(config: RunConfig) -> dict[str, str]:
-    """Each stage's key: hash of what it reads and of its dependencies' keys."""
+def stage_keys(config: RunConfig, assets: Path | None = None) -> dict[str, str]:
+    """Each stage's key: hash of what it reads and of its dependencies' keys (the analysis
+    also hashes the checkpoint file and the assets folder that models and data come from)."""
     raw = config.to_dict()
     checkpoint = config.checkpoint
     model_id = file_sha256(checkpoint) if checkpoint and Path(checkpoint).is_file() else ""
@@ -98,6 +104,7 @@ def stage_keys(config: RunConfig) -> dict[str, str]:
             "reads": {r: _lookup(raw, r) for r in READS[stage]},
             "deps": [keys[d] for d in DEPENDS[stage]],
             "checkpoint_sha256": model_id if stage == "analyze" else "",
+            "assets": str(assets.resolve()) if assets is not None and stage == "analyze" else "",
         }
         blob = json.dumps(payload, sort_keys=True, default=str).encode()
         keys[stage] = hashlib.sha256(blob).hexdigest()[:16]
@@ -137,7 +144,11 @@ def run(
     out = ensure_output_dir(config.output)
     write_json_atomic(out / "config.json", config.to_dict())
     manifest = Manifest(out)
-    keys = stage_keys(config)
+    try:
+        assets = assets_dir(config.assets)
+    except AssetsError:  # fine while every data path is absolute; loading says otherwise
+        assets = Path(config.assets or "../shared/assets")
+    keys = stage_keys(config, assets)
     selected = list(STAGES) if not stages else [s for s in STAGES if s in stages]
     if stages:
         for stage in selected:
@@ -147,7 +158,7 @@ def run(
                         f"stage {stage} needs {dep}, which has not run in {out} with this config: "
                         f"run it first (--stages {dep},{stage}) or run the whole pipeline"
                     )
-    ctx = RunContext(config, out, assets_dir(config.assets), progress, log)
+    ctx = RunContext(config, out, assets, progress, log)
     result = RunResult(out)
     for stage in selected:
         if not force and manifest.done(stage, keys[stage], out):

@@ -262,6 +262,7 @@ def stage_compress(ctx: RunContext):
     info = {"compressed": _recover(ctx, model, teacher)}
     meta = {PLAN_METADATA_KEY: the_plan.to_json(), "rmt_deploy.model": ctx.config.model}
     written = [save_checkpoint(model, folder / "model.safetensors", meta)]
+    (folder / "dense_finetuned.safetensors").unlink(missing_ok=True)  # from an earlier config
     if ctx.config.finetune.steps > 0:
         # The same recovery on the dense model: the fair reference for the accuracy cost.
         reference = copy.deepcopy(ctx.dense)
@@ -333,7 +334,10 @@ def _build_engine(ctx: RunContext, onnx_path: Path, written: list[Path]) -> str:
     )
 
     t = ctx.config.export.tensorrt
-    engine = onnx_path.with_name(f"model_{t.precision}.engine")
+    engine = engine_path(onnx_path.parent, t.precision)
+    for old in onnx_path.parent.glob("*.engine"):  # never benchmark an engine of another ONNX
+        old.unlink()
+        engine_info_path(old).unlink(missing_ok=True)
     try:
         report = build_engine(
             onnx_path,
@@ -357,11 +361,12 @@ def stage_benchmark(ctx: RunContext):
     for name, model in (("dense", ctx.dense), ("compressed", ctx.compressed())):
         folder = ctx.out / "export" / name
         onnx_path = folder / "model.onnx"
-        engines = sorted(folder.glob("*.engine"))
+        trt = ctx.config.export.tensorrt
+        engine = engine_path(folder, trt.precision) if trt is not None else None
         variants[name] = {
             "model": model,
             "onnx": onnx_path if onnx_path.is_file() else None,
-            "engine": engines[0] if engines else None,
+            "engine": engine if engine is not None and engine.is_file() else None,
         }
     agree = copy.copy(ctx.test)
     if b.agreement_images < len(agree.samples):
@@ -381,6 +386,7 @@ def stage_benchmark(ctx: RunContext):
         backend_options={
             "device": ctx.config.compress.device,
             "precision": "fp16" if ctx.config.compress.device.startswith("cuda") else "fp32",
+            "sparse24": True,  # CUDA: 2:4 layers run on the sparse kernels the planner timed
         },
     )
     written = write_report(suite, ctx.folder("bench"), f"{ctx.config.model}: dense vs compressed")
@@ -390,6 +396,10 @@ def stage_benchmark(ctx: RunContext):
         if r.variant == "compressed" and "speedup_vs_reference" in r.extra
     }
     return written, {"speedups": speedups, "skipped": suite.skipped}
+
+
+def engine_path(folder: Path, precision: str) -> Path:
+    return folder / f"model_{precision}.engine"
 
 
 def stage_report(ctx: RunContext):

@@ -27,7 +27,8 @@ from ..analysis import analyze
 from ..compress import compress_
 from ..errors import RmtDeployError
 from ..evaluate import evaluate
-from ..layers import nm_incompatibility, nm_mask
+from ..layers import nm_mask
+from ..layers.semi_structured import semi_structured_incompatibility
 from ..plan import CompressionPlan, LayerPlan
 from ..strategies.base import dense_entry, mask_entry, prunable_layers
 from ..strategies.lowrank import (
@@ -88,7 +89,7 @@ class LatencyPlanReport:
 def _output_error_nm24(weight: torch.Tensor, cov: torch.Tensor) -> float:
     """Relative output error of the 2:4 magnitude mask: tr(ΔW C ΔWᵀ) / tr(W C Wᵀ)."""
     w = weight.detach().reshape(weight.shape[0], -1).double()
-    delta = w * (~nm_mask(weight.detach()).reshape(w.shape)).double()
+    delta = w * (1 - nm_mask(weight.detach()).reshape(w.shape).double())
     return float(((delta @ cov) * delta).sum() / ((w @ cov) * w).sum().clamp_min(1e-30))
 
 
@@ -118,10 +119,17 @@ def latency_plan(
             raise RmtDeployError("an accuracy budget needs held-out images to validate plans on")
         if accuracy_budget < 0:
             raise RmtDeployError(f"the accuracy budget must be ≥ 0 pp, got {accuracy_budget}")
-    grid = sorted(error_grid) if accuracy_budget is not None else [layer_error or 0.02]
+    grid = (
+        sorted(error_grid)
+        if accuracy_budget is not None
+        else [0.02 if layer_error is None else layer_error]
+    )
     if not grid or min(grid) <= 0:
         raise RmtDeployError("layer errors must be positive")
-    nm24 = device.startswith("cuda") if nm24 is None else nm24
+    on_gpu = backend == "torch" and device.startswith("cuda")
+    nm24 = on_gpu if nm24 is None else nm24
+    if nm24 and not on_gpu:
+        raise RmtDeployError("2:4 candidates are timed with the torch backend on a CUDA device")
     targets = dict(prunable_layers(model, filter_fn))
     if not targets:
         raise RmtDeployError("no Linear/Conv2d layer to plan (check the filter)")
@@ -139,7 +147,7 @@ def latency_plan(
     nm24_error = {
         n: _output_error_nm24(m.weight, covs[n])
         for n, m in eligible.items()
-        if nm24 and isinstance(m, nn.Linear) and nm_incompatibility(tuple(m.weight.shape)) is None
+        if nm24 and isinstance(m, nn.Linear) and semi_structured_incompatibility(m) is None
     }
 
     example = torch.stack([calib[i][0] for i in range(min(batch, len(calib)))])

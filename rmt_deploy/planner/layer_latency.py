@@ -194,8 +194,11 @@ def time_onnxruntime(module: nn.Module, shape: tuple[int, ...], runs: int, threa
 
 def _semi_structured(module: nn.Module, device: str) -> Callable:
     """A Linear whose 2:4-masked weight runs on sparse tensor cores (CUDA, fp16)."""
-    if not (isinstance(module, nn.Linear) and device.startswith("cuda")):
-        raise RmtDeployError("2:4 latency is measured for Linear layers on a CUDA device only")
+    from ..layers.semi_structured import semi_structured_incompatibility
+
+    why = semi_structured_incompatibility(module)
+    if why is not None or not device.startswith("cuda"):
+        raise RmtDeployError(f"no 2:4 kernel for this layer: {why or 'it needs a CUDA device'}")
     from torch.sparse import to_sparse_semi_structured
 
     weight = module.weight.detach().to(device, torch.float16)
