@@ -182,9 +182,10 @@ def _write_summary(summary: dict, batches: list[int], n_test: int) -> None:
                 for b in batches
             ]
             drop = row["top1_drop_pp"]
+            drop = None if drop is None else round(drop, 2) + 0.0  # no "-0.00" for dense
             lines.append(
                 f"| {name} ({row['strategy']} {row['sparsity']}) | {row['test_top1']:.2f} | "
-                f"{'–' if drop is None else f'{-drop:+.2f}'} | "
+                f"{'–' if drop is None else f'{0.0 - drop:+.2f}'} | "
                 + " | ".join("–" if c is None else f"×{c:.2f}" for c in cells)
                 + " |"
             )
