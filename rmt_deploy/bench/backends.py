@@ -128,12 +128,11 @@ def _onnxruntime(provider: str, onnx_path, options) -> Prepared:
             f"{provider} is not available in this onnxruntime "
             f"({', '.join(ort.get_available_providers())})"
         )
-    so = ort.SessionOptions()
+    from ..exporters.onnx_export import ort_session
+
     threads = int(options.get("threads") or torch.get_num_threads())
-    so.intra_op_num_threads = threads
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
-        session = ort.InferenceSession(str(onnx_path), so, providers=[provider])
+        session = ort_session(Path(onnx_path), threads, provider)
     except Exception as exc:
         raise BackendUnavailable(f"onnxruntime cannot load {onnx_path}: {exc}") from exc
     name = session.get_inputs()[0].name

@@ -67,14 +67,20 @@ class ExportArtifact:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-def _ort_session(path: Path, threads: int | None = None):
+def ort_session(
+    model: Path | bytes, threads: int | None = None, provider: str = "CPUExecutionProvider"
+):
+    """An ONNX Runtime session (from a file or serialized bytes) set up the way every
+    measurement here needs it: `threads` intra-op threads, no spinning."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or torch.get_num_threads()
     # Spinning threads of several sessions fight over few cores (batch-1 latency doubles).
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    options.log_severity_level = 3  # warnings about unused initializers etc. are noise here
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, options, providers=[provider])
 
 
 def _inputs(data: Dataset | None, n: int, shape: tuple[int, ...], batch: int):
@@ -103,7 +109,7 @@ def verify_onnx(
 
     Passes when max |Δ| ≤ atol + rtol·max |torch| and the top-1 agreement ≥ min_agreement.
     """
-    session = _ort_session(Path(onnx_path))
+    session = ort_session(Path(onnx_path))
     input_name = session.get_inputs()[0].name
     model.eval()
     max_abs = scale = 0.0

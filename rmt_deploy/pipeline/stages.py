@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
@@ -23,7 +23,6 @@ class RunContext:
     assets: Path
     progress: bool = True
     log: Callable[[str], None] = print
-    _cache: dict = field(default_factory=dict)
 
     def folder(self, name: str) -> Path:
         path = self.out / name

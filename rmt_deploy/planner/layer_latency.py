@@ -169,7 +169,7 @@ def median_ms(fn: Callable[[], object], runs: int, cuda: bool = False) -> float:
 
 
 def time_onnxruntime(module: nn.Module, shape: tuple[int, ...], runs: int, threads: int) -> float:
-    import onnxruntime as ort
+    from ..exporters.onnx_export import ort_session
 
     x = torch.randn(shape)
     buffer = io.BytesIO()
@@ -183,11 +183,7 @@ def time_onnxruntime(module: nn.Module, shape: tuple[int, ...], runs: int, threa
             opset_version=17,
             dynamo=False,
         )
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.log_severity_level = 3
-    session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
+    session = ort_session(buffer.getvalue(), threads)
     feed = {"x": x.numpy().astype(np.float32)}
     return median_ms(lambda: session.run(None, feed), runs)
 
