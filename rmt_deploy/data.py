@@ -106,11 +106,19 @@ def load_image_dataset(
         dataset = _from_csv(root, transform)
     else:
         dataset = _from_class_folders(root, transform)
-    if limit is not None and limit < len(dataset):
-        if limit <= 0:
-            raise DataError(f"--limit must be positive, got {limit}")
-        step = len(dataset) / limit
-        dataset.samples = [dataset.samples[int(i * step)] for i in range(limit)]
+    if limit is not None and limit <= 0:
+        raise DataError(f"--limit must be positive, got {limit}")
+    return evenly_spaced(dataset, limit)
+
+
+def evenly_spaced(dataset: LabeledImages, count: int | None) -> LabeledImages:
+    """`dataset` cut to `count` evenly spaced samples (all of it when count is None or not
+    smaller): in a folder sorted by class, every class stays represented."""
+    if count is not None and count <= 0:
+        dataset.samples = []
+    elif count is not None and count < len(dataset.samples):
+        step = len(dataset.samples) / count
+        dataset.samples = [dataset.samples[int(i * step)] for i in range(count)]
     return dataset
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from torch import nn
 
+from ..data import evenly_spaced
 from ..errors import RmtDeployError
 from ..paths import write_json_atomic, write_text_atomic
 from .config import RunConfig
@@ -83,11 +84,7 @@ class RunContext:
         val, test = copy.copy(full), copy.copy(full)
         val.samples = [s for i, s in enumerate(full.samples) if i in val_index]
         test.samples = [s for i, s in enumerate(full.samples) if i not in val_index]
-        limit = self.config.data.test_images
-        if limit is not None and limit < len(test.samples):
-            stride = len(test.samples) / limit
-            test.samples = [test.samples[int(i * stride)] for i in range(limit)]
-        return val, test
+        return val, evenly_spaced(test, self.config.data.test_images)
 
     @property
     def val(self):
@@ -367,10 +364,7 @@ def stage_benchmark(ctx: RunContext):
             "onnx": onnx_path if onnx_path.is_file() else None,
             "engine": engine if engine is not None and engine.is_file() else None,
         }
-    agree = copy.copy(ctx.test)
-    if b.agreement_images < len(agree.samples):
-        stride = len(agree.samples) / b.agreement_images
-        agree.samples = [agree.samples[int(i * stride)] for i in range(b.agreement_images)]
+    agree = evenly_spaced(copy.copy(ctx.test), b.agreement_images)
     suite = benchmark(
         variants,
         b.backends,
