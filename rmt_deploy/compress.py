@@ -6,13 +6,17 @@ import torch
 from torch import nn
 
 from .layers import (
-    LowRankConv2d,
-    LowRankLinear,
     is_nm_sparse,
+    layer_view,
+    lowrank_from_view,
+    lowrank_like,
     magnitude_mask,
-    masked_from_dense,
+    masked_from_view,
+    masked_like,
     nm_mask,
+    unfuse_attention_,
 )
+from .layers.views import LayerView
 from .plan import CompressionPlan, LayerPlan, PlanError
 from .surgery import replace_module
 
@@ -43,21 +47,42 @@ def _target(model: nn.Module, layer: LayerPlan) -> nn.Module:
     return module
 
 
-def _lowrank(module: nn.Module, left: torch.Tensor, right: torch.Tensor) -> nn.Module:
-    if isinstance(module, nn.Linear):
-        return LowRankLinear.from_factors(left, right, module.bias)
-    if module.groups != 1:
-        raise PlanError("a grouped convolution cannot be factorized")
-    return LowRankConv2d.from_factors(module, left, right)
+def _replacement(view: LayerView, layer: LayerPlan, structure_only: bool) -> nn.Module:
+    """The compressed form of `view`'s layer as `layer` plans it."""
+    if layer.action == "lowrank":
+        if view.groups != 1:
+            raise PlanError(f"layer {layer.name!r}: a grouped convolution cannot be factorized")
+        if structure_only:
+            return lowrank_like(view, layer.rank)
+        if "left" in layer.payload:
+            left, right = layer.payload["left"], layer.payload["right"]
+        else:
+            left, right = truncated_svd(view.weight, layer.rank)
+        return lowrank_from_view(view, left, right)
+    if structure_only:
+        return masked_like(view)
+    if "mask" in layer.payload:
+        mask = layer.payload["mask"]
+    elif layer.action == "nm24":
+        mask = nm_mask(view.weight)
+    else:
+        mask = magnitude_mask(view.weight, layer.density)
+    if layer.action == "nm24" and not is_nm_sparse(mask):
+        raise PlanError(f"layer {layer.name!r}: the mask is not 2:4")
+    return masked_from_view(view, mask)
 
 
 @torch.no_grad()
 def compress_(model: nn.Module, plan: CompressionPlan, structure_only: bool = False) -> nn.Module:
     """Rewrite the layers of `model` as `plan` says. Returns the model.
 
-    With `structure_only`, only the module types and shapes change (weights are left to a
-    later `load_state_dict`): that is how a compressed checkpoint is loaded.
+    Each compressed layer is built from the original's view (`layers/views.py`), so it keeps
+    what the original did in its forward (TF 'SAME' padding, weight standardization).
+    nn.MultiheadAttention modules are unfused first (same outputs), as `plan` did. With
+    `structure_only`, only the module types and shapes change (weights are left to a later
+    `load_state_dict`): that is how a compressed checkpoint is loaded.
     """
+    unfuse_attention_(model)
     modules = [(layer, _target(model, layer)) for layer in plan.layers]  # validate everything first
     if plan.extra_state and not structure_only:
         unknown = set(plan.extra_state) - set(model.state_dict())
@@ -69,26 +94,7 @@ def compress_(model: nn.Module, plan: CompressionPlan, structure_only: bool = Fa
             module.weight.copy_(layer.payload["weight"])
         if layer.action == "dense":
             continue
-        if layer.action == "lowrank":
-            if structure_only:
-                left = torch.zeros(module.weight.shape[0], layer.rank)
-                right = torch.zeros(layer.rank, module.weight[0].numel())
-            elif "left" in layer.payload:
-                left, right = layer.payload["left"], layer.payload["right"]
-            else:
-                left, right = truncated_svd(module.weight, layer.rank)
-            new = _lowrank(module, left, right).to(module.weight.device, module.weight.dtype)
-            replace_module(model, layer.name, new)
-            continue
-        if structure_only:
-            mask = torch.ones_like(module.weight)
-        elif "mask" in layer.payload:
-            mask = layer.payload["mask"]
-        elif layer.action == "nm24":
-            mask = nm_mask(module.weight)
-        else:
-            mask = magnitude_mask(module.weight, layer.density)
-        if layer.action == "nm24" and not structure_only and not is_nm_sparse(mask):
-            raise PlanError(f"layer {layer.name!r}: the mask is not 2:4")
-        replace_module(model, layer.name, masked_from_dense(module, mask))
+        view = layer_view(module)
+        new = _replacement(view, layer, structure_only)
+        replace_module(model, layer.name, new.to(module.weight.device, module.weight.dtype))
     return model

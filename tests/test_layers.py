@@ -8,10 +8,10 @@ from rmt_deploy.compress import truncated_svd
 from rmt_deploy.layers import (
     LowRankConv2d,
     LowRankLinear,
-    MaskedConv2d,
-    MaskedLinear,
     is_nm_sparse,
+    layer_view,
     magnitude_mask,
+    masked_from_view,
     nm_incompatibility,
     nm_mask,
 )
@@ -37,9 +37,10 @@ def test_lowrank_conv_keeps_geometry(stride, padding, dilation):
     torch.manual_seed(1)
     conv = nn.Conv2d(6, 10, 3, stride=stride, padding=padding, dilation=dilation)
     x = torch.randn(2, 6, 13, 13)
-    full = LowRankConv2d.from_factors(conv, *truncated_svd(conv.weight, 10))
+    view = layer_view(conv)
+    full = LowRankConv2d.from_factors(view, *truncated_svd(conv.weight, 10))
     assert torch.allclose(full(x), conv(x), atol=1e-5)
-    low = LowRankConv2d.from_factors(conv, *truncated_svd(conv.weight, 3))
+    low = LowRankConv2d.from_factors(view, *truncated_svd(conv.weight, 3))
     ref = nn.functional.conv2d(x, low.dense_weight(), conv.bias, stride, padding, dilation)
     assert torch.allclose(low(x), ref, atol=1e-5)
     assert low.second.kernel_size == (1, 1) and "rank=3" in repr(low)
@@ -49,8 +50,8 @@ def test_lowrank_conv_keeps_geometry(stride, padding, dilation):
 def test_masks_hold_through_training(optimizer):
     torch.manual_seed(2)
     dense_lin, dense_conv = nn.Linear(16, 8), nn.Conv2d(4, 8, 3)
-    lin = MaskedLinear.from_dense(dense_lin, magnitude_mask(dense_lin.weight, 0.3))
-    conv = MaskedConv2d.from_dense(dense_conv, nm_mask(dense_conv.weight))
+    lin = masked_from_view(layer_view(dense_lin), magnitude_mask(dense_lin.weight, 0.3))
+    conv = masked_from_view(layer_view(dense_conv), nm_mask(dense_conv.weight))
     params = [*lin.parameters(), *conv.parameters()]
     opt = (
         torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=0.1)
@@ -102,11 +103,11 @@ def test_semi_structured_needs_a_gpu_or_runs_on_one():
     from torch import nn
 
     from rmt_deploy.errors import RmtDeployError
-    from rmt_deploy.layers import MaskedLinear, nm_mask, semi_structured_
+    from rmt_deploy.layers import layer_view, masked_from_view, nm_mask, semi_structured_
 
     torch.manual_seed(0)
     dense = nn.Linear(128, 64)
-    model = nn.Sequential(MaskedLinear.from_dense(dense, nm_mask(dense.weight.detach())))
+    model = nn.Sequential(masked_from_view(layer_view(dense), nm_mask(dense.weight.detach())))
     x = torch.randn(32, 128)
     expected = model(x)
     if not torch.cuda.is_available():

@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from rmt_deploy.compress import compress_
-from rmt_deploy.layers import MaskedLinear, magnitude_mask
+from rmt_deploy.layers import MaskedLinear, layer_view, magnitude_mask, masked_from_view
 from rmt_deploy.recovery import FinetuneConfig, bn_recalibrate, finetune
 from rmt_deploy.strategies import plan
 
@@ -76,7 +76,7 @@ def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         model = toy_model()
-        model[0] = MaskedLinear.from_dense(model[0], magnitude_mask(model[0].weight, 0.4))
+        model[0] = masked_from_view(layer_view(model[0]), magnitude_mask(model[0].weight, 0.4))
         finetune(
             model, toy_task(), FinetuneConfig(max_steps=15, batch_size=16, lr=0.05), progress=False
         )

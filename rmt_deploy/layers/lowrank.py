@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .views import LayerView
+
 
 class LowRankLinear(nn.Module):
     """in → rank → out: `first` (no bias) then `second` (with the original bias)."""
@@ -45,41 +47,67 @@ class LowRankLinear(nn.Module):
 
 
 class LowRankConv2d(nn.Module):
-    """k×k conv C_in → rank (same stride/padding/dilation), then 1×1 conv rank → C_out."""
+    """[input transform] → k×k conv C_in → rank (the layer's stride/padding/dilation) → 1×1 conv
+    rank → C_out. The input transform is what the original layer did in its forward before the
+    conv (TF 'SAME' padding, a non-zero padding mode); it has no parameters."""
 
-    def __init__(self, conv: nn.Conv2d, rank: int):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: tuple[int, int],
+        rank: int,
+        *,
+        stride: tuple[int, int] = (1, 1),
+        padding: tuple[int, int] = (0, 0),
+        dilation: tuple[int, int] = (1, 1),
+        bias: bool = True,
+        pad: nn.Module | None = None,
+    ):
         super().__init__()
-        if conv.groups != 1:
-            raise ValueError("grouped convolutions cannot be factorized as one matrix")
         if not rank > 0:
             raise ValueError(f"rank must be positive, got {rank}")
-        self.in_channels, self.out_channels, self.rank = conv.in_channels, conv.out_channels, rank
+        self.in_channels, self.out_channels, self.rank = in_channels, out_channels, rank
+        self.pad = pad
         self.first = nn.Conv2d(
-            conv.in_channels,
-            rank,
-            conv.kernel_size,
-            stride=conv.stride,
-            padding=conv.padding,
-            dilation=conv.dilation,
+            in_channels, rank, kernel_size, stride=stride, padding=padding, dilation=dilation,
             bias=False,
-            padding_mode=conv.padding_mode,
+        )  # fmt: skip
+        self.second = nn.Conv2d(rank, out_channels, 1, bias=bias)
+
+    @classmethod
+    def like(cls, view: LayerView, rank: int) -> LowRankConv2d:
+        """A factorized layer with the geometry and input transform of `view` (weights unset)."""
+        if view.groups != 1:
+            raise ValueError("grouped convolutions cannot be factorized as one matrix")
+        return cls(
+            view.weight.shape[1],
+            view.weight.shape[0],
+            view.kernel_size,
+            rank,
+            stride=view.stride,
+            padding=view.padding,
+            dilation=view.dilation,
+            bias=view.bias is not None,
+            pad=view.input_transform(),
         )
-        self.second = nn.Conv2d(rank, conv.out_channels, 1, bias=conv.bias is not None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pad is not None:
+            x = self.pad(x)
         return self.second(self.first(x))
 
     @classmethod
     def from_factors(
-        cls, conv: nn.Conv2d, left: torch.Tensor, right: torch.Tensor
+        cls, view: LayerView, left: torch.Tensor, right: torch.Tensor
     ) -> LowRankConv2d:
-        """left: C_out×r, right: r×(C_in·kh·kw); the bias comes from `conv`."""
-        layer = cls(conv, left.shape[1])
+        """left: C_out×r, right: r×(C_in·kh·kw); the bias comes from `view`."""
+        layer = cls.like(view, left.shape[1])
         with torch.no_grad():
             layer.first.weight.copy_(right.reshape(layer.first.weight.shape))
             layer.second.weight.copy_(left.reshape(layer.second.weight.shape))
-            if conv.bias is not None:
-                layer.second.bias.copy_(conv.bias)
+            if view.bias is not None:
+                layer.second.bias.copy_(view.bias)
         return layer
 
     def dense_weight(self) -> torch.Tensor:
@@ -94,3 +122,19 @@ class LowRankConv2d(nn.Module):
             f"{self.in_channels}, {self.out_channels}, kernel_size={k}, rank={self.rank}, "
             f"stride={self.first.stride}, padding={self.first.padding}"
         )
+
+
+def lowrank_like(view: LayerView, rank: int) -> nn.Module:
+    """A factorized layer of `view`'s shape and geometry (weights unset: for timing and for
+    loading a compressed checkpoint)."""
+    if view.kind == "linear":
+        out_features, in_features = view.weight.shape
+        return LowRankLinear(in_features, out_features, rank, view.bias is not None)
+    return LowRankConv2d.like(view, rank)
+
+
+def lowrank_from_view(view: LayerView, left: torch.Tensor, right: torch.Tensor) -> nn.Module:
+    """The factorized replacement of `view`'s layer: W ≈ left @ right (matrix view)."""
+    if view.kind == "linear":
+        return LowRankLinear.from_factors(left, right, view.bias)
+    return LowRankConv2d.from_factors(view, left, right)

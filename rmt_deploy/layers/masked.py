@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .views import LayerView
+
 
 class _MaskedMixin:
     weight: nn.Parameter
@@ -36,16 +38,6 @@ class _MaskedMixin:
     def fold_(self) -> None:
         self.weight.mul_(self.weight_mask)
 
-    @torch.no_grad()
-    def _take_from(self, dense: nn.Module, mask: torch.Tensor):
-        """Copy the dense layer's weight and bias, install `mask`, zero the pruned entries."""
-        self.weight.copy_(dense.weight)
-        if dense.bias is not None:
-            self.bias.copy_(dense.bias)
-        self.weight_mask.copy_(mask)
-        self.fold_()
-        return self.to(dense.weight.device)
-
 
 class MaskedLinear(_MaskedMixin, nn.Linear):
     def __init__(
@@ -58,22 +50,6 @@ class MaskedLinear(_MaskedMixin, nn.Linear):
         nn.Linear.__init__(self, in_features, out_features, bias=bias)
         self._init_mask(mask)
 
-    @classmethod
-    def from_dense(cls, linear: nn.Linear, mask: torch.Tensor) -> MaskedLinear:
-        layer = cls(
-            linear.in_features,
-            linear.out_features,
-            linear.bias is not None,
-            mask=torch.ones_like(linear.weight),
-        )
-        with torch.no_grad():
-            layer.weight.copy_(linear.weight)
-            if linear.bias is not None:
-                layer.bias.copy_(linear.bias)
-        layer.weight_mask.copy_(mask)
-        layer.fold_()
-        return layer.to(linear.weight.device)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.masked_weight(), self.bias)
 
@@ -82,26 +58,32 @@ class MaskedLinear(_MaskedMixin, nn.Linear):
 
 
 class MaskedConv2d(_MaskedMixin, nn.Conv2d):
-    def __init__(self, *args, mask: torch.Tensor | None = None, **kwargs):
+    """A masked conv; `pad` is the input transform the original layer did in its forward."""
+
+    def __init__(self, *args, mask: torch.Tensor | None = None, pad=None, **kwargs):
         nn.Conv2d.__init__(self, *args, **kwargs)
+        self.pad = pad
         self._init_mask(mask)
 
     @classmethod
-    def from_dense(cls, conv: nn.Conv2d, mask: torch.Tensor) -> MaskedConv2d:
-        layer = cls(
-            conv.in_channels,
-            conv.out_channels,
-            conv.kernel_size,
-            stride=conv.stride,
-            padding=conv.padding,
-            dilation=conv.dilation,
-            groups=conv.groups,
-            bias=conv.bias is not None,
-            padding_mode=conv.padding_mode,
+    def like(cls, view: LayerView) -> MaskedConv2d:
+        """A masked conv with `view`'s geometry and input transform (all-ones mask)."""
+        out_channels, in_per_group = view.weight.shape[:2]
+        return cls(
+            in_per_group * view.groups,
+            out_channels,
+            view.kernel_size,
+            stride=view.stride,
+            padding=view.padding,
+            dilation=view.dilation,
+            groups=view.groups,
+            bias=view.bias is not None,
+            pad=view.input_transform(),
         )
-        return layer._take_from(conv, mask)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pad is not None:
+            x = self.pad(x)
         return self._conv_forward(x, self.masked_weight(), self.bias)
 
     def extra_repr(self) -> str:
@@ -111,9 +93,21 @@ class MaskedConv2d(_MaskedMixin, nn.Conv2d):
 MASKED_TYPES = (MaskedLinear, MaskedConv2d)
 
 
-def masked_from_dense(module: nn.Module, mask: torch.Tensor) -> nn.Module:
-    if isinstance(module, nn.Linear):
-        return MaskedLinear.from_dense(module, mask)
-    if isinstance(module, nn.Conv2d):
-        return MaskedConv2d.from_dense(module, mask)
-    raise TypeError(f"cannot mask a {type(module).__name__}: only Linear and Conv2d")
+def masked_like(view: LayerView) -> nn.Module:
+    """A masked layer of `view`'s shape and geometry, all-ones mask (weights unset)."""
+    if view.kind == "linear":
+        out_features, in_features = view.weight.shape
+        return MaskedLinear(in_features, out_features, view.bias is not None)
+    return MaskedConv2d.like(view)
+
+
+@torch.no_grad()
+def masked_from_view(view: LayerView, mask: torch.Tensor) -> nn.Module:
+    """The masked replacement of `view`'s layer: its effective weight and bias, `mask` applied."""
+    layer = masked_like(view)
+    layer.weight.copy_(view.weight)
+    if view.bias is not None:
+        layer.bias.copy_(view.bias)
+    layer.weight_mask.copy_(mask)
+    layer.fold_()
+    return layer.to(view.weight.device)
