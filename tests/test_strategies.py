@@ -10,7 +10,6 @@ from rmt_deploy.compress import compress_
 from rmt_deploy.models import CifarResNet
 from rmt_deploy.strategies import StrategyError, plan
 from rmt_deploy.strategies.classic_rmt import sparsify_singular_vectors
-from rmt_deploy.strategies.lowrank import whitened_factors
 from rmt_deploy.strategies.seb import layer_kind, seb_regime
 
 
@@ -88,23 +87,6 @@ def test_classic_rmt_thresholds():
     p = plan(model20(), "classic_rmt", 0.5)
     assert p.summary()["sparsity"] == pytest.approx(0.5, abs=1e-6)
     assert all("weight" in layer.payload for layer in p.layers)
-
-
-def test_whitened_svd_error_is_the_output_error():
-    torch.manual_seed(3)
-    mixing = torch.randn(32, 32)
-    x = (torch.randn(4000, 32) @ mixing).double()  # correlated inputs
-    w = torch.randn(24, 32).double()
-    cov = x.T @ x / len(x)
-    u, sigma, right_all, errors = whitened_factors(w, cov)
-    for rank in (2, 8, 16):
-        w_r = (u[:, :rank] * sigma[:rank]) @ right_all[:rank]
-        measured = ((x @ (w - w_r).T) ** 2).sum() / ((x @ w.T) ** 2).sum()
-        assert float(measured) == pytest.approx(float(errors[rank]), rel=1e-3)
-        # ...and it beats plain SVD truncation of W on the same inputs (SVD-LLM's point).
-        uu, ss, vv = torch.linalg.svd(w)
-        plain = (uu[:, :rank] * ss[:rank]) @ vv[:rank]
-        assert measured <= ((x @ (w - plain).T) ** 2).sum() / ((x @ w.T) ** 2).sum() + 1e-12
 
 
 def test_ser_restores_to_exact_sparsity():

@@ -4,15 +4,25 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import nn
 from torch.utils.data import Dataset
 
 from ..analysis import ModelSpectrum
+from ..layers.attention import unfuse_attention_
 from ..plan import CompressionPlan
+from ..targets import find_targets
 from . import classic_rmt, hybrid, lowrank, magnitude, nm24, seb, ser  # noqa: F401  (registry)
-from .base import STRATEGIES, FilterFn, PlanContext, StrategyError, prunable_layers
+from .base import STRATEGIES, FilterFn, PlanContext, StrategyError
 
-__all__ = ["STRATEGIES", "StrategyError", "plan", "prunable_layers"]
+__all__ = ["STRATEGIES", "StrategyError", "example_batch", "plan"]
+
+
+def example_batch(data: Dataset, size: int = 2) -> torch.Tensor:
+    """The first `size` images of `data`, stacked: the input that layers are checked on."""
+    if len(data) == 0:
+        raise StrategyError("the calibration data is empty")
+    return torch.stack([data[i][0] for i in range(min(size, len(data)))])
 
 
 def plan(
@@ -25,13 +35,17 @@ def plan(
     filter_fn: FilterFn | None = None,
     name: str = "",
     config: dict[str, Any] | None = None,
+    example: torch.Tensor | None = None,
     **settings: Any,
 ) -> CompressionPlan:
     """Decide, per Linear/Conv2d layer, dense | low-rank r | mask at density d | 2:4, with reasons.
 
     `sparsity` is the share of the targeted layers' weights to remove (for `lowrank`, the
     share of their parameters; `nm24` is 2:4 wherever a layer can take it). `data` is a
-    labelled training/calibration dataset for the strategies that need one.
+    labelled training/calibration dataset for the strategies that need one; with it (or
+    `example`, an input batch) every layer's view is checked against its own forward.
+    nn.MultiheadAttention modules are unfused in place first (same outputs) so that their
+    projections can be planned; modules no compressed form fits are listed in `plan.skipped`.
     """
     if strategy not in STRATEGIES:
         raise StrategyError(
@@ -53,14 +67,33 @@ def plan(
     }
     if spec.needs_data and data is None:
         raise StrategyError(f"strategy {strategy!r} needs training/calibration data (--data)")
-    targets = prunable_layers(model, filter_fn)
-    if not targets:
-        raise StrategyError("no Linear/Conv2d layer to compress (check filter_fn)")
-    ctx = PlanContext(model, targets, float(sparsity), {**spec.defaults, **config}, data, spectrum)
+    unfuse_attention_(model)
+    if example is None and data is not None:
+        example = example_batch(data)
+    found = find_targets(model, filter_fn, example)
+    if not found.views:
+        why = "; ".join(f"{s.name}: {s.reason}" for s in found.skipped[:3])
+        raise StrategyError(
+            "no Linear/Conv2d layer to compress" + (f" ({why})" if why else " (check filter_fn)")
+        )
+    ctx = PlanContext(
+        model,
+        found.items(),
+        float(sparsity),
+        {**spec.defaults, **config},
+        data,
+        spectrum,
+        views=found.views,
+    )
     produced = spec.fn(ctx)
     layers, extra_state = produced if isinstance(produced, tuple) else (produced, {})
     return CompressionPlan(
-        strategy, {"sparsity": float(sparsity), **ctx.config}, layers, name, extra_state
+        strategy,
+        {"sparsity": float(sparsity), **ctx.config},
+        layers,
+        name,
+        extra_state,
+        skipped=found.skipped,
     )
 
 

@@ -11,8 +11,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..analysis import ModelSpectrum, analyze
+from ..calibration import WhitenedFactors
 from ..errors import RmtDeployError
 from ..layers.sparsity import lowest_mask
+from ..layers.views import LayerView
 from ..plan import LayerPlan
 
 FilterFn = Callable[[nn.Module, str], bool]
@@ -24,7 +26,10 @@ class StrategyError(RmtDeployError):
 
 @dataclass
 class PlanContext:
-    """Everything a strategy may read. `spectrum` is computed on first use."""
+    """Everything a strategy may read. `spectrum` is computed on first use.
+
+    `targets` are (name, module) in model order; `views` say what each computes (the weight
+    it really multiplies by, padding done in its forward): strategies score `weight(name)`."""
 
     model: nn.Module
     targets: list[tuple[str, nn.Module]]
@@ -32,6 +37,14 @@ class PlanContext:
     config: dict[str, Any]
     data: Dataset | None = None
     _spectrum: ModelSpectrum | None = None
+    views: dict[str, LayerView] = field(default_factory=dict)
+
+    def weight(self, name: str) -> torch.Tensor:
+        """The weight layer `name` computes with (its view's; the module's own without one)."""
+        view = self.views.get(name)
+        if view is not None:
+            return view.weight
+        return dict(self.targets)[name].weight.detach()
 
     @property
     def spectrum(self) -> ModelSpectrum:
@@ -76,24 +89,25 @@ def register_strategy(name: str, *, needs_data: bool = False, **defaults: Any):
     return wrap
 
 
-def prunable_layers(
-    model: nn.Module, filter_fn: FilterFn | None = None
-) -> list[tuple[str, nn.Module]]:
-    """Linear and Conv2d layers (the kinds the compressed layers replace), after the filter."""
-    return [
-        (name, module)
-        for name, module in model.named_modules()
-        if type(module) in (nn.Linear, nn.Conv2d) and (filter_fn is None or filter_fn(module, name))
-    ]
-
-
 def weight_params(module: nn.Module) -> int:
     return module.weight.numel()
 
 
-def dense_entry(name: str, module: nn.Module, reason: str, **stats: float) -> LayerPlan:
+def dense_entry(
+    name: str, module: nn.Module, reason: str, category: str = "", **stats: float
+) -> LayerPlan:
+    """A layer kept as it is; `category` is the short code the summary counts it under."""
     n = weight_params(module)
-    return LayerPlan(name, "dense", tuple(module.weight.shape), n, n, reason=reason, stats=stats)
+    return LayerPlan(
+        name,
+        "dense",
+        tuple(module.weight.shape),
+        n,
+        n,
+        reason=reason,
+        stats=stats,
+        category=category,
+    )
 
 
 def mask_entry(
@@ -114,6 +128,30 @@ def mask_entry(
         density=kept / mask.numel(),
         reason=reason,
         payload={"mask": mask, **extra},
+    )
+
+
+def factorized_entry(
+    name: str,
+    module: nn.Module,
+    factors: WhitenedFactors,
+    rank: int,
+    reason: str,
+    stats: dict[str, float],
+) -> LayerPlan:
+    """A low-rank LayerPlan carrying the whitened factors truncated to `rank`."""
+    m, n = module.weight.shape[0], module.weight[0].numel()
+    left, right = factors.factors(rank, module.weight.dtype)
+    return LayerPlan(
+        name,
+        "lowrank",
+        tuple(module.weight.shape),
+        m * n,
+        rank * (m + n),
+        rank=rank,
+        reason=reason,
+        stats=stats,
+        payload={"left": left, "right": right},
     )
 
 

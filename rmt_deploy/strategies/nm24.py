@@ -19,9 +19,10 @@ def nm24(ctx: PlanContext):
         if reason is None and getattr(module, "groups", 1) != 1:
             reason = "grouped convolution"
         if reason:
-            plans.append(dense_entry(name, module, f"kept dense: {reason}"))
+            category = "grouped_conv" if reason == "grouped convolution" else "shape"
+            plans.append(dense_entry(name, module, f"kept dense: {reason}", category))
             continue
-        mask = nm_mask(module.weight.detach())
+        mask = nm_mask(ctx.weight(name))
         plans.append(
             mask_entry(name, module, mask, "2:4 by magnitude along the input dim", action="nm24")
         )

@@ -52,7 +52,7 @@ def seb_scales(ctx: PlanContext, sparsity: float) -> dict[str, float]:
 @register_strategy("seb")
 def seb(ctx: PlanContext):
     """Spectral edge budgeting: global pruning by |W| / w_ℓ with w_ℓ from the MP edge z-score."""
-    weights = {name: module.weight.detach() for name, module in ctx.targets}
+    weights = {name: ctx.weight(name) for name, _ in ctx.targets}
     scales = seb_scales(ctx, ctx.sparsity)
     masks = global_masks(weights, scales, ctx.sparsity)
     plans = []
