@@ -1,4 +1,5 @@
-"""Image datasets from folders: class sub-folders (CIFAR-10) or a labels.csv (ImageNet sample).
+"""Image datasets from folders — class sub-folders (CIFAR-10), a labels.csv (ImageNet sample) or
+just images (unlabelled) — or from a user's DataLoader, and their split into disjoint parts.
 
 The transform follows the model's DataConfig: resize to size/crop_pct, center-crop to size,
 normalize. For the CIFAR ResNets (32×32, crop_pct 1) this is a no-op resize, i.e. the raw
@@ -67,8 +68,12 @@ def take_images(loader, max_images: int):
             return
 
 
+UNLABELLED = -1  # the label of an image that has none
+
+
 class LabeledImages(Dataset):
-    """A list of (image path, class index) pairs; the common form of both folder layouts."""
+    """A list of (image path, class index) pairs; the common form of every folder layout
+    (an unlabelled folder gives every image the label −1)."""
 
     def __init__(
         self, samples: list[tuple[Path, int]], classes: list[str], root: Path, transform=None
@@ -80,6 +85,19 @@ class LabeledImages(Dataset):
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    @property
+    def labelled(self) -> bool:
+        return all(label >= 0 for _, label in self.samples)
+
+    def names(self) -> list[str]:
+        """Each sample's path relative to the folder (what a report can list)."""
+        return [str(Path(path).relative_to(self.root)) for path, _ in self.samples]
+
+    def subset(self, indices: list[int]) -> LabeledImages:
+        return LabeledImages(
+            [self.samples[i] for i in indices], self.classes, self.root, self.transform
+        )
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         path, label = self.samples[index]
@@ -94,7 +112,8 @@ class LabeledImages(Dataset):
 def load_image_dataset(
     path: str | os.PathLike[str], transform=None, limit: int | None = None
 ) -> LabeledImages:
-    """Open `path` as an image dataset: a `labels.csv` (file,label) or one sub-folder per class.
+    """Open `path` as an image dataset: a `labels.csv` (file,label), one sub-folder per class,
+    or a folder of images without labels (each labelled −1: fidelity budgets need no labels).
 
     With `limit`, keep an evenly spaced subset of that many images (every class represented
     when the folder is sorted by class), so quick runs are not biased to the first classes.
@@ -104,6 +123,8 @@ def load_image_dataset(
         raise DataError(f"data folder not found: {root}")
     if (root / "labels.csv").is_file():
         dataset = _from_csv(root, transform)
+    elif _images_in(root) and not any(_images_in(d) for d in _subfolders(root)):
+        dataset = LabeledImages([(f, UNLABELLED) for f in _images_in(root)], [], root, transform)
     else:
         dataset = _from_class_folders(root, transform)
     if limit is not None and limit <= 0:
@@ -111,30 +132,37 @@ def load_image_dataset(
     return evenly_spaced(dataset, limit)
 
 
-def evenly_spaced(dataset: LabeledImages, count: int | None) -> LabeledImages:
-    """`dataset` cut to `count` evenly spaced samples (all of it when count is None or not
+def evenly_spaced(dataset, count: int | None):
+    """A subset of `count` evenly spaced samples (all of them when count is None or not
     smaller): in a folder sorted by class, every class stays represented."""
-    if count is not None and count <= 0:
-        dataset.samples = []
-    elif count is not None and count < len(dataset.samples):
-        step = len(dataset.samples) / count
-        dataset.samples = [dataset.samples[int(i * step)] for i in range(count)]
-    return dataset
+    if count is None or count >= len(dataset):
+        return dataset
+    if count <= 0:
+        return dataset.subset([])
+    step = len(dataset) / count
+    return dataset.subset([int(i * step) for i in range(count)])
+
+
+def _subfolders(root: Path) -> list[Path]:
+    return sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def _from_class_folders(root: Path, transform) -> LabeledImages:
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    classes = [d.name for d in _subfolders(root)]
     samples: list[tuple[Path, int]] = []
     for index, name in enumerate(classes):
-        files = sorted(f for f in (root / name).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
-        samples += [(f, index) for f in files]
+        samples += [(f, index) for f in _images_in(root / name)]
     if not samples:
         hint = ""
         if {"train", "test"} <= set(classes):
             hint = f" (it holds train/ and test/: point at {root / 'test'} or {root / 'train'})"
         raise DataError(
             f"{root} is not an image folder: expected one sub-folder of images per class "
-            f"(e.g. test/airplane/0000.jpg) or a labels.csv{hint}"
+            f"(e.g. test/airplane/0000.jpg), a labels.csv, or images (unlabelled){hint}"
         )
     return LabeledImages(samples, classes, root, transform)
 
@@ -168,3 +196,130 @@ def _class_names(root: Path, count: int) -> list[str]:
         if len(names) >= count:
             return names
     return [str(i) for i in range(count)]
+
+
+class TensorImages(Dataset):
+    """Images already in memory (from a user's DataLoader), labels −1 where there are none;
+    `ids` name each image by its position in the loader."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, ids: list[str]):
+        self.images, self.labels, self.ids = images, labels, ids
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def labelled(self) -> bool:
+        return bool((self.labels >= 0).all())
+
+    def names(self) -> list[str]:
+        return list(self.ids)
+
+    def subset(self, indices: list[int]) -> TensorImages:
+        index = torch.as_tensor(indices, dtype=torch.long)
+        return TensorImages(self.images[index], self.labels[index], [self.ids[i] for i in indices])
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.images[index], int(self.labels[index])
+
+
+def _batch_parts(batch, spec: str, input_shape: tuple[int, ...]):
+    """(images, labels or None) of one batch from the user's loader, or a DataError."""
+    if isinstance(batch, torch.Tensor):
+        images, labels = batch, None
+    elif isinstance(batch, list | tuple) and len(batch) == 2:
+        images, labels = batch
+    else:
+        raise DataError(
+            f"data.loader {spec} yields {type(batch).__name__}s: each batch must be an image "
+            "tensor N×C×H×W or a pair (images, labels)"
+        )
+    if not isinstance(images, torch.Tensor) or not images.is_floating_point():
+        raise DataError(f"data.loader {spec}: images must be a float tensor N×C×H×W")
+    if images.dim() != 4 or tuple(images.shape[1:]) != tuple(input_shape):
+        raise DataError(
+            f"data.loader {spec} yields images of shape {tuple(images.shape)}; the model expects "
+            f"N×{'×'.join(str(v) for v in input_shape)} (channels first; set "
+            "data.preprocess.input_size if the model wants another size)"
+        )
+    if labels is not None:
+        labels = torch.as_tensor(labels)
+        if labels.dim() != 1 or len(labels) != len(images) or labels.is_floating_point():
+            raise DataError(
+                f"data.loader {spec}: labels must be N integers, got shape {tuple(labels.shape)}"
+            )
+    return images, labels
+
+
+def images_from_loader(
+    spec: str, input_shape: tuple[int, ...], limit: int | None
+) -> tuple[TensorImages, object | None]:
+    """Call the user's `spec` (→ DataLoader, or (DataLoader, metric)) and keep up to `limit`
+    images in memory. Returns (dataset, metric callable or None)."""
+    from .usercode import call_user, load_callable
+
+    produced = call_user(load_callable(spec, "data loader"), spec)
+    metric = None
+    if isinstance(produced, tuple) and len(produced) == 2 and callable(produced[1]):
+        produced, metric = produced
+    try:
+        batches = iter(produced)
+    except TypeError as exc:
+        raise DataError(
+            f"data.loader {spec} returned a {type(produced).__name__}, not a DataLoader"
+        ) from exc
+    images, labels, seen = [], [], 0
+    has_labels = None
+    while limit is None or seen < limit:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            break
+        except DataError:
+            raise
+        except Exception as exc:
+            from .usercode import UserCodeError, _where
+
+            raise UserCodeError(
+                f"data.loader {spec} raised {type(exc).__name__} while loading: {exc}{_where(exc)}"
+            ) from exc
+        part, part_labels = _batch_parts(batch, spec, input_shape)
+        if has_labels is None:
+            has_labels = part_labels is not None
+        elif has_labels != (part_labels is not None):
+            raise DataError(f"data.loader {spec}: some batches have labels and some do not")
+        keep = len(part) if limit is None else min(len(part), limit - seen)
+        images.append(part[:keep].float())
+        labels.append(
+            part_labels[:keep].long()
+            if part_labels is not None
+            else torch.full((keep,), UNLABELLED)
+        )
+        seen += keep
+    if not images:
+        raise DataError(f"data.loader {spec} yields no images")
+    ids = [f"{spec}[{i}]" for i in range(seen)]
+    return TensorImages(torch.cat(images), torch.cat(labels), ids), metric
+
+
+def split_parts(
+    dataset, sizes: dict[str, int | None], seed: int = 0, where: str = "the data"
+) -> dict:
+    """Disjoint parts of `dataset` by a seeded permutation: each named part takes its size in
+    order; a size None takes the rest. A folder too small is a DataError naming the sizes."""
+    wanted = sum(v for v in sizes.values() if v is not None)
+    rest_parts = [k for k, v in sizes.items() if v is None]
+    needed = wanted + len(rest_parts)  # a part sized "the rest" needs at least one image
+    if needed > len(dataset):
+        asked = " + ".join(f"{k} {v if v is not None else '≥ 1'}" for k, v in sizes.items())
+        raise DataError(
+            f"{where} has {len(dataset)} images, too few to split into {asked}: lower the "
+            "counts (data.calib_images, data.val_images, data.test_images) or add images"
+        )
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed)).tolist()
+    parts, start = {}, 0
+    for key, size in sizes.items():
+        take = len(dataset) - start if size is None else size
+        parts[key] = dataset.subset(sorted(order[start : start + take]))
+        start += take
+    return parts

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import torch
 
 from .errors import RmtDeployError
 from .paths import read_json, write_json_atomic
+from .targets import SkippedLayer
 
 ACTIONS = ("dense", "lowrank", "mask", "nm24")
 PLAN_SCHEMA = 1
@@ -37,6 +39,8 @@ class LayerPlan:
     density: float | None = None  # share of weights kept (mask / nm24)
     reason: str = ""
     stats: dict[str, float] = field(default_factory=dict)  # e.g. output error, spikes
+    # Why a layer stays dense, as a short code for counting (grouped_conv, not_faster, …).
+    category: str = ""
     # Tensors computed by the strategy (mask, factors, new weight); not part of the JSON.
     payload: dict[str, torch.Tensor] = field(default_factory=dict, repr=False, compare=False)
 
@@ -58,6 +62,7 @@ class LayerPlan:
             "rank": self.rank,
             "density": self.density,
             "reason": self.reason,
+            "category": self.category,
             "stats": self.stats,
         }
 
@@ -74,6 +79,7 @@ class LayerPlan:
                 density=data.get("density"),
                 reason=data.get("reason", ""),
                 stats=dict(data.get("stats", {})),
+                category=data.get("category", ""),
             )
         except KeyError as exc:
             raise PlanError(f"plan layer entry lacks the field {exc}") from exc
@@ -88,18 +94,48 @@ class CompressionPlan:
     # Non-target parameters and buffers a strategy changed while planning (hybrid's fine-tuned
     # norms and biases), keyed as in the uncompressed model; in memory only, like payloads.
     extra_state: dict[str, torch.Tensor] = field(default_factory=dict, repr=False, compare=False)
+    # Linear/Conv-like modules no compressed form was offered for, with the reason.
+    skipped: list[SkippedLayer] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         before = sum(layer.params_before for layer in self.layers)
         after = sum(layer.params_after for layer in self.layers)
         counts = {a: sum(layer.action == a for layer in self.layers) for a in ACTIONS}
+        dense_by = Counter(
+            layer.category or "other" for layer in self.layers if layer.action == "dense"
+        )
         return {
             "layers": len(self.layers),
             **{f"{a}_layers": n for a, n in counts.items()},
+            "dense_by_reason": dict(dense_by),
+            "skipped_layers": len(self.skipped),
+            "skipped_by_reason": dict(Counter(s.code for s in self.skipped)),
             "params_before": before,
             "params_after": after,
             "sparsity": 1 - after / before if before else 0.0,
         }
+
+    @property
+    def compressed(self) -> bool:
+        """True when at least one layer changes form."""
+        return any(layer.action != "dense" for layer in self.layers)
+
+    def coverage_line(self) -> str:
+        """One line for the CLI and the report: planned / skipped counts by reason."""
+        s = self.summary()
+        forms = ", ".join(
+            f"{s[f'{a}_layers']} {label}"
+            for a, label in (("lowrank", "low-rank"), ("nm24", "2:4"), ("mask", "masked"))
+            if s[f"{a}_layers"]
+        )
+        dense = s["dense_layers"]
+        why = ", ".join(f"{n} {code}" for code, n in sorted(s["dense_by_reason"].items()))
+        line = f"{s['layers']} layers planned: {forms + ', ' if forms else ''}{dense} dense"
+        line += f" ({why})" if dense and why else ""
+        if s["skipped_layers"]:
+            skipped = ", ".join(f"{n} {code}" for code, n in sorted(s["skipped_by_reason"].items()))
+            line += f"; {s['skipped_layers']} skipped ({skipped})"
+        return line
 
     def layer(self, name: str) -> LayerPlan:
         for layer in self.layers:
@@ -115,6 +151,7 @@ class CompressionPlan:
             "config": self.config,
             "summary": self.summary(),
             "layers": [layer.to_dict() for layer in self.layers],
+            "skipped": [s.to_dict() for s in self.skipped],
         }
 
     def to_json(self) -> str:
@@ -129,6 +166,7 @@ class CompressionPlan:
             config=data.get("config", {}),
             layers=[LayerPlan.from_dict(layer) for layer in data["layers"]],
             model=data.get("model", ""),
+            skipped=[SkippedLayer.from_dict(s) for s in data.get("skipped", [])],
         )
 
     def save(self, path: str | os.PathLike[str]) -> Path:

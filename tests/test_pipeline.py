@@ -130,13 +130,26 @@ def test_pipeline_end_to_end(finished_run):
         layer["dense_ms"] > 0 for layer in planner["layers"]
     )
     chosen = [c for c in planner["candidates"] if c["layer_error"] == planner["chosen_layer_error"]]
-    assert chosen and chosen[0]["drop_pp"] <= 100 and chosen[0]["lowrank_layers"] > 0
+    assert chosen and chosen[0]["lowrank_layers"] > 0
+    assert chosen[0]["heldout_loss_upper"] <= config.compress.accuracy_budget
+    assert chosen[0]["heldout_loss"] == pytest.approx(
+        planner["dense_heldout_top1"] - chosen[0]["heldout_top1"]
+    )  # the top1 budget is the held-out top-1 loss
+    split = json.loads((out / "evaluate" / "split.json").read_text())["parts"]
+    assert split["val"]["count"] == 200 and split["test"]["count"] == 300
+    assert not set(split["val"]["images"]) & set(split["test"]["images"])
+    assert split["calib"]["from"].endswith("cifar10/train")
+    plan_summary = manifest["stages"]["plan"]["summary"]
+    assert plan_summary["coverage"].startswith("20 layers planned")  # 19 convs + the linear
+    assert plan_summary["skipped_layers"] == 0
     bench = json.loads((out / "bench" / "bench.json").read_text())
     assert {(r["variant"], r["backend"]) for r in bench["results"]} == {
         (v, b) for v in ("dense", "compressed") for b in ("torch", "onnxruntime")
     }
     report = (out / "report.md").read_text()
     assert "## Accuracy" in report and "| onnxruntime | 1 |" in report
+    assert "| plan validation | 200 |" in report and "| test | 300 |" in report
+    assert "Shipped: the dense model" not in report
     assert not list(out.rglob("*.tmp"))
 
 
@@ -169,14 +182,33 @@ def test_rerun_skips_and_changes_rerun_only_what_depends(finished_run, monkeypat
         run(changed, stages=["report"], **quiet)
 
 
-def test_budget_no_plan_meets(finished_run, tmp_path):
+def test_budget_no_plan_meets_ships_dense(finished_run, tmp_path, capsys):
     src, _, result = finished_run
     shutil.copytree(result.output, tmp_path / "run")
     config = _config(tmp_path, compress__accuracy_budget=0.0, compress__error_grid=[0.6])
-    with pytest.raises(BudgetNotMetError) as info:
-        run(config, progress=False, log=lambda _: None)
-    assert "pp" in str(info.value) or "nothing to trade" in str(info.value)
-    assert (tmp_path / "run" / "plan" / "planner.md").is_file()
+    done = run(config, progress=False, log=lambda _: None)
+    out = done.output
+    assert done.ran == ["plan", "compress", "evaluate", "export", "benchmark", "report"]
+    plan = json.loads((out / "plan" / "plan.json").read_text())
+    assert plan["summary"]["dense_layers"] == plan["summary"]["layers"] == 20
+    assert plan["summary"]["dense_by_reason"] == {"budget": 20}
+    planner = json.loads((out / "plan" / "planner.json").read_text())
+    assert planner["outcome"].startswith("no plan keeps the held-out top1 loss within 0.0 pp")
+    accuracy = json.loads((out / "evaluate" / "accuracy.json").read_text())
+    assert accuracy["shipped"] == "dense" and accuracy["loss_pp"] == 0.0
+    assert "dense_finetuned" not in accuracy["top1"]  # nothing compressed: no recovery run
+    bench = json.loads((out / "bench" / "bench.json").read_text())
+    assert {r["variant"] for r in bench["results"]} == {"dense"}
+    assert not (out / "export" / "compressed" / "model.onnx").exists()
+    report = (out / "report.md").read_text()
+    assert "**Shipped: the dense model.**" in report and "loses" in report
+    # Scripts that want compression or nothing keep today's error (exit 2 through the CLI).
+    strict = _config(tmp_path / "strict", compress__accuracy_budget=0.0,
+                     compress__error_grid=[0.6], compress__require_compression=True)  # fmt: skip
+    with pytest.raises(BudgetNotMetError, match="within 0.0 pp"):
+        run(strict, progress=False, log=lambda _: None)
+    assert (tmp_path / "strict" / "run" / "plan" / "planner.md").is_file()
+    assert not (tmp_path / "strict" / "run" / "plan" / "plan.json").exists()
 
 
 def test_planner_factorizes_where_it_is_faster(tmp_path):
@@ -242,3 +274,129 @@ def test_fixed_strategy_reuses_the_analysis(finished_run, tmp_path):
     plan = json.loads((again.output / "plan" / "plan.json").read_text())
     assert plan["strategy"] == "nm24" and plan["summary"]["nm24_layers"] > 0
     assert "at sparsity 0.5" in (again.output / "report.md").read_text()
+
+
+def _flat_unlabelled(folder, cifar_test, n=90):
+    """A folder of images without labels (symlinks to CIFAR test images)."""
+    folder.mkdir()
+    files = sorted(cifar_test.glob("*/*.jpg"))[:: 10000 // n][:n]
+    for i, f in enumerate(files):
+        (folder / f"{i:04d}.jpg").symlink_to(f)
+    return folder
+
+
+ONE_FOLDER = {
+    "train": None,
+    "calib": "test",
+    "calib_images": 32,
+    "val_images": 24,
+    "test_images": 30,
+}
+NO_TRAINING = {"steps": 0, "bn_recal_images": 0}
+
+
+def test_unlabelled_folder_planned_by_cosine_in_three_disjoint_parts(tmp_path, cifar_test):
+    flat = _flat_unlabelled(tmp_path / "flat", cifar_test)
+    config = _config(
+        tmp_path,
+        data={**ONE_FOLDER, "test": str(flat)},
+        finetune=NO_TRAINING,
+        compress__budget_metric="cosine",
+        compress__accuracy_budget=0.05,
+        benchmark__backends=["onnxruntime"],
+        benchmark__agreement_images=0,
+    )
+    result = run(config, progress=False, log=lambda _: None)
+    out = result.output
+    split = json.loads((out / "evaluate" / "split.json").read_text())["parts"]
+    assert [split[k]["count"] for k in ("calib", "val", "test")] == [32, 24, 30]
+    names = [set(split[k]["images"]) for k in ("calib", "val", "test")]
+    assert not (names[0] & names[1] or names[0] & names[2] or names[1] & names[2])
+    assert all(not part["labelled"] for part in split.values())
+    accuracy = json.loads((out / "evaluate" / "accuracy.json").read_text())
+    assert "top1" not in accuracy and accuracy["labelled"] is False
+    assert accuracy["budget_metric"] == "cosine" and accuracy["budget_loss"] >= 0
+    planner = json.loads((out / "plan" / "planner.json").read_text())
+    assert planner["budget_metric"] == "cosine" and planner["heldout_images"] == 24
+    tried = [c["heldout_loss"] for c in planner["candidates"] if c["heldout_loss"] is not None]
+    assert tried and all(0 <= loss <= 2 for loss in tried)  # 1 − cosine
+    report = (out / "report.md").read_text()
+    assert "| calibration | 32 |" in report and "1 − cosine" in report
+
+
+def test_bad_data_is_refused_before_any_stage(tmp_path, cifar_test, capsys):
+    flat = _flat_unlabelled(tmp_path / "flat", cifar_test, n=40)
+    quiet = dict(progress=False, log=lambda _: None)
+    too_small = _config(
+        tmp_path / "a", data={**ONE_FOLDER, "test": str(flat)}, finetune=NO_TRAINING
+    )
+    with pytest.raises(Exception, match=r"has 40 images, too few to split into calib 32 \+ val 24"):
+        run(too_small, **quiet)
+    assert not (tmp_path / "a" / "run" / "manifest.json").exists()
+    assert not (tmp_path / "a" / "run" / "config.json").exists()
+    no_labels = _config(
+        tmp_path / "b",
+        data={
+            **ONE_FOLDER,
+            "test": str(flat),
+            "calib_images": 8,
+            "val_images": 8,
+            "test_images": 20,
+        },
+        finetune=NO_TRAINING,
+    )
+    with pytest.raises(Exception, match="top1 needs labelled images.*agreement, kl, cosine"):
+        run(no_labels, **quiet)
+    path = tmp_path / "b.yaml"
+    path.write_text(yaml.safe_dump(no_labels.to_dict()))
+    assert main(["--quiet", "run", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "needs labelled images" in err
+    assert main(["--quiet", "run", str(path), "--input-size", "0,5"]) == 2
+    assert "input_size must be" in capsys.readouterr().err
+
+
+LOADERS = """
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+def good():
+    g = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.randn(80, 3, 32, 32, generator=g), torch.randint(0, 10, (80,)))
+    return DataLoader(data, batch_size=16), lambda ref, out, labels: float((ref - out).abs().max())
+
+def channels_last():
+    return DataLoader(torch.randn(16, 32, 32, 3), batch_size=8)
+
+def broken():
+    raise ValueError("no such bucket")
+"""
+
+
+def test_loader_callable_with_its_metric_and_bad_loaders(tmp_path):
+    source = tmp_path / "loaders.py"
+    source.write_text(LOADERS)
+    quiet = dict(progress=False, log=lambda _: None)
+    data = {**ONE_FOLDER, "test": None, "loader": f"{source}:good", "test_images": 20}
+    config = _config(
+        tmp_path / "ok",
+        data=data,
+        finetune=NO_TRAINING,
+        compress__budget_metric="loader",
+        compress__accuracy_budget=1e9,
+        benchmark__backends=["torch"],
+        benchmark__agreement_images=0,
+    )
+    result = run(config, stages=["analyze", "plan"], **quiet)
+    planner = json.loads((result.output / "plan" / "planner.json").read_text())
+    assert planner["budget_metric"] == f"{source}:good metric" and planner["heldout_images"] == 24
+    wrong = _config(tmp_path / "w", data={**data, "loader": f"{source}:channels_last"},
+                    finetune=NO_TRAINING)  # fmt: skip
+    with pytest.raises(Exception, match=r"shape \(8, 32, 32, 3\); the model expects N×3×32×32"):
+        run(wrong, **quiet)
+    raising = _config(tmp_path / "r", data={**data, "loader": f"{source}:broken"},
+                      finetune=NO_TRAINING)  # fmt: skip
+    with pytest.raises(
+        Exception, match=r"broken raised ValueError: no such bucket \(at .*loaders.py"
+    ):
+        run(raising, **quiet)

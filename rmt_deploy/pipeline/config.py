@@ -22,14 +22,32 @@ class ConfigError(RmtDeployError):
 
 
 @dataclass
-class DataSection:
-    """Image folders; relative paths are taken inside the assets folder."""
+class PreprocessSection:
+    """How images are fed to the model; each key overrides the model's own `pretrained_cfg`."""
 
-    train: str = "cifar10/train"
-    test: str = "cifar10/test"
+    input_size: list[int] | None = None  # [channels, height, width] or [height, width]
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    interpolation: str | None = None  # bilinear | bicubic | nearest | …
+    crop_pct: float | None = None  # resize to size/crop_pct, then center-crop to size
+
+
+@dataclass
+class DataSection:
+    """Where images come from; relative paths are taken inside the assets folder.
+
+    `test` (a folder, or `loader`'s images) is split into disjoint parts: calibration (when
+    `calib: test`), plan validation (`val_images`) and the test images that report results.
+    Folders are labelled (one sub-folder per class, or a labels.csv) or not (images only)."""
+
+    train: str | None = "cifar10/train"  # fine-tuning images; null: none (no fine-tuning)
+    test: str | None = "cifar10/test"
+    calib: str = "train"  # calibration images: train | test (split off) | a folder
+    loader: str | None = None  # "pkg.mod:fn" / "file.py:fn" → DataLoader (or (loader, metric))
     calib_images: int = 512  # activations for the whitened SVD and BatchNorm statistics
-    val_images: int = 2000  # taken out of the test folder to validate plans; never tested on
-    test_images: int | None = None  # cap on the remaining test images (quick runs)
+    val_images: int = 2000  # validate plans; never tested on
+    test_images: int | None = None  # cap on the test part (quick runs)
+    preprocess: PreprocessSection = field(default_factory=PreprocessSection)
 
 
 @dataclass
@@ -44,7 +62,10 @@ class CompressSection:
     strategy: str = "latency"
     sparsity: float = 0.5  # fixed strategies: share of weights to remove
     settings: dict[str, Any] = field(default_factory=dict)  # fixed strategies' settings
-    accuracy_budget: float | None = 1.0  # latency: max held-out top-1 loss in pp
+    accuracy_budget: float | None = 1.0  # latency: the most budget_metric may lose on held-out
+    budget_metric: str = "top1"  # top1 (pp) | agreement (pp) | kl (nats) | cosine | loader | pkg:fn
+    require_compression: bool = False  # no plan within budget: fail instead of shipping dense
+    rank_multiple: int = 8  # latency: ranks rounded up to a multiple (CPU kernels block by 8)
     layer_error: float | None = None  # latency without a budget: the per-layer error
     backend: str = "onnxruntime"  # latency: where layers are timed (torch | onnxruntime)
     device: str = "cpu"
@@ -194,6 +215,7 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
 
 def _check_values(config: RunConfig) -> None:
     from ..bench import BACKENDS
+    from ..budget import METRICS
     from ..strategies import STRATEGIES
 
     c, f, b = config.compress, config.finetune, config.benchmark
@@ -203,12 +225,34 @@ def _check_values(config: RunConfig) -> None:
         )
     if not 0.0 <= c.sparsity < 1.0:
         raise ConfigError(f"compress.sparsity must lie in [0, 1), got {c.sparsity}")
-    if c.accuracy_budget is not None and c.accuracy_budget < 0:
-        raise ConfigError(f"compress.accuracy_budget must be ≥ 0 pp, got {c.accuracy_budget}")
+    if c.accuracy_budget is not None and not 0 <= c.accuracy_budget < float("inf"):
+        raise ConfigError(f"compress.accuracy_budget must be ≥ 0, got {c.accuracy_budget}")
+    if c.budget_metric not in (*METRICS, "loader") and ":" not in c.budget_metric:
+        raise ConfigError(
+            f"compress.budget_metric: one of {', '.join(METRICS)}, loader (data.loader's own) or "
+            f"'package.module:callable', got {c.budget_metric!r}"
+        )
+    if c.budget_metric == "loader" and config.data.loader is None:
+        raise ConfigError("compress.budget_metric is loader but no data.loader is set")
+    d = config.data
+    if d.calib not in ("train", "test") and not d.calib.strip():
+        raise ConfigError("data.calib: train, test or a folder")
+    if d.test is None and d.loader is None:
+        raise ConfigError("data: give a test folder (data.test) or a data.loader")
+    if d.calib == "train" and d.train is None:
+        raise ConfigError(
+            "data.calib is train but data.train is null: calibrate on the test images "
+            "(data.calib: test) or name a folder"
+        )
+    if d.train is None and config.finetune.steps > 0:
+        raise ConfigError(
+            "finetune.steps > 0 needs training images: set data.train, or finetune.steps: 0"
+        )
     if c.backend not in ("torch", "onnxruntime"):
         raise ConfigError(f"compress.backend: torch or onnxruntime, got {c.backend!r}")
     for name, value in (
         ("compress.batch", c.batch),
+        ("compress.rank_multiple", c.rank_multiple),
         ("data.calib_images", config.data.calib_images),
         ("finetune.batch_size", f.batch_size),
         ("benchmark.runs", b.runs),

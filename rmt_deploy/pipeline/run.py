@@ -32,13 +32,14 @@ DEPENDS: dict[str, tuple[str, ...]] = {
     "report": ("evaluate", "benchmark"),
 }
 # The config sections each stage reads (besides what its dependencies read).
+_SPLIT = ("data.test", "data.loader", "data.calib", "data.calib_images", "data.val_images")
 READS: dict[str, tuple[str, ...]] = {
     "analyze": ("model", "checkpoint", "analyze"),
-    "plan": ("compress", "data.calib_images", "data.val_images", "data.train", "data.test", "seed"),
-    "compress": ("finetune", "data.train", "seed"),
-    "evaluate": ("data.test", "data.test_images", "data.val_images"),
-    "export": ("export",),
-    "benchmark": ("benchmark",),
+    "plan": ("compress", "data.train", "data.preprocess", "seed", *_SPLIT),
+    "compress": ("finetune", "data.train", "data.calib", "data.preprocess", "seed"),
+    "evaluate": (*_SPLIT, "data.test_images", "data.preprocess", "compress.budget_metric"),
+    "export": ("export", "data.preprocess", "data.test_images"),
+    "benchmark": ("benchmark", "data.preprocess", "data.test_images"),
     "report": (),
 }
 
@@ -53,6 +54,7 @@ class RunResult:
     ran: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     report: Path | None = None
+    summaries: dict[str, dict] = field(default_factory=dict)  # per stage, from the manifest
 
 
 class Manifest:
@@ -142,7 +144,6 @@ def run(
     if unknown:
         raise RmtDeployError(f"unknown stage(s) {', '.join(unknown)}; stages: {', '.join(STAGES)}")
     out = ensure_output_dir(config.output)
-    write_json_atomic(out / "config.json", config.to_dict())
     manifest = Manifest(out)
     try:
         assets = assets_dir(config.assets)
@@ -159,6 +160,9 @@ def run(
                         f"run it first (--stages {dep},{stage}) or run the whole pipeline"
                     )
     ctx = RunContext(config, out, assets, progress, log)
+    if any(not manifest.done(s, keys[s], out) or force for s in selected if s != "report"):
+        ctx.validate()  # bad data, split or budget: one clear error before any stage runs
+    write_json_atomic(out / "config.json", config.to_dict())
     result = RunResult(out)
     for stage in selected:
         if not force and manifest.done(stage, keys[stage], out):
@@ -183,4 +187,7 @@ def run(
         result.ran.append(stage)
     report = out / "report.md"
     result.report = report if report.is_file() else None
+    result.summaries = {
+        name: entry.get("summary", {}) for name, entry in manifest.data["stages"].items()
+    }
     return result

@@ -3,14 +3,17 @@
 The spectrum proposes, the data decides, the target's clock arbitrates:
 - the MP fit gives each layer its edge rank (the spikes are signal: never cut below it);
 - the whitened SVD on calibration activations gives, for every rank, the layer's relative
-  output error, so a per-layer error budget ε fixes the rank each layer needs;
+  output error, cross-validated on calibration images the fit did not see
+  (`calibration.py`); a per-layer error budget ε fixes the rank each layer needs, rounded up
+  to a multiple of 8 (CPU kernels block channels by 8/16; other ranks fall off the fast path);
 - each candidate form (dense, rank r, and 2:4 on CUDA) is timed on the deployment backend
   at the layer's real input shape; a layer is factorized only where that is measurably
   faster than dense.
-One global ε trades speed for accuracy. With an accuracy budget, a grid of ε is searched:
-each plan is applied, evaluated on held-out images, and the fastest plan whose top-1 loss
-stays within the budget wins. Predicted end-to-end latency = measured dense model latency
-minus the per-layer savings; the pipeline reports it beside the measured speedup.
+One global ε trades speed for fidelity. With a budget, a grid of ε is searched: each plan is
+applied one-shot and compared with the dense model on held-out inputs by the budget's metric
+(top-1 loss on labels, or agreement / KL / cosine against the dense outputs), and the fastest
+plan whose loss is within the budget *with its 95 % upper bound* wins. When none is,
+BudgetNotMetError carries the whole search and the all-dense fallback plan.
 """
 
 from __future__ import annotations
@@ -24,35 +27,40 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from ..analysis import analyze
-from ..compress import compress_
-from ..errors import RmtDeployError
-from ..evaluate import evaluate
-from ..layers import nm_mask
-from ..layers.semi_structured import semi_structured_incompatibility
-from ..plan import CompressionPlan, LayerPlan
-from ..strategies.base import dense_entry, mask_entry, prunable_layers
-from ..strategies.lowrank import (
-    factorized_entry,
-    input_covariances,
+from ..budget import BudgetMetric, Reference, check_metric, measure, model_outputs, resolve_metric
+from ..calibration import (
+    WhitenedFactors,
+    collect_input_stats,
+    output_error,
     rank_for_error,
     whitened_factors,
 )
+from ..compress import compress_
+from ..errors import RmtDeployError
+from ..layers import nm_mask, unfuse_attention_
+from ..layers.semi_structured import semi_structured_incompatibility
+from ..plan import CompressionPlan, LayerPlan
+from ..strategies import example_batch
+from ..strategies.base import dense_entry, factorized_entry, mask_entry
+from ..targets import find_targets
 from .layer_latency import LayerLatency, capture_input_shapes, median_ms, time_onnxruntime
 
 ERROR_GRID = (0.002, 0.005, 0.01, 0.02, 0.04, 0.08, 0.15)
 
 
 class BudgetNotMetError(RmtDeployError):
-    """No compressed plan keeps the held-out top-1 loss within the accuracy budget."""
+    """No compressed plan keeps the held-out loss within the budget. `fallback` is the plan
+    that keeps every layer dense, each with the reason: what ships instead."""
 
-    def __init__(self, message: str, report: LatencyPlanReport):
+    def __init__(self, message: str, report: LatencyPlanReport, fallback: CompressionPlan):
         super().__init__(message)
         self.report = report
+        self.fallback = fallback
 
 
 @dataclass
 class Candidate:
-    """One global setting tried: its plan's predicted latency and held-out accuracy."""
+    """One global setting tried: its plan's predicted latency and held-out loss."""
 
     layer_error: float
     lowrank_layers: int
@@ -60,8 +68,24 @@ class Candidate:
     params_after: int
     predicted_ms: float
     predicted_speedup: float
+    heldout_loss: float | None = None  # the budget metric against the dense model (mean)
+    heldout_loss_se: float | None = None  # its standard error over the held-out inputs
+    heldout_loss_upper: float | None = None  # one-sided 95 % upper bound: what must fit
+    # top-1 % on the held-out images when they have labels (for the report)
     heldout_top1: float | None = None
-    drop_pp: float | None = None
+
+
+@dataclass
+class LayerChoice:
+    """One layer's form at one setting: what it is, what it costs, why."""
+
+    form: str  # dense | lowrank | nm24
+    rank: int | None
+    ms: float
+    error: float = 0.0
+    reason: str = ""
+    category: str = ""  # for dense: why (grouped_conv, not_faster, above_break_even, …)
+    trusted: bool = True  # False: the error estimate's folds disagreed (safe rank taken)
 
 
 @dataclass
@@ -70,11 +94,14 @@ class LatencyPlanReport:
     device: str
     batch: int
     dense_model_ms: float
-    accuracy_budget: float | None
+    budget_metric: str | None
+    budget: float | None
     dense_heldout_top1: float | None
     chosen_layer_error: float | None
+    heldout_images: int = 0
     candidates: list[Candidate] = field(default_factory=list)
     layers: list[dict] = field(default_factory=list)  # LayerTiming.to_dict() per layer
+    calibration: list[dict] = field(default_factory=list)  # per layer: samples, trust, …
 
     def chosen(self) -> Candidate | None:
         for c in self.candidates:
@@ -87,10 +114,8 @@ class LatencyPlanReport:
 
 
 def _output_error_nm24(weight: torch.Tensor, cov: torch.Tensor) -> float:
-    """Relative output error of the 2:4 magnitude mask: tr(ΔW C ΔWᵀ) / tr(W C Wᵀ)."""
-    w = weight.detach().reshape(weight.shape[0], -1).double()
-    delta = w * (1 - nm_mask(weight.detach()).reshape(w.shape).double())
-    return float(((delta @ cov) * delta).sum() / ((w @ cov) * w).sum().clamp_min(1e-30))
+    """Relative output error of the 2:4 magnitude mask."""
+    return output_error(weight, weight * nm_mask(weight), cov)
 
 
 def latency_plan(
@@ -103,22 +128,26 @@ def latency_plan(
     batch: int = 1,
     layer_error: float | None = None,
     accuracy_budget: float | None = None,
+    budget_metric: str | BudgetMetric = "top1",
     error_grid: tuple[float, ...] = ERROR_GRID,
     nm24: bool | None = None,
     min_gain: float = 0.05,
     calib_images: int = 512,
+    rank_multiple: int = 8,
     runs: int = 30,
     filter_fn=None,
     name: str = "",
     progress: bool = True,
 ) -> tuple[CompressionPlan, LatencyPlanReport]:
-    """Plan `model` for `backend` at `batch`: a fixed `layer_error`, or with
-    `accuracy_budget` (pp of top-1 on `heldout`) the fastest ε on `error_grid` within it."""
+    """Plan `model` for `backend` at `batch`: a fixed `layer_error`, or with `accuracy_budget`
+    (the most `budget_metric` may lose on `heldout`) the fastest ε on `error_grid` within it."""
+    metric: BudgetMetric | None = None
     if accuracy_budget is not None:
         if heldout is None:
-            raise RmtDeployError("an accuracy budget needs held-out images to validate plans on")
+            raise RmtDeployError("a budget needs held-out images to validate plans on")
         if accuracy_budget < 0:
-            raise RmtDeployError(f"the accuracy budget must be ≥ 0 pp, got {accuracy_budget}")
+            raise RmtDeployError(f"the budget must be ≥ 0, got {accuracy_budget}")
+        metric = resolve_metric(budget_metric)
     grid = (
         sorted(error_grid)
         if accuracy_budget is not None
@@ -130,10 +159,23 @@ def latency_plan(
     nm24 = on_gpu if nm24 is None else nm24
     if nm24 and not on_gpu:
         raise RmtDeployError("2:4 candidates are timed with the torch backend on a CUDA device")
-    targets = dict(prunable_layers(model, filter_fn))
-    if not targets:
+    LayerLatency.check_backend(backend, device)
+    unfuse_attention_(model)
+    example = example_batch(calib, batch)
+    if example.shape[0] < batch:  # a tiny calibration set: repeat images to reach the batch
+        example = example.repeat((batch + example.shape[0] - 1) // example.shape[0], 1, 1, 1)[
+            :batch
+        ]
+    found = find_targets(model, filter_fn, example[:2])
+    if not found.views:
         raise RmtDeployError("no Linear/Conv2d layer to plan (check the filter)")
-    eligible = {n: m for n, m in targets.items() if getattr(m, "groups", 1) == 1}
+    targets = dict(found.items())
+    eligible = {n: v for n, v in found.views.items() if v.groups == 1}
+    reference: Reference | None = None
+    if metric is not None:
+        outputs, labels = model_outputs(model, heldout)
+        check_metric(metric, labels is not None, tuple(outputs.shape))
+        reference = Reference(outputs, labels)
     loader = DataLoader(
         calib, batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(0)
     )
@@ -142,23 +184,20 @@ def latency_plan(
         for layer in analyze(model, lambda m, q: q in eligible).layers
         if layer.fit
     }
-    covs = input_covariances(model, eligible, loader, calib_images, progress=progress)
-    factors = {n: whitened_factors(m.weight, covs[n]) for n, m in eligible.items()}
+    stats = collect_input_stats(model, eligible, loader, calib_images, progress=progress)
+    factors: dict[str, WhitenedFactors] = {
+        n: whitened_factors(v.weight, stats[n]) for n, v in eligible.items()
+    }
     nm24_error = {
-        n: _output_error_nm24(m.weight, covs[n])
-        for n, m in eligible.items()
-        if nm24 and isinstance(m, nn.Linear) and semi_structured_incompatibility(m) is None
+        n: _output_error_nm24(v.weight, stats[n].covariance())
+        for n, v in eligible.items()
+        if nm24 and v.kind == "linear" and semi_structured_incompatibility(v.module) is None
     }
 
-    example = torch.stack([calib[i][0] for i in range(min(batch, len(calib)))])
-    if example.shape[0] < batch:  # a tiny calibration set: repeat images to reach the batch
-        example = example.repeat((batch + example.shape[0] - 1) // example.shape[0], 1, 1, 1)[
-            :batch
-        ]
     shapes = capture_input_shapes(model, targets, example)
     # On CUDA, time in the deployment precision (fp16; the sparse kernels need it anyway).
     dtype = torch.float16 if device.startswith("cuda") else torch.float32
-    timer = LayerLatency(targets, shapes, backend, device, dtype=dtype, runs=runs)
+    timer = LayerLatency(found.views, shapes, backend, device, dtype=dtype, runs=runs)
     if backend == "onnxruntime":
         dense_ms = time_onnxruntime(copy.deepcopy(model), tuple(example.shape), runs, timer.threads)
     else:
@@ -167,122 +206,195 @@ def latency_plan(
         with torch.inference_mode():
             dense_ms = median_ms(lambda: on_device(x), runs, cuda=device.startswith("cuda"))
 
-    def choose(eps: float) -> dict[str, tuple[str, int | None, float]]:
-        """layer → (form, rank, predicted ms) at per-layer error budget eps."""
-        picks = {}
-        for lname, module in targets.items():
-            base = timer.measure(lname, "dense")
-            best = ("dense", None, base)
-            if lname in factors:
-                rank = rank_for_error(factors[lname][3], eps, spikes.get(lname, 0))
-                m, n = module.weight.shape[0], module.weight[0].numel()
-                if rank * (m + n) < m * n:
-                    ms = timer.measure(lname, f"rank:{rank}")
-                    if ms < base * (1 - min_gain):
-                        best = ("lowrank", rank, ms)
-            if lname in nm24_error and nm24_error[lname] <= eps:
-                ms = timer.measure(lname, "nm24")
-                if ms < min(best[2], base * (1 - min_gain)):
-                    best = ("nm24", None, ms)
-            picks[lname] = best
-        return picks
+    def rank_at(lname: str, eps: float) -> tuple[int, bool]:
+        """The rank layer `lname` needs for error ≤ eps, and whether that estimate is trusted;
+        an untrusted one moves to the safe rank where even its worst fold meets eps."""
+        f = factors[lname]
+        rank = rank_for_error(f.predicted, eps, spikes.get(lname, 0), rank_multiple)
+        if f.trusted_at(rank):
+            return rank, True
+        worst = f.fold_worst if f.fold_worst is not None else f.predicted
+        return max(rank, rank_for_error(worst, eps, spikes.get(lname, 0), rank_multiple)), False
 
-    def candidate(eps: float, picks) -> Candidate:
-        saved = sum(timer.measure(n, "dense") - ms for n, (_, _, ms) in picks.items())
+    def choose(lname: str, eps: float) -> LayerChoice:
+        base = timer.measure(lname, "dense")
+        if lname not in factors:
+            return LayerChoice("dense", None, base, reason="kept dense: grouped convolution",
+                               category="grouped_conv")  # fmt: skip
+        rank, trusted = rank_at(lname, eps)
+        m, n = eligible[lname].matrix_shape
+        error = float(factors[lname].predicted[rank])
+        note = "" if trusted else " (estimate untrusted: folds disagree; safe rank)"
+        best = LayerChoice(
+            "dense",
+            None,
+            base,
+            reason=f"kept dense: rank {rank} for error ≤ {eps:.3g} is above break-even{note}",
+            category="above_break_even",
+        )
+        if rank * (m + n) < m * n:
+            ms = timer.measure(lname, f"rank:{rank}")
+            if ms < base * (1 - min_gain):
+                best = LayerChoice(
+                    "lowrank",
+                    rank,
+                    ms,
+                    error,
+                    f"rank {rank} (MP edge {spikes.get(lname, 0)}): output error {error:.3g} ≤ "
+                    f"{eps:.3g} (cross-validated){note}; measured {ms:.4f} ms vs dense "
+                    f"{base:.4f} ms on {backend}",
+                    trusted=trusted,
+                )
+            else:
+                best = LayerChoice(
+                    "dense",
+                    None,
+                    base,
+                    reason=f"kept dense: rank {rank} for error ≤ {eps:.3g} measured {ms:.4f} ms "
+                    f"vs dense {base:.4f} ms (not {min_gain:.0%} faster){note}",
+                    category="not_faster",
+                )
+        if lname in nm24_error and nm24_error[lname] <= eps:
+            ms = timer.measure(lname, "nm24")
+            if ms < min(best.ms, base * (1 - min_gain)):
+                best = LayerChoice(
+                    "nm24",
+                    None,
+                    ms,
+                    nm24_error[lname],
+                    f"2:4: output error {nm24_error[lname]:.3g} ≤ {eps:.3g}; measured "
+                    f"{ms:.4f} ms vs dense {base:.4f} ms",
+                )
+        return best
+
+    def build(eps: float, picks: dict[str, LayerChoice]) -> tuple[CompressionPlan, Candidate]:
+        layers: list[LayerPlan] = []
+        saved = 0.0
+        for lname, module in targets.items():
+            pick = picks[lname]
+            base = timer.measure(lname, "dense")
+            saved += base - pick.ms
+            stats_ = {"dense_ms": base, "chosen_ms": pick.ms}
+            if pick.form == "lowrank":
+                stats_.update(
+                    output_error=pick.error,
+                    edge_rank=float(spikes.get(lname, 0)),
+                    trusted=float(pick.trusted),
+                )
+                layers.append(
+                    factorized_entry(lname, module, factors[lname], pick.rank, pick.reason, stats_)
+                )
+            elif pick.form == "nm24":
+                mask = nm_mask(found.views[lname].weight)
+                entry = mask_entry(lname, module, mask, pick.reason, "nm24")
+                entry.stats.update(stats_)
+                layers.append(entry)
+            else:
+                layers.append(dense_entry(lname, module, pick.reason, pick.category, **stats_))
+        config = {
+            "backend": backend,
+            "device": device,
+            "batch": batch,
+            "layer_error": eps,
+            "rank_multiple": rank_multiple,
+        }
+        plan = CompressionPlan("latency", config, layers, model=name, skipped=found.skipped)
         predicted = max(dense_ms - saved, 1e-6)
-        after = 0
-        for n, (form, rank, _) in picks.items():
-            m, k = targets[n].weight.shape[0], targets[n].weight[0].numel()
-            after += (
-                rank * (m + k) if form == "lowrank" else (m * k // 2 if form == "nm24" else m * k)
-            )
-        return Candidate(
+        summary = plan.summary()
+        cand = Candidate(
             eps,
-            sum(f == "lowrank" for f, _, _ in picks.values()),
-            sum(f == "nm24" for f, _, _ in picks.values()),
-            after,
+            summary["lowrank_layers"],
+            summary["nm24_layers"],
+            summary["params_after"],
             predicted,
             dense_ms / predicted,
         )
+        return plan, cand
 
-    def build(eps: float, picks) -> CompressionPlan:
-        layers: list[LayerPlan] = []
-        for lname, module in targets.items():
-            form, rank, ms = picks[lname]
-            base = timer.measure(lname, "dense")
-            stats = {"dense_ms": base, "chosen_ms": ms}
-            if form == "lowrank":
-                err = float(factors[lname][3][rank])
-                stats.update(output_error=err, edge_rank=float(spikes.get(lname, 0)))
-                reason = (
-                    f"rank {rank} (MP edge {spikes.get(lname, 0)}): output error {err:.3g} ≤ "
-                    f"{eps:.3g}; measured {ms:.4f} ms vs dense {base:.4f} ms on {backend}"
-                )
-                layers.append(factorized_entry(lname, module, factors[lname], rank, reason, stats))
-            elif form == "nm24":
-                reason = (
-                    f"2:4: output error {nm24_error[lname]:.3g} ≤ {eps:.3g}; measured {ms:.4f} ms "
-                    f"vs dense {base:.4f} ms"
-                )
-                entry = mask_entry(lname, module, nm_mask(module.weight.detach()), reason, "nm24")
-                entry.stats.update(stats)
-                layers.append(entry)
-            else:
-                layers.append(dense_entry(lname, module, _dense_reason(lname, eps), **stats))
-        config = {"backend": backend, "device": device, "batch": batch, "layer_error": eps}
-        return CompressionPlan("latency", config, layers, model=name)
-
-    def _dense_reason(lname: str, eps: float) -> str:
-        if lname not in factors:
-            return "kept dense: grouped convolution"
-        rank = rank_for_error(factors[lname][3], eps, spikes.get(lname, 0))
-        measured = timer.cached(lname, f"rank:{rank}")
-        if measured is not None:
-            return (
-                f"kept dense: rank {rank} for error ≤ {eps:.3g} measured {measured:.4f} ms vs "
-                f"dense {timer.measure(lname, 'dense'):.4f} ms (not {min_gain:.0%} faster)"
-            )
-        return f"kept dense: rank {rank} for error ≤ {eps:.3g} is above break-even"
-
-    report = LatencyPlanReport(backend, device, batch, dense_ms, accuracy_budget, None, None)
-    dense_top1 = None
-    if accuracy_budget is not None:
-        dense_top1 = evaluate(model, heldout, progress=False).top1
-        report.dense_heldout_top1 = dense_top1
+    report = LatencyPlanReport(
+        backend,
+        device,
+        batch,
+        dense_ms,
+        metric.name if metric else None,
+        accuracy_budget,
+        None,
+        None,
+        heldout_images=len(heldout) if heldout is not None and metric else 0,
+    )
+    if reference is not None and reference.labels is not None:
+        report.dense_heldout_top1 = _top1(reference.outputs, reference.labels)
     plans: dict[float, CompressionPlan] = {}
+    untrusted: dict[str, list[float]] = {}
     for eps in tqdm(grid, desc="latency plan", unit="ε", disable=not progress):
-        picks = choose(eps)
-        cand = candidate(eps, picks)
-        plans[eps] = build(eps, picks)
-        if accuracy_budget is not None and cand.lowrank_layers + cand.nm24_layers > 0:
+        picks = {lname: choose(lname, eps) for lname in targets}
+        for lname, pick in picks.items():
+            if not pick.trusted:
+                untrusted.setdefault(lname, []).append(eps)
+        plans[eps], cand = build(eps, picks)
+        if metric is not None and cand.lowrank_layers + cand.nm24_layers > 0:
             # One-shot, no BatchNorm re-estimation: the dense reference gets none either, and
             # the fine-tune that follows the search only recovers, so this bound is safe.
             trial = compress_(copy.deepcopy(model), plans[eps])
-            cand.heldout_top1 = evaluate(trial, heldout, progress=False).top1
-            cand.drop_pp = dense_top1 - cand.heldout_top1
+            outputs, _ = model_outputs(trial, heldout)
+            loss = measure(metric, reference, outputs)
+            cand.heldout_loss, cand.heldout_loss_se = loss.mean, loss.se
+            cand.heldout_loss_upper = loss.upper
+            if reference.labels is not None:
+                cand.heldout_top1 = _top1(outputs, reference.labels)
         report.candidates.append(cand)
     report.layers = [timer.timing(n).to_dict() for n in targets]
-    if accuracy_budget is None:
+    report.calibration = [
+        {
+            "name": n,
+            "samples": f.samples,
+            "inputs": f.dim,
+            "shrinkage": round(f.shrinkage, 4),
+            "images": stats[n].images,
+            "untrusted_ranks": untrusted.get(n, []),
+        }
+        for n, f in factors.items()
+    ]
+    if metric is None:
         report.chosen_layer_error = grid[0]
         return plans[grid[0]], report
+    # A plan fits when the upper bound of its loss does: the mean alone on a few hundred
+    # images passes plans by luck (winner's curse over the grid).
     within = [
-        c for c in report.candidates if c.drop_pp is not None and c.drop_pp <= accuracy_budget
+        c
+        for c in report.candidates
+        if c.heldout_loss_upper is not None and c.heldout_loss_upper <= accuracy_budget
     ]
     if not within:
-        tried = [c for c in report.candidates if c.drop_pp is not None]
+        tried = [c for c in report.candidates if c.heldout_loss is not None]
         if not tried:
-            raise BudgetNotMetError(
+            why = (
                 "no layer is measurably faster in a compressed form on "
-                f"{backend} at batch {batch}: nothing to trade accuracy for",
-                report,
+                f"{backend} at batch {batch}: nothing to trade accuracy for"
             )
-        best = min(tried, key=lambda c: c.drop_pp)
-        raise BudgetNotMetError(
-            f"no plan keeps the held-out top-1 loss within {accuracy_budget} pp: the best found "
-            f"loses {best.drop_pp:.2f} pp (layer error {best.layer_error}, predicted "
-            f"×{best.predicted_speedup:.2f}); raise the budget or fine-tune first",
-            report,
+        else:
+            best = min(tried, key=lambda c: c.heldout_loss_upper)
+            why = (
+                f"no plan keeps the held-out {metric.name} loss within {accuracy_budget}"
+                f"{' ' + metric.unit if metric.unit else ''} (95 % upper bound): the best found "
+                f"loses {best.heldout_loss:.3g} ± {best.heldout_loss_se:.2g} (layer error "
+                f"{best.layer_error}, predicted ×{best.predicted_speedup:.2f})"
+            )
+        fallback = CompressionPlan(
+            "latency",
+            {"backend": backend, "device": device, "batch": batch, "outcome": "dense"},
+            [
+                dense_entry(lname, module, f"kept dense: {why}", "budget")
+                for lname, module in targets.items()
+            ],
+            model=name,
+            skipped=found.skipped,
         )
+        raise BudgetNotMetError(why, report, fallback)
     chosen = min(within, key=lambda c: c.predicted_ms)
     report.chosen_layer_error = chosen.layer_error
     return plans[chosen.layer_error], report
+
+
+def _top1(outputs: torch.Tensor, labels: torch.Tensor) -> float:
+    return 100.0 * float((outputs.argmax(dim=1) == labels).float().mean())

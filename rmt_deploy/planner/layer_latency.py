@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 from ..errors import RmtDeployError
-from ..layers import LowRankConv2d, LowRankLinear, nm_mask
+from ..layers import lowrank_like, nm_mask
+from ..layers.views import LayerView
 
 LATENCY_BACKENDS = ("torch", "onnxruntime")
 
@@ -72,13 +73,6 @@ def capture_input_shapes(
     return shapes
 
 
-def lowrank_form(module: nn.Module, rank: int) -> nn.Module:
-    """A factorized layer of the same shape (weights are irrelevant to its latency)."""
-    if isinstance(module, nn.Linear):
-        return LowRankLinear(module.in_features, module.out_features, rank, module.bias is not None)
-    return LowRankConv2d(module, rank)
-
-
 class LayerLatency:
     """Times layer forms on one backend; `measure(name, form)` is memoized.
 
@@ -87,7 +81,7 @@ class LayerLatency:
 
     def __init__(
         self,
-        layers: dict[str, nn.Module],
+        views: dict[str, LayerView],
         input_shapes: dict[str, tuple[int, ...]],
         backend: str = "torch",
         device: str = "cpu",
@@ -95,6 +89,15 @@ class LayerLatency:
         runs: int = 30,
         threads: int | None = None,
     ):
+        self.check_backend(backend, device)
+        self.views, self.input_shapes = views, input_shapes
+        self.backend, self.device, self.dtype, self.runs = backend, device, dtype, runs
+        self.threads = threads or torch.get_num_threads()
+        self._cache: dict[tuple[str, str], float] = {}
+
+    @staticmethod
+    def check_backend(backend: str, device: str) -> None:
+        """Refuse a backend or device the planner cannot measure on, before any work."""
         if backend not in LATENCY_BACKENDS:
             raise RmtDeployError(
                 f"the latency planner measures on {' or '.join(LATENCY_BACKENDS)}, not {backend!r}"
@@ -103,10 +106,6 @@ class LayerLatency:
             raise RmtDeployError("the planner was asked to measure on CUDA but no GPU is visible")
         if backend == "onnxruntime" and device != "cpu":
             raise RmtDeployError("the onnxruntime planner backend measures on the CPU")
-        self.layers, self.input_shapes = layers, input_shapes
-        self.backend, self.device, self.dtype, self.runs = backend, device, dtype, runs
-        self.threads = threads or torch.get_num_threads()
-        self._cache: dict[tuple[str, str], float] = {}
 
     def measure(self, name: str, form: str) -> float:
         """Median milliseconds of layer `name` as `form`: "dense", "rank:R" or "nm24"."""
@@ -131,13 +130,13 @@ class LayerLatency:
         )
 
     def _build(self, name: str, form: str) -> nn.Module | Callable:
-        module = self.layers[name]
+        view = self.views[name]
         if form == "dense":
-            return copy.deepcopy(module)  # timing moves it to the device: never the caller's
+            return copy.deepcopy(view.module)  # timing moves it to the device: never the caller's
         if form.startswith("rank:"):
-            return lowrank_form(module, int(form.split(":")[1]))
+            return lowrank_like(view, int(form.split(":")[1]))
         if form == "nm24":
-            return _semi_structured(module, self.device)
+            return _semi_structured(view.module, self.device)
         raise RmtDeployError(f"unknown layer form {form!r}")
 
     def _time(self, module, shape: tuple[int, ...], dtype: torch.dtype) -> float:
