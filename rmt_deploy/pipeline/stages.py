@@ -413,7 +413,13 @@ def stage_evaluate(ctx: RunContext):
         outputs[name], labels = model_outputs(model, ctx.test)
     reference = "dense_finetuned" if "dense_finetuned" in outputs else "dense"
     ref = Reference(outputs[reference], labels)
-    classes = outputs["dense"].dim() == 2
+    # Class scores (top-1, KL make sense) unless the model says it has no classifier.
+    declared = (getattr(ctx.dense, "pretrained_cfg", None) or {}).get("num_classes")
+    classes = (
+        outputs["dense"].dim() == 2
+        and declared != 0
+        and getattr(ctx.dense, "num_classes", None) != 0
+    )
     fidelity = {}
     for name in models:
         if name == reference:
