@@ -131,7 +131,6 @@ def main() -> None:
             data=agree,
             reference="dense",
             runs=args.runs,
-            rounds=3,
         )
         out = RESULTS / "bench_cpu" / model_name
         write_report(suite, out, f"{model_name} on CPU: {', '.join(specs)}")

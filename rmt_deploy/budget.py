@@ -122,7 +122,7 @@ class Reference:
 
 @torch.inference_mode()
 def model_outputs(
-    model: nn.Module, data: Dataset, batch_size: int = 100
+    model: nn.Module, data: Dataset, batch_size: int = 100, workers: int = 1
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(outputs, labels) of `model` on all of `data`; labels None when the data has none
     (an unlabelled folder or loader marks every label −1)."""
@@ -130,7 +130,7 @@ def model_outputs(
         raise BudgetError("the held-out data is empty")
     model.eval()
     outputs, labels = [], []
-    for images, batch_labels in DataLoader(data, batch_size=batch_size, num_workers=0):
+    for images, batch_labels in DataLoader(data, batch_size=batch_size, num_workers=workers):
         out = model(images)
         if not isinstance(out, torch.Tensor):
             raise BudgetError(

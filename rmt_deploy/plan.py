@@ -96,6 +96,8 @@ class CompressionPlan:
     extra_state: dict[str, torch.Tensor] = field(default_factory=dict, repr=False, compare=False)
     # Linear/Conv-like modules no compressed form was offered for, with the reason.
     skipped: list[SkippedLayer] = field(default_factory=list)
+    # A strategy's search report (the latency planner's), in memory only.
+    search: Any = field(default=None, repr=False, compare=False)
 
     def summary(self) -> dict[str, Any]:
         before = sum(layer.params_before for layer in self.layers)

@@ -2,6 +2,7 @@
 dependencies, and the latency-aware planner on a model where low rank must win."""
 
 import copy
+import importlib.util
 import json
 import shutil
 
@@ -26,11 +27,18 @@ TINY = {
         "strategy": "latency",
         "accuracy_budget": 100,  # the search itself, not its outcome, is under test here
         "batch": 32,
-        "error_grid": [0.1, 0.3],
+        "targets": ["onnxruntime"],
+        "settings": {"rounds": 2, "runs": 3, "finalists": 1, "sensitivity_images": 8},
     },
     "finetune": {"steps": 2, "batch_size": 32, "bn_recal_images": 200},
     "export": {"verify_images": 16},
-    "benchmark": {"batches": [1], "runs": 4, "warmup_s": 0.05, "agreement_images": 40},
+    "benchmark": {
+        "backends": ["torch", "onnxruntime"],
+        "batches": [1],
+        "runs": 4,
+        "warmup_s": 0.05,
+        "agreement_images": 40,
+    },
 }
 
 
@@ -125,16 +133,20 @@ def test_pipeline_end_to_end(finished_run):
     assert accuracy["test_images"] == 300 and accuracy["reference"] == "dense_finetuned"
     assert 70 < accuracy["top1"]["dense"] <= 100  # the real pretrained ResNet-20
     planner = json.loads((out / "plan" / "planner.json").read_text())
-    assert [c["layer_error"] for c in planner["candidates"]] == [0.1, 0.3]
-    assert planner["dense_model_ms"] > 0 and all(
-        layer["dense_ms"] > 0 for layer in planner["layers"]
-    )
-    chosen = [c for c in planner["candidates"] if c["layer_error"] == planner["chosen_layer_error"]]
-    assert chosen and chosen[0]["lowrank_layers"] > 0
-    assert chosen[0]["heldout_loss_upper"] <= config.compress.accuracy_budget
-    assert chosen[0]["heldout_loss"] == pytest.approx(
-        planner["dense_heldout_top1"] - chosen[0]["heldout_top1"]
-    )  # the top1 budget is the held-out top-1 loss
+    assert planner["deployments"] == ["onnxruntime"] and planner["budget"] == 100
+    (baseline,) = planner["baselines"]
+    assert baseline["label"] == "dense / onnxruntime" and baseline["measured_ms"] > 0
+    assert baseline["heldout_loss"] == 0.0  # fp32 deployment: validated as the dense model
+    assert planner["candidates"] and all(c["heldout_loss_upper"] is not None
+                                         for c in planner["candidates"])  # fmt: skip
+    (finalist,) = planner["finalists"]  # settings.finalists: 1
+    assert finalist["predicted_ms"] > 0 and finalist["q1_ms"] <= finalist["measured_ms"]
+    assert planner["chosen"] in {"dense / onnxruntime", finalist["label"]}
+    tables = json.loads((out / "plan" / "layer_tables.json").read_text())
+    entries = tables["tables"]["onnxruntime"]["layers"]
+    assert len(entries) == 20 and all(e["options"][0]["form"] == "dense" for e in entries)
+    assert all(o["ms"] > 0 for e in entries for o in e["options"])
+    assert all(o["rank"] % 8 == 0 for e in entries for o in e["options"] if o["rank"])
     split = json.loads((out / "evaluate" / "split.json").read_text())["parts"]
     assert split["val"]["count"] == 200 and split["test"]["count"] == 300
     assert not set(split["val"]["images"]) & set(split["test"]["images"])
@@ -143,11 +155,12 @@ def test_pipeline_end_to_end(finished_run):
     assert plan_summary["coverage"].startswith("20 layers planned")  # 19 convs + the linear
     assert plan_summary["skipped_layers"] == 0
     bench = json.loads((out / "bench" / "bench.json").read_text())
+    variants = {"dense", "compressed"} if plan_summary["lowrank_layers"] else {"dense"}
     assert {(r["variant"], r["backend"]) for r in bench["results"]} == {
-        (v, b) for v in ("dense", "compressed") for b in ("torch", "onnxruntime")
+        (v, b) for v in variants for b in ("torch", "onnxruntime")
     }
     report = (out / "report.md").read_text()
-    assert "## Accuracy" in report and "| onnxruntime | 1 |" in report
+    assert "## Accuracy" in report and "## Speed" in report and "**Shipped:" in report
     assert "| plan validation | 200 |" in report and "| test | 300 |" in report
     assert "Shipped: the dense model" not in report
     assert not list(out.rglob("*.tmp"))
@@ -174,7 +187,7 @@ def test_rerun_skips_and_changes_rerun_only_what_depends(finished_run, monkeypat
     assert resumed.ran == ["benchmark", "report"]
     assert "analyze" in resumed.skipped and "compress" in resumed.skipped
     bench = json.loads((resumed.output / "bench" / "bench.json").read_text())
-    assert {r["batch"] for r in bench["results"]} == {2}
+    assert {r["batch"] for r in bench["results"]} == {2, 32}  # + the deployment batch
     # Forcing a stage makes everything downstream of it stale.
     forced = run(changed, stages=["export"], force=True, **quiet)
     assert forced.ran == ["export"]
@@ -185,7 +198,8 @@ def test_rerun_skips_and_changes_rerun_only_what_depends(finished_run, monkeypat
 def test_budget_no_plan_meets_ships_dense(finished_run, tmp_path, capsys):
     src, _, result = finished_run
     shutil.copytree(result.output, tmp_path / "run")
-    config = _config(tmp_path, compress__accuracy_budget=0.0, compress__error_grid=[0.6])
+    # KL ≤ 0: only the dense model itself keeps it.
+    config = _config(tmp_path, compress__accuracy_budget=0.0, compress__budget_metric="kl")
     done = run(config, progress=False, log=lambda _: None)
     out = done.output
     assert done.ran == ["plan", "compress", "evaluate", "export", "benchmark", "report"]
@@ -193,7 +207,8 @@ def test_budget_no_plan_meets_ships_dense(finished_run, tmp_path, capsys):
     assert plan["summary"]["dense_layers"] == plan["summary"]["layers"] == 20
     assert plan["summary"]["dense_by_reason"] == {"budget": 20}
     planner = json.loads((out / "plan" / "planner.json").read_text())
-    assert planner["outcome"].startswith("no plan keeps the held-out top1 loss within 0.0 pp")
+    assert planner["outcome"].startswith("no plan keeps the held-out kl loss within 0.0 nats")
+    assert planner["chosen"] == "dense / onnxruntime" and planner["finalists"] == []
     accuracy = json.loads((out / "evaluate" / "accuracy.json").read_text())
     assert accuracy["shipped"] == "dense" and accuracy["loss_pp"] == 0.0
     assert "dense_finetuned" not in accuracy["top1"]  # nothing compressed: no recovery run
@@ -201,11 +216,11 @@ def test_budget_no_plan_meets_ships_dense(finished_run, tmp_path, capsys):
     assert {r["variant"] for r in bench["results"]} == {"dense"}
     assert not (out / "export" / "compressed" / "model.onnx").exists()
     report = (out / "report.md").read_text()
-    assert "**Shipped: the dense model.**" in report and "loses" in report
+    assert "**Shipped: the dense model** on onnxruntime" in report and "loses" in report
     # Scripts that want compression or nothing keep today's error (exit 2 through the CLI).
     strict = _config(tmp_path / "strict", compress__accuracy_budget=0.0,
-                     compress__error_grid=[0.6], compress__require_compression=True)  # fmt: skip
-    with pytest.raises(BudgetNotMetError, match="within 0.0 pp"):
+                     compress__budget_metric="kl", compress__require_compression=True)  # fmt: skip
+    with pytest.raises(BudgetNotMetError, match="within 0.0 nats"):
         run(strict, progress=False, log=lambda _: None)
     assert (tmp_path / "strict" / "run" / "plan" / "planner.md").is_file()
     assert not (tmp_path / "strict" / "run" / "plan" / "plan.json").exists()
@@ -245,13 +260,37 @@ def test_planner_factorizes_where_it_is_faster(tmp_path):
     assert torch.allclose(direct, model(x), atol=0.05, rtol=0.05)
 
 
-def test_planner_bad_input():
+def test_planner_bad_input(tmp_path):
+    from rmt_deploy.deploy import DeploymentError
+    from rmt_deploy.errors import RmtDeployError
+    from rmt_deploy.planner import TableMismatchError
+
     model = nn.Sequential(nn.Flatten(), nn.Linear(48, 4))
     data = TensorDataset(torch.randn(8, 3, 4, 4), torch.randint(0, 4, (8,)))
-    with pytest.raises(Exception, match="needs held-out images"):
+    with pytest.raises(RmtDeployError, match="needs held-out images"):
         latency_plan(model, data, accuracy_budget=1.0, progress=False)
-    with pytest.raises(Exception, match="measures on torch or onnxruntime"):
+    with pytest.raises(DeploymentError, match="deployment tensorrt cannot run here: no CUDA"):
         latency_plan(model, data, backend="tensorrt", layer_error=0.1, progress=False)
+    with pytest.raises(DeploymentError, match="unknown deployment tflite"):
+        latency_plan(model, data, targets=["tflite"], layer_error=0.1, progress=False)
+    if importlib.util.find_spec("openvino") is not None:  # bf16 on a CPU without it
+        from rmt_deploy.deploy import openvino_default_precision
+
+        if openvino_default_precision() != "bf16":
+            with pytest.raises(DeploymentError, match="openvino-bf16 cannot run here.*bf16"):
+                latency_plan(model, data, targets=["openvino-bf16"], layer_error=0.1,
+                             progress=False)  # fmt: skip
+    with pytest.raises(RmtDeployError, match="latency target must be a speedup > 0"):
+        latency_plan(model, data, heldout=data, accuracy_budget=1.0, latency_target=-2,
+                     progress=False)  # fmt: skip
+    # A table measured for another model is refused, naming both.
+    table = tmp_path / "tables.json"
+    latency_plan(model, data, backend="onnxruntime", layer_error=0.1, table=table,
+                 progress=False)  # fmt: skip
+    other = nn.Sequential(nn.Flatten(), nn.Linear(48, 4))
+    with pytest.raises(TableMismatchError, match="another model .* here"):
+        latency_plan(other, data, backend="onnxruntime", layer_error=0.1, table=table,
+                     progress=False)  # fmt: skip
 
 
 def test_cli_run_reports_up_to_date(finished_run, tmp_path, capsys):
@@ -315,7 +354,7 @@ def test_unlabelled_folder_planned_by_cosine_in_three_disjoint_parts(tmp_path, c
     assert all(not part["labelled"] for part in split.values())
     accuracy = json.loads((out / "evaluate" / "accuracy.json").read_text())
     assert "top1" not in accuracy and accuracy["labelled"] is False
-    assert accuracy["budget_metric"] == "cosine" and accuracy["budget_loss"] >= 0
+    assert accuracy["budget_metric"] == "cosine" and accuracy["budget_loss"] >= -1e-9
     planner = json.loads((out / "plan" / "planner.json").read_text())
     assert planner["budget_metric"] == "cosine" and planner["heldout_images"] == 24
     tried = [c["heldout_loss"] for c in planner["candidates"] if c["heldout_loss"] is not None]

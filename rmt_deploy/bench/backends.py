@@ -46,11 +46,16 @@ def prepare(
     model: nn.Module | None,
     onnx_path: Path | None,
     engine: Path | None = None,
+    onnx_int8: Path | None = None,
     **options,
 ) -> Prepared:
+    """The runner of backend `name` for a variant: its PyTorch model, its fp32 ONNX, its INT8
+    (QDQ) ONNX, its TensorRT engine — each backend takes the one it runs."""
     if name not in BACKENDS:
         raise RmtDeployError(f"unknown backend {name!r}; available: {', '.join(BACKENDS)}")
-    return BACKENDS[name](model=model, onnx_path=onnx_path, engine=engine, **options)
+    return BACKENDS[name](
+        model=model, onnx_path=onnx_path, engine=engine, onnx_int8=onnx_int8, **options
+    )
 
 
 def _need_model(model, name):
@@ -84,7 +89,7 @@ def _device(options) -> str:
 
 
 @register_backend("torch")
-def torch_eager(model=None, onnx_path=None, **options) -> Prepared:
+def torch_eager(model=None, onnx_path=None, onnx_int8=None, **options) -> Prepared:
     module = copy.deepcopy(_need_model(model, "torch")).eval()  # the caller's stays on CPU
     device = _device(options)
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[
@@ -98,8 +103,20 @@ def torch_eager(model=None, onnx_path=None, **options) -> Prepared:
     return _torch_runner(module, device, dtype)
 
 
+def _register_torch_cuda(backend: str, precision: str) -> None:
+    def make(model=None, onnx_path=None, onnx_int8=None, **options) -> Prepared:
+        options = {**options, "device": "cuda", "precision": precision, "sparse24": True}
+        return torch_eager(model=model, **options)
+
+    register_backend(backend)(make)
+
+
+for _backend, _precision in (("torch-cuda-fp16", "fp16"), ("torch-cuda-bf16", "bf16")):
+    _register_torch_cuda(_backend, _precision)
+
+
 @register_backend("torch-compile")
-def torch_compiled(model=None, onnx_path=None, **options) -> Prepared:
+def torch_compiled(model=None, onnx_path=None, onnx_int8=None, **options) -> Prepared:
     module = copy.deepcopy(_need_model(model, "torch-compile")).eval()
     device = _device(options)
     try:
@@ -116,7 +133,7 @@ ORT_PROVIDERS = {
 }
 
 
-def _onnxruntime(provider: str, onnx_path, options) -> Prepared:
+def _onnxruntime(provider: str, onnx_path, options, label: str = "") -> Prepared:
     if importlib.util.find_spec("onnxruntime") is None:
         raise BackendUnavailable("onnxruntime is not installed (pip install onnxruntime)")
     if onnx_path is None or not Path(onnx_path).is_file():
@@ -136,21 +153,103 @@ def _onnxruntime(provider: str, onnx_path, options) -> Prepared:
     except Exception as exc:
         raise BackendUnavailable(f"onnxruntime cannot load {onnx_path}: {exc}") from exc
     name = session.get_inputs()[0].name
-    return Prepared(lambda b: session.run(None, {name: b})[0], f"onnxruntime {provider}", threads)
+    return Prepared(
+        lambda b: session.run(None, {name: b})[0], f"onnxruntime {provider}{label}", threads
+    )
 
 
 def _register_ort(backend: str, provider: str) -> None:
-    register_backend(backend)(
-        lambda model=None, onnx_path=None, **o: _onnxruntime(provider, onnx_path, o)
-    )
+    def make(model=None, onnx_path=None, onnx_int8=None, **o) -> Prepared:
+        return _onnxruntime(provider, onnx_path, o)
+
+    register_backend(backend)(make)
 
 
 for _backend, _provider in ORT_PROVIDERS.items():
     _register_ort(_backend, _provider)
 
 
+def _need_int8(onnx_int8, backend: str) -> Path:
+    if onnx_int8 is None or not Path(onnx_int8).is_file():
+        raise BackendUnavailable(
+            f"backend {backend} needs the INT8 model (model.int8.onnx: the pipeline's export "
+            "stage writes it when an int8 deployment is benchmarked)"
+        )
+    return Path(onnx_int8)
+
+
+@register_backend("onnxruntime-int8")
+def onnxruntime_int8(model=None, onnx_path=None, onnx_int8=None, **options) -> Prepared:
+    """ONNX Runtime on the CPU running the static INT8 (QDQ, per-channel) model."""
+    path = _need_int8(onnx_int8, "onnxruntime-int8")
+    return _onnxruntime("CPUExecutionProvider", path, options, " int8")
+
+
+OPENVINO_PRECISIONS = {"openvino": None, "openvino-f32": "f32", "openvino-bf16": "bf16"}
+
+
+def openvino_capabilities() -> list[str]:
+    """What OpenVINO's CPU plugin says this CPU can do (FP32, BF16, INT8, …); [] without it."""
+    if importlib.util.find_spec("openvino") is None:
+        return []
+    import openvino as ov
+
+    return list(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+
+
+def _openvino(path: Path, hint: str | None, options, label: str) -> Prepared:
+    if importlib.util.find_spec("openvino") is None:
+        raise BackendUnavailable("OpenVINO is not installed (pip install openvino)")
+    if hint == "bf16" and "BF16" not in openvino_capabilities():
+        raise BackendUnavailable(
+            "this CPU has no bf16 support in OpenVINO (it needs AVX512_BF16 or AMX)"
+        )
+    import openvino as ov
+
+    threads = int(options.get("threads") or torch.get_num_threads())
+    config = {
+        "INFERENCE_NUM_THREADS": threads,
+        "PERFORMANCE_HINT": "LATENCY",
+        "NUM_STREAMS": 1,
+    }
+    if hint is not None:
+        config["INFERENCE_PRECISION_HINT"] = hint
+    core = ov.Core()
+    try:
+        compiled = core.compile_model(str(path), "CPU", config)
+    except Exception as exc:
+        raise BackendUnavailable(f"OpenVINO cannot compile {path}: {exc}") from exc
+    request = compiled.create_infer_request()
+    output = compiled.output(0)
+    precision = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        return np.array(request.infer({0: batch})[output], copy=True)
+
+    return Prepared(run, f"OpenVINO {ov.__version__} CPU {precision}{label}", threads)
+
+
+def _register_openvino(backend: str, hint: str | None) -> None:
+    def make(model=None, onnx_path=None, **options) -> Prepared:
+        if onnx_path is None or not Path(onnx_path).is_file():
+            raise BackendUnavailable(f"backend {backend} needs an exported model.onnx")
+        return _openvino(Path(onnx_path), hint, options, "")
+
+    register_backend(backend)(make)
+
+
+for _backend, _hint in OPENVINO_PRECISIONS.items():
+    _register_openvino(_backend, _hint)
+
+
+@register_backend("openvino-int8")
+def openvino_int8(model=None, onnx_path=None, onnx_int8=None, **options) -> Prepared:
+    """OpenVINO on the CPU running the same QDQ model: it executes the quantized layers in int8."""
+    return _openvino(_need_int8(onnx_int8, "openvino-int8"), None, options, " int8")
+
+
 @register_backend("tensorrt")
-def tensorrt_engine(model=None, onnx_path=None, engine=None, **options) -> Prepared:
+def tensorrt_engine(model=None, onnx_path=None, engine=None, onnx_int8=None, **options) -> Prepared:
     """A serialized TensorRT engine (`rmt-deploy build`), run on torch CUDA buffers."""
     if engine is None or not Path(engine).is_file():
         raise BackendUnavailable("backend tensorrt needs an engine file (rmt-deploy build)")

@@ -104,10 +104,10 @@ def power_summary(samples, windows: list[tuple[float, float]], result: BenchResu
 
 
 def _file_bytes(spec: dict, backend: str) -> int | None:
-    """Size of the file the backend runs: the ONNX model or the TensorRT engine."""
+    """Size of the file the backend runs: the ONNX model (fp32 or INT8) or the engine."""
     path = spec.get("engine") if backend == "tensorrt" else None
-    if backend.startswith("onnxruntime"):
-        path = spec.get("onnx")
+    if backend.startswith(("onnxruntime", "openvino")):
+        path = spec.get("onnx_int8" if backend.endswith("int8") else "onnx")
     return Path(path).stat().st_size if path and Path(path).is_file() else None
 
 
@@ -124,8 +124,11 @@ def _peak_rss_mb() -> float:
 
 
 def time_runs(prepared: Prepared, batch: np.ndarray, warmup_s: float, runs: int) -> list[float]:
-    """Warm up for `warmup_s` seconds, then time `runs` calls (CUDA events on GPU)."""
+    """Warm up for `warmup_s` seconds (at least one call), then time `runs` calls (CUDA events
+    on GPU)."""
     end = time.perf_counter() + warmup_s
+    if warmup_s > 0:
+        prepared.run(batch)
     while time.perf_counter() < end:
         prepared.run(batch)
     prepared.synchronize()
@@ -173,16 +176,16 @@ def benchmark(
     reference: str | None = None,
     warmup_s: float = 1.0,
     runs: int = 50,
-    rounds: int = 3,
     backend_options: dict | None = None,
     power: bool = False,
     progress: bool = False,
 ) -> BenchSuite:
-    """`variants`: name → {"model": nn.Module, "onnx": Path, "engine": Path} (each optional).
-    Every (variant, backend) that can run is timed at every batch size; variants alternate
-    within each round and the samples of all rounds are pooled, so slow drifts of the machine
-    hit all of them alike. With `power` (Jetson), tegrastats or jtop samples the power rails
-    while each one runs and the result carries the energy per inference."""
+    """`variants`: name → {"model": nn.Module, "onnx": Path, "onnx_int8": Path, "engine": Path}
+    (each optional).
+    Every (variant, backend) that can run is timed at every batch size, one call each in turn
+    over `runs` sweeps, so slow drifts of the machine hit all of them alike. With `power`
+    (Jetson), tegrastats or jtop samples the power rails while each one runs and the result
+    carries the energy per inference."""
     options = backend_options or {}
     if not variants:
         raise DataError("no variants to benchmark")
@@ -203,7 +206,12 @@ def benchmark(
         for backend in backends:
             try:
                 prepared[vname, backend] = prepare(
-                    backend, spec.get("model"), spec.get("onnx"), spec.get("engine"), **options
+                    backend,
+                    spec.get("model"),
+                    spec.get("onnx"),
+                    spec.get("engine"),
+                    spec.get("onnx_int8"),
+                    **options,
                 )
             except BackendUnavailable as exc:
                 skipped[vname, backend] = str(exc)
@@ -218,20 +226,26 @@ def benchmark(
     samples: dict[tuple[str, str, int], list[float]] = {}
     windows: dict[tuple[str, str, int], list[tuple[float, float]]] = {}
     sampler = power_sampler() if power else None
-    bar = tqdm(
-        total=len(batches) * rounds * len(prepared), desc="bench", unit="run", disable=not progress
-    )
+    bar = tqdm(total=len(batches) * runs, desc="bench", unit="sweep", disable=not progress)
+    keys = list(prepared)
     with sampler if sampler is not None else _nothing(), bar:
         for batch in batches:
             x = rng.standard_normal((batch, *input_shape)).astype(np.float32)
-            for _ in range(rounds):
-                for key, runner in prepared.items():
+            for key in keys:  # warm-up: allocation, compilation, kernel tuning
+                began = time.monotonic()
+                time_runs(prepared[key], x, warmup_s, 0)
+                windows.setdefault((*key, batch), []).append((began, time.monotonic()))
+            # One call each in turn, the next sweep in reverse order: slow spells of a shared
+            # machine hit every variant alike, so the ratios hold (±2 % here, where medians
+            # of one model drifted 27 → 42 ms within minutes).
+            for sweep in range(runs):
+                for key in keys if sweep % 2 == 0 else reversed(keys):
                     began = time.monotonic()
                     samples.setdefault((*key, batch), []).extend(
-                        time_runs(runner, x, warmup_s / rounds, max(1, runs // rounds))
+                        time_runs(prepared[key], x, 0.0, 1)
                     )
-                    windows.setdefault((*key, batch), []).append((began, time.monotonic()))
-                    bar.update()
+                    windows[(*key, batch)].append((began, time.monotonic()))
+                bar.update()
     results = []
     preds: dict[tuple[str, str], np.ndarray] = {}
     for (vname, backend), runner in prepared.items():

@@ -57,20 +57,19 @@ class AnalyzeSection:
 
 @dataclass
 class CompressSection:
-    """`strategy: latency` is the latency-aware planner; any other name is a fixed strategy."""
+    """Every strategy is planned the same way: `strategy` with its `settings`, validated against
+    the budget on held-out images where it searches (latency), for the deployment `targets` at
+    `batch` on `device`."""
 
     strategy: str = "latency"
     sparsity: float = 0.5  # fixed strategies: share of weights to remove
-    settings: dict[str, Any] = field(default_factory=dict)  # fixed strategies' settings
-    accuracy_budget: float | None = 1.0  # latency: the most budget_metric may lose on held-out
+    settings: dict[str, Any] = field(default_factory=dict)  # the strategy's own settings
+    accuracy_budget: float | None = 1.0  # the most budget_metric may lose on held-out images
     budget_metric: str = "top1"  # top1 (pp) | agreement (pp) | kl (nats) | cosine | loader | pkg:fn
     require_compression: bool = False  # no plan within budget: fail instead of shipping dense
-    rank_multiple: int = 8  # latency: ranks rounded up to a multiple (CPU kernels block by 8)
-    layer_error: float | None = None  # latency without a budget: the per-layer error
-    backend: str = "onnxruntime"  # latency: where layers are timed (torch | onnxruntime)
+    targets: list[str] = field(default_factory=lambda: ["auto"])  # deployments, or auto
     device: str = "cpu"
-    batch: int = 8  # latency: the deployment batch size layers are timed at
-    error_grid: list[float] | None = None  # latency: the global settings searched
+    batch: int = 8  # the deployment batch size latency is measured at
 
 
 @dataclass
@@ -100,7 +99,8 @@ class ExportSection:
 
 @dataclass
 class BenchmarkSection:
-    backends: list[str] = field(default_factory=lambda: ["torch", "onnxruntime"])
+    # auto: every deployment this machine offers (the dense baselines) and the chosen one
+    backends: list[str] = field(default_factory=lambda: ["auto"])
     batches: list[int] = field(default_factory=lambda: [1, 8, 64])
     runs: int = 60
     warmup_s: float = 1.0
@@ -219,9 +219,9 @@ def _check_values(config: RunConfig) -> None:
     from ..strategies import STRATEGIES
 
     c, f, b = config.compress, config.finetune, config.benchmark
-    if c.strategy != "latency" and c.strategy not in STRATEGIES:
+    if c.strategy not in STRATEGIES:
         raise ConfigError(
-            f"compress.strategy: unknown {c.strategy!r} (latency, {', '.join(sorted(STRATEGIES))})"
+            f"compress.strategy: unknown {c.strategy!r} ({', '.join(sorted(STRATEGIES))})"
         )
     if not 0.0 <= c.sparsity < 1.0:
         raise ConfigError(f"compress.sparsity must lie in [0, 1), got {c.sparsity}")
@@ -248,11 +248,17 @@ def _check_values(config: RunConfig) -> None:
         raise ConfigError(
             "finetune.steps > 0 needs training images: set data.train, or finetune.steps: 0"
         )
-    if c.backend not in ("torch", "onnxruntime"):
-        raise ConfigError(f"compress.backend: torch or onnxruntime, got {c.backend!r}")
+    from ..deploy import DEPLOYMENTS
+
+    unknown_targets = [t for t in c.targets if t != "auto" and t not in DEPLOYMENTS]
+    if unknown_targets or not c.targets or ("auto" in c.targets and len(c.targets) > 1):
+        raise ConfigError(
+            f"compress.targets: auto or deployments from {', '.join(DEPLOYMENTS)}, got {c.targets}"
+        )
+    if c.device not in ("cpu", "cuda") and not c.device.startswith("cuda:"):
+        raise ConfigError(f"compress.device: cpu or cuda, got {c.device!r}")
     for name, value in (
         ("compress.batch", c.batch),
-        ("compress.rank_multiple", c.rank_multiple),
         ("data.calib_images", config.data.calib_images),
         ("finetune.batch_size", f.batch_size),
         ("benchmark.runs", b.runs),
@@ -270,7 +276,7 @@ def _check_values(config: RunConfig) -> None:
         raise ConfigError(f"finetune.optimizer: sgd or adamw, got {f.optimizer!r}")
     if not 0.0 <= f.distill_alpha <= 1.0:
         raise ConfigError(f"finetune.distill_alpha must lie in [0, 1], got {f.distill_alpha}")
-    unknown = [name for name in b.backends if name not in BACKENDS]
+    unknown = [name for name in b.backends if name not in BACKENDS and name != "auto"]
     if unknown:
         raise ConfigError(
             f"benchmark.backends: unknown {', '.join(unknown)} (available: {', '.join(BACKENDS)})"
@@ -290,16 +296,18 @@ def _check_values(config: RunConfig) -> None:
             raise ConfigError(
                 f"export.tensorrt.sparsity: one of {SPARSITY_MODES}, got {t.sparsity!r}"
             )
-    if (
-        c.strategy == "latency"
-        and c.layer_error is None
-        and c.accuracy_budget is not None
-        and config.data.val_images == 0
-    ):
+    if c.strategy == "latency" and c.accuracy_budget is not None and config.data.val_images == 0:
         raise ConfigError(
             "compress.accuracy_budget needs held-out images: set data.val_images > 0 "
-            "(or a fixed compress.layer_error)"
+            "(or compress.accuracy_budget: null with settings.layer_error)"
         )
+    if c.strategy in STRATEGIES:
+        from ..strategies import StrategyError, check_settings
+
+        try:
+            check_settings(c.strategy, c.settings)
+        except StrategyError as exc:
+            raise ConfigError(f"compress.settings: {exc}") from exc
     if "tensorrt" in b.backends and not config.export.onnx:
         raise ConfigError("benchmark.backends has tensorrt but export.onnx is false")
     if "tensorrt" in b.backends and config.export.tensorrt is None:

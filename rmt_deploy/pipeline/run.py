@@ -38,7 +38,14 @@ READS: dict[str, tuple[str, ...]] = {
     "plan": ("compress", "data.train", "data.preprocess", "seed", *_SPLIT),
     "compress": ("finetune", "data.train", "data.calib", "data.preprocess", "seed"),
     "evaluate": (*_SPLIT, "data.test_images", "data.preprocess", "compress.budget_metric"),
-    "export": ("export", "data.preprocess", "data.test_images"),
+    "export": (
+        "export",
+        "data.preprocess",
+        "data.test_images",
+        "data.calib",
+        "data.train",
+        "benchmark.backends",
+    ),  # fmt: skip
     "benchmark": ("benchmark", "data.preprocess", "data.test_images"),
     "report": (),
 }

@@ -15,7 +15,7 @@ from torch import nn
 
 from ..data import evenly_spaced
 from ..errors import RmtDeployError
-from ..paths import write_json_atomic, write_text_atomic
+from ..paths import read_json, write_json_atomic, write_text_atomic
 from .config import RunConfig
 
 
@@ -176,10 +176,22 @@ class RunContext:
                 f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}): "
                 "check data.preprocess.input_size"
             ) from exc
-        if c.strategy == "latency" and c.layer_error is None and c.accuracy_budget is not None:
+        if c.accuracy_budget is not None:
             if not isinstance(outputs, torch.Tensor):
                 model_outputs(self.dense, val.subset([0]))  # raises the clear error
             check_metric(self.budget_metric, val.labelled, tuple(outputs.shape))
+
+    def deployments(self, benchmark: bool = False) -> list:
+        """The deployments this run plans for (compress.targets), or with `benchmark` those the
+        benchmark stage measures (benchmark.backends; auto: every one this machine offers)."""
+        from ..deploy import DEPLOYMENTS, resolve
+
+        if benchmark and self.config.benchmark.backends != ["auto"]:
+            return [DEPLOYMENTS[n] for n in self.config.benchmark.backends if n in DEPLOYMENTS]
+        targets = self.config.compress.targets
+        device = self.config.compress.device
+        names = "auto" if targets == ["auto"] or benchmark else targets
+        return resolve(names, device)[0]
 
     def load_plan(self):
         from ..plan import CompressionPlan
@@ -215,47 +227,44 @@ def stage_analyze(ctx: RunContext):
     return written, summary
 
 
+def plan_inputs(ctx: RunContext) -> dict:
+    """What `plan()` gets in the pipeline, the same for every strategy."""
+    from ..budget import BudgetMetric
+    from ..strategies import STRATEGIES, Budget, Target
+
+    c = ctx.config.compress
+    settings = dict(c.settings)
+    if "calib_images" in STRATEGIES[c.strategy].defaults:
+        settings.setdefault("calib_images", ctx.config.data.calib_images)
+    budget = None
+    if c.accuracy_budget is not None:
+        metric: str | BudgetMetric = (
+            ctx.budget_metric if c.budget_metric in ("loader",) or ":" in c.budget_metric
+            else c.budget_metric
+        )  # fmt: skip
+        budget = Budget(c.accuracy_budget, metric)
+    targets = "auto" if c.targets == ["auto"] else tuple(c.targets)
+    return {
+        "heldout": ctx.val,
+        "budget": budget,
+        "target": Target(targets, c.device, c.batch),
+        "config": settings,
+    }
+
+
 def stage_plan(ctx: RunContext):
     from ..analysis import ModelSpectrum
-    from ..planner import ERROR_GRID, BudgetNotMetError, latency_plan
+    from ..planner import BudgetNotMetError
     from ..strategies import plan
 
     c = ctx.config.compress
     folder = ctx.folder("plan")
     written: list[Path] = []
-    if c.strategy == "latency":
-        budget = c.accuracy_budget if c.layer_error is None else None
-        try:
-            the_plan, report = latency_plan(
-                ctx.dense,
-                ctx.calib,
-                heldout=ctx.val if budget is not None else None,
-                backend=c.backend,
-                device=c.device,
-                batch=c.batch,
-                layer_error=c.layer_error,
-                accuracy_budget=budget,
-                budget_metric=ctx.budget_metric if budget is not None else "top1",
-                error_grid=tuple(c.error_grid) if c.error_grid else ERROR_GRID,
-                calib_images=ctx.config.data.calib_images,
-                rank_multiple=c.rank_multiple,
-                name=ctx.config.model,
-                progress=ctx.progress,
-            )
-        except BudgetNotMetError as exc:
-            written += _write_planner(folder, exc.report, outcome=str(exc))
-            if c.require_compression:
-                raise
-            # No dead end: ship the dense model, and say why.
-            ctx.log(f"[plan] {exc}; shipping the dense model (--require-compression to fail)")
-            the_plan = exc.fallback
-        else:
-            written += _write_planner(folder, report)
-    else:
-        for stale in ("planner.json", "planner.md"):  # from an earlier latency-aware plan
-            (folder / stale).unlink(missing_ok=True)
-        spectrum = ModelSpectrum.load(ctx.out / "analyze" / "spectrum.json")
-        data = ctx.train if c.strategy in ("ser", "hybrid") else ctx.calib
+    for stale in ("planner.json", "planner.md", "layer_tables.json"):  # an earlier search
+        (folder / stale).unlink(missing_ok=True)
+    spectrum = ModelSpectrum.load(ctx.out / "analyze" / "spectrum.json")
+    data = ctx.train if c.strategy in ("ser", "hybrid") else ctx.calib
+    try:
         the_plan = plan(
             ctx.dense,
             c.strategy,
@@ -263,8 +272,18 @@ def stage_plan(ctx: RunContext):
             data=data,
             spectrum=spectrum,
             name=ctx.config.model,
-            config=c.settings,
+            **plan_inputs(ctx),
         )
+    except BudgetNotMetError as exc:
+        written += _write_planner(folder, exc.report, outcome=str(exc))
+        if c.require_compression:
+            raise
+        # No dead end: ship the best dense deployment, and say why.
+        ctx.log(f"[plan] {exc}; shipping the dense model (--require-compression to fail)")
+        the_plan = exc.fallback
+    else:
+        if the_plan.search is not None:
+            written += _write_planner(folder, the_plan.search)
     ctx.log(f"[plan] {the_plan.coverage_line()}")
     written += [
         the_plan.save(folder / "plan.json"),
@@ -274,57 +293,98 @@ def stage_plan(ctx: RunContext):
 
 
 def _write_planner(folder: Path, report, outcome: str | None = None) -> list[Path]:
+    """planner.md / planner.json: the baselines, the validated plans and the finalists."""
     budget = (
-        f"Budget: {report.budget_metric} loss ≤ {report.budget} on {report.heldout_images} "
-        "held-out images"
+        f"Budget: {report.budget_metric} loss ≤ {report.budget} (95 % upper bound) on "
+        f"{report.heldout_images} held-out images"
         + (
             f" (dense top-1 {report.dense_heldout_top1:.2f} %)."
             if report.dense_heldout_top1 is not None
             else "."
         )
         if report.budget is not None
-        else "Fixed per-layer error budget."
+        else "Fixed per-layer error."
     )
     lines = [
-        f"# Latency-aware plan ({report.backend} on {report.device}, batch {report.batch})",
+        f"# Latency-aware plan (batch {report.batch})",
         "",
-        f"Dense model: {report.dense_model_ms:.3f} ms measured. {budget}",
+        f"Deployments: {', '.join(report.deployments)}"
+        + (
+            "; not here: "
+            + "; ".join(f"{n} ({why})" for n, why in report.skipped_deployments.items())
+            if report.skipped_deployments
+            else ""
+        )
+        + f". {budget}",
         "",
     ]
     if outcome:
-        lines += [f"**No compressed plan: {outcome}.** The dense model ships.", ""]
-    lines += [
-        "| layer error ε | low-rank layers | 2:4 layers | params | predicted ms | predicted × "
-        "| held-out top-1 | held-out loss ± se | 95 % bound | chosen |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|:-:|",
-    ]
-    for cand in report.candidates:
-        top1 = "–" if cand.heldout_top1 is None else f"{cand.heldout_top1:.2f}"
-        loss = (
-            "–"
-            if cand.heldout_loss is None
-            else f"{cand.heldout_loss:.4g} ± {cand.heldout_loss_se:.2g}"
-        )
-        bound = "–" if cand.heldout_loss_upper is None else f"{cand.heldout_loss_upper:.4g}"
-        mark = "✔" if cand.layer_error == report.chosen_layer_error else ""
-        lines.append(
-            f"| {cand.layer_error:g} | {cand.lowrank_layers} | {cand.nm24_layers} | "
-            f"{cand.params_after:,} | {cand.predicted_ms:.3f} | ×{cand.predicted_speedup:.2f} | "
-            f"{top1} | {loss} | {bound} | {mark} |"
-        )
-    untrusted = [c for c in report.calibration if c.get("untrusted_ranks")]
+        lines += [f"**No compressed plan ships: {outcome}.**", ""]
+    engines = [*report.baselines, *report.finalists]
+    if engines:
+        lines += [
+            "## Engines timed whole (interleaved)",
+            "",
+            "| engine | predicted ms | measured ms (IQR) | held-out loss ± se | 95 % bound | "
+            "within budget | chosen |",
+            "|---|---:|---:|---:|---:|:-:|:-:|",
+        ]
+        for e in engines:
+            pred = "–" if e.predicted_ms is None else f"{e.predicted_ms:.2f}"
+            meas = (
+                "–"
+                if e.measured_ms is None
+                else f"{e.measured_ms:.2f} ({e.q1_ms:.2f}–{e.q3_ms:.2f})"
+            )
+            loss = (
+                "–" if e.heldout_loss is None else f"{e.heldout_loss:.3g} ± {e.heldout_loss_se:.2g}"
+            )
+            bound = "–" if e.heldout_loss_upper is None else f"{e.heldout_loss_upper:.3g}"
+            mark = "✔" if e.label == report.chosen else ""
+            lines.append(
+                f"| {e.label} | {pred} | {meas} | {loss} | {bound} | "
+                f"{'yes' if e.within_budget else 'no'} | {mark} |"
+            )
+            if e.note:
+                lines.append(f"| ↳ {e.note} | | | | | | |")
+        lines.append("")
+    if report.candidates:
+        lines += [
+            "## Plans validated",
+            "",
+            "| deployment | low-rank layers | params | predicted damage | predicted ms | "
+            "predicted × | held-out loss ± se | 95 % bound |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for cand in report.candidates:
+            loss = (
+                "–"
+                if cand.heldout_loss is None
+                else f"{cand.heldout_loss:.3g} ± {cand.heldout_loss_se:.2g}"
+            )
+            bound = "–" if cand.heldout_loss_upper is None else f"{cand.heldout_loss_upper:.3g}"
+            lines.append(
+                f"| {cand.deployment} | {cand.lowrank_layers} | {cand.params_after:,} | "
+                f"{cand.damage:.2e} | {cand.predicted_ms:.2f} | ×{cand.predicted_speedup:.2f} | "
+                f"{loss} | {bound} |"
+            )
+        lines.append("")
+    for note in report.notes:
+        lines += [f"Note: {note}", ""]
     if report.calibration:
         lines += [
-            "",
             "Calibration: output errors are cross-validated over folds of calibration images; "
-            f"{len(untrusted)} of {len(report.calibration)} layers had ranks whose folds "
-            "disagree (kept at the safe rank where the worst fold meets ε).",
+            "ranks whose folds disagree by more than 2× move to the safe rank where the worst "
+            "fold meets the error. Per-layer tables: `plan/layer_tables.json`.",
         ]
-    record = {**report.to_dict(), "outcome": outcome or "compressed"}
-    return [
+    record = {**report.to_dict(), "outcome": outcome or report.outcome}
+    written = [
         write_json_atomic(folder / "planner.json", record),
         write_text_atomic(folder / "planner.md", "\n".join(lines) + "\n"),
     ]
+    if report.tables:  # reusable: compress.settings.table (same model, batch and machine)
+        written.append(write_json_atomic(folder / "layer_tables.json", report.tables))
+    return written
 
 
 def _recipe(ctx: RunContext, model: nn.Module):
@@ -482,9 +542,29 @@ def stage_export(ctx: RunContext):
         )
         written += [artifact.onnx_path, artifact.manifest_path]
         summary[name] = {"max_abs_diff": artifact.parity.max_abs_diff}
+        int8 = artifact.onnx_path.with_name("model.int8.onnx")
+        int8.unlink(missing_ok=True)
+        if any(d.quantized for d in [*ctx.deployments(), *ctx.deployments(benchmark=True)]):
+            summary[name]["int8"] = _quantize(ctx, artifact.onnx_path, int8)
+            written.append(int8)
         if e.tensorrt is not None:
             summary[name]["tensorrt"] = _build_engine(ctx, artifact.onnx_path, written)
     return written, summary
+
+
+def _quantize(ctx: RunContext, onnx_path: Path, out: Path) -> dict:
+    """The INT8 (QDQ) model for the int8 deployments: calibrated on 128 evenly spaced
+    calibration images, the layers the planner found too costly in INT8 kept in float."""
+    from ..exporters.quantize import calibration_batches, quantize_int8
+
+    planner = ctx.out / "plan" / "planner.json"
+    exclude = (
+        read_json(planner, "planner report").get("int8_excluded", []) if planner.is_file() else []
+    )
+    report = quantize_int8(
+        onnx_path, out, calibration_batches(evenly_spaced(ctx.calib, 128), 128), exclude=exclude
+    )
+    return {"excluded": len(report.excluded), "seconds": round(report.seconds, 1)}
 
 
 def _build_engine(ctx: RunContext, onnx_path: Path, written: list[Path]) -> str:
@@ -525,16 +605,23 @@ def stage_benchmark(ctx: RunContext):
         onnx_path = folder / "model.onnx"
         trt = ctx.config.export.tensorrt
         engine = engine_path(folder, trt.precision) if trt is not None else None
+        int8 = folder / "model.int8.onnx"
         variants[name] = {
             "model": model,
             "onnx": onnx_path if onnx_path.is_file() else None,
+            "onnx_int8": int8 if int8.is_file() else None,
             "engine": engine if engine is not None and engine.is_file() else None,
         }
     agree = evenly_spaced(ctx.test, b.agreement_images)
+    backends = b.backends
+    if backends == ["auto"]:  # the dense model in every deployment here: the baselines
+        backends = [d.name for d in ctx.deployments(benchmark=True)]
+    # The deployment batch is always measured: the headline is read there.
+    batches = sorted({*b.batches, ctx.config.compress.batch})
     suite = benchmark(
         variants,
-        b.backends,
-        b.batches,
+        backends,
+        batches,
         ctx.input_shape,
         data=agree if b.agreement_images > 0 else None,
         reference="dense",

@@ -1,22 +1,30 @@
-"""Latency-aware planning: measure each layer's forms on the target, pick the fastest within
-an error budget, search the global setting against an accuracy budget."""
+"""Latency-aware planning: the fastest deployment within a budget, measured on this machine —
+baselines in every runtime and precision, per-layer tables timed in context, a dynamic program
+over them, and the finalists timed whole."""
 
+from .allocate import Allocation, allocate, refine_sensitivity
 from .latency_aware import (
-    ERROR_GRID,
     BudgetNotMetError,
     Candidate,
+    Engine,
     LatencyPlanReport,
     latency_plan,
 )
-from .layer_latency import LayerLatency, LayerTiming, capture_input_shapes
+from .layer_table import LayerEntry, LayerOption, LayerTable, TableMismatchError
+from .timing import capture_input_shapes
 
 __all__ = [
-    "ERROR_GRID",
+    "Allocation",
     "BudgetNotMetError",
     "Candidate",
+    "Engine",
     "LatencyPlanReport",
-    "LayerLatency",
-    "LayerTiming",
+    "LayerEntry",
+    "LayerOption",
+    "LayerTable",
+    "TableMismatchError",
+    "allocate",
     "capture_input_shapes",
     "latency_plan",
+    "refine_sensitivity",
 ]

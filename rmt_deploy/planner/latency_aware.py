@@ -1,51 +1,70 @@
-"""Latency-aware planning: per layer, the fastest form within an output-error budget.
+"""The latency-aware planner: the fastest engine within a budget, measured on this machine.
 
-The spectrum proposes, the data decides, the target's clock arbitrates:
-- the MP fit gives each layer its edge rank (the spikes are signal: never cut below it);
-- the whitened SVD on calibration activations gives, for every rank, the layer's relative
-  output error, cross-validated on calibration images the fit did not see
-  (`calibration.py`); a per-layer error budget ε fixes the rank each layer needs, rounded up
-  to a multiple of 8 (CPU kernels block channels by 8/16; other ranks fall off the fast path);
-- each candidate form (dense, rank r, and 2:4 on CUDA) is timed on the deployment backend
-  at the layer's real input shape; a layer is factorized only where that is measurably
-  faster than dense.
-One global ε trades speed for fidelity. With a budget, a grid of ε is searched: each plan is
-applied one-shot and compared with the dense model on held-out inputs by the budget's metric
-(top-1 loss on labels, or agreement / KL / cosine against the dense outputs), and the fastest
-plan whose loss is within the budget *with its 95 % upper bound* wins. When none is,
-BudgetNotMetError carries the whole search and the all-dense fallback plan.
+1. **Baselines.** The dense model is exported once and measured in every deployment this
+   machine offers (ONNX Runtime fp32 and INT8, OpenVINO at its default and f32, bf16 and INT8
+   where it can), interleaved; each is validated on the held-out images — INT8 can cost more
+   than the budget, and then the layers whose quantization hurts most stay in float.
+2. **The spectrum proposes, the data decides.** Every Linear/Conv2d-like layer gets options:
+   dense and a few ranks (never below the MP edge, multiples of 8, below break-even), each
+   with its output error cross-validated on calibration images (`calibration.py`) and a
+   sensitivity measured on calibration images (`allocate.py`).
+3. **The target's clock arbitrates.** Each option is timed on each deployment that keeps the
+   budget, in context (`layer_table.py`); a dynamic program picks per layer the options that
+   save the most latency for each level of predicted damage.
+4. **Validated, then timed whole.** The allocations are validated one-shot on the held-out
+   images (the budget's metric, with its 95 % upper bound); the fastest predicted ones within
+   budget are exported and timed as whole models, interleaved with the dense baselines over
+   repeated rounds. The fastest *measured* engine within budget wins — dense, if no plan beats
+   the best dense deployment.
 """
 
 from __future__ import annotations
 
 import copy
+import tempfile
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from ..analysis import analyze
-from ..budget import BudgetMetric, Reference, check_metric, measure, model_outputs, resolve_metric
-from ..calibration import (
-    WhitenedFactors,
-    collect_input_stats,
-    output_error,
-    rank_for_error,
-    whitened_factors,
+from ..budget import (
+    BudgetMetric,
+    Loss,
+    Reference,
+    check_metric,
+    measure,
+    model_outputs,
+    resolve_metric,
 )
+from ..calibration import WhitenedFactors, collect_input_stats, output_error, whitened_factors
 from ..compress import compress_
+from ..deploy import DEPLOYMENTS, Deployment, resolve
 from ..errors import RmtDeployError
 from ..layers import nm_mask, unfuse_attention_
 from ..layers.semi_structured import semi_structured_incompatibility
 from ..plan import CompressionPlan, LayerPlan
-from ..strategies import example_batch
-from ..strategies.base import dense_entry, factorized_entry, mask_entry
+from ..strategies.base import dense_entry, example_batch, factorized_entry, mask_entry
 from ..targets import find_targets
-from .layer_latency import LayerLatency, capture_input_shapes, median_ms, time_onnxruntime
+from .allocate import Allocation, allocate, refine_sensitivity
+from .layer_table import (
+    LayerEntry,
+    LayerOption,
+    LayerTable,
+    TableMismatchError,
+    layer_options,
+    machine_signature,
+    measure_options,
+    model_fingerprint,
+)
+from .timing import spread, time_interleaved
 
-ERROR_GRID = (0.002, 0.005, 0.01, 0.02, 0.04, 0.08, 0.15)
+# Damage caps (predicted relative output error of the whole model) the DP is solved for.
+DAMAGE_CAPS = tuple(1e-5 * 2**k for k in range(18))
 
 
 class BudgetNotMetError(RmtDeployError):
@@ -60,62 +79,143 @@ class BudgetNotMetError(RmtDeployError):
 
 @dataclass
 class Candidate:
-    """One global setting tried: its plan's predicted latency and held-out loss."""
+    """One allocation on one deployment: what the table predicts and what validation says."""
 
-    layer_error: float
+    deployment: str
+    damage_cap: float
     lowrank_layers: int
     nm24_layers: int
     params_after: int
+    damage: float  # predicted relative output error of the whole model
     predicted_ms: float
-    predicted_speedup: float
-    heldout_loss: float | None = None  # the budget metric against the dense model (mean)
-    heldout_loss_se: float | None = None  # its standard error over the held-out inputs
-    heldout_loss_upper: float | None = None  # one-sided 95 % upper bound: what must fit
-    # top-1 % on the held-out images when they have labels (for the report)
+    predicted_speedup: float  # against the dense model on the same deployment
+    heldout_loss: float | None = None
+    heldout_loss_se: float | None = None
+    heldout_loss_upper: float | None = None
     heldout_top1: float | None = None
+    layer_error: float | None = None  # fixed-ε plans only
 
 
 @dataclass
-class LayerChoice:
-    """One layer's form at one setting: what it is, what it costs, why."""
+class Engine:
+    """A whole model on a deployment, timed interleaved with the others: a baseline (dense) or
+    a finalist (a validated plan)."""
 
-    form: str  # dense | lowrank | nm24
-    rank: int | None
-    ms: float
-    error: float = 0.0
-    reason: str = ""
-    category: str = ""  # for dense: why (grouped_conv, not_faster, above_break_even, …)
-    trusted: bool = True  # False: the error estimate's folds disagreed (safe rank taken)
+    label: str
+    deployment: str
+    candidate: int | None  # index into the report's candidates; None: the dense model
+    predicted_ms: float | None = None
+    measured_ms: float | None = None
+    q1_ms: float | None = None
+    q3_ms: float | None = None
+    heldout_loss: float | None = None
+    heldout_loss_se: float | None = None
+    heldout_loss_upper: float | None = None
+    within_budget: bool = True
+    note: str = ""
 
 
 @dataclass
 class LatencyPlanReport:
-    backend: str
-    device: str
+    deployments: list[str]
+    skipped_deployments: dict[str, str]
     batch: int
-    dense_model_ms: float
     budget_metric: str | None
     budget: float | None
-    dense_heldout_top1: float | None
-    chosen_layer_error: float | None
+    dense_heldout_top1: float | None = None
     heldout_images: int = 0
+    latency_target: float | None = None
+    baselines: list[Engine] = field(default_factory=list)
     candidates: list[Candidate] = field(default_factory=list)
-    layers: list[dict] = field(default_factory=list)  # LayerTiming.to_dict() per layer
-    calibration: list[dict] = field(default_factory=list)  # per layer: samples, trust, …
+    finalists: list[Engine] = field(default_factory=list)
+    chosen: str | None = None  # the label of the engine that ships
+    chosen_deployment: str | None = None
+    outcome: str = "compressed"  # or why the dense model ships
+    calibration: list[dict] = field(default_factory=list)
+    int8_excluded: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    # The per-layer tables and whole-model timings (what `table=` reuses); not in to_dict.
+    tables: dict = field(default_factory=dict, repr=False, compare=False)
 
-    def chosen(self) -> Candidate | None:
-        for c in self.candidates:
-            if c.layer_error == self.chosen_layer_error:
-                return c
+    def engine(self, label: str | None) -> Engine | None:
+        for e in [*self.baselines, *self.finalists]:
+            if e.label == label:
+                return e
         return None
 
+    def best_baseline(self) -> Engine | None:
+        within = [e for e in self.baselines if e.within_budget and e.measured_ms is not None]
+        return min(within, key=lambda e: e.measured_ms) if within else None
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        data.pop("tables")
+        return data
 
 
-def _output_error_nm24(weight: torch.Tensor, cov: torch.Tensor) -> float:
-    """Relative output error of the 2:4 magnitude mask."""
-    return output_error(weight, weight * nm_mask(weight), cov)
+def _top1(outputs: torch.Tensor, labels: torch.Tensor) -> float:
+    return 100.0 * float((outputs.argmax(dim=1) == labels).float().mean())
+
+
+def _images(data: Dataset) -> torch.Tensor:
+    return torch.cat([x for x, _ in DataLoader(data, batch_size=100, num_workers=0)])
+
+
+class _Engines:
+    """Builds and runs whole models on deployments: ONNX files (INT8 where asked) in a work
+    folder, runners, held-out outputs."""
+
+    def __init__(self, folder: Path, input_shape, calib_images: torch.Tensor, threads: int):
+        self.folder, self.input_shape, self.threads = folder, tuple(input_shape), threads
+        self.calib = calib_images
+        self.int8_exclude: list[str] = []
+
+    def files(self, model: nn.Module, tag: str, quantized: bool) -> dict:
+        from ..exporters.quantize import quantize_int8, to_batches
+
+        folder = self.folder / tag
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / "model.onnx"
+        if not path.is_file():
+            from ..exporters import export
+
+            export(copy.deepcopy(model), folder, self.input_shape, n_verify=4, name=tag)
+        files = {"model": model, "onnx": path}
+        if quantized:
+            int8 = folder / "model.int8.onnx"
+            if not int8.is_file():
+                quantize_int8(path, int8, to_batches(self.calib), exclude=self.int8_exclude)
+            files["onnx_int8"] = int8
+        return files
+
+    def runner(self, deployment: Deployment, files: dict):
+        from ..bench.backends import prepare
+
+        options = {"threads": self.threads}
+        if deployment.runtime == "torch":
+            options.update(device=deployment.device, precision=deployment.precision)
+            return prepare("torch", files["model"], None, **options).run
+        return prepare(
+            deployment.name, None, files["onnx"], onnx_int8=files.get("onnx_int8"), **options
+        ).run
+
+    @staticmethod
+    def outputs(run, images: torch.Tensor, batch: int = 32) -> torch.Tensor:
+        return torch.cat(
+            [
+                torch.from_numpy(np.asarray(run(images[i : i + batch].numpy())).copy()).float()
+                for i in range(0, len(images), batch)
+            ]
+        )
+
+
+def _exact(deployment: Deployment) -> bool:
+    """Deployments that compute what PyTorch fp32 computes (validated in PyTorch)."""
+    from ..deploy import openvino_default_precision
+
+    if deployment.precision in ("fp32", "f32"):
+        return deployment.device == "cpu"
+    return deployment.precision == "default" and openvino_default_precision() == "f32"
 
 
 def latency_plan(
@@ -123,59 +223,88 @@ def latency_plan(
     calib: Dataset,
     *,
     heldout: Dataset | None = None,
-    backend: str = "onnxruntime",
+    targets: list[str] | str | None = None,
+    backend: str | None = None,
     device: str = "cpu",
-    batch: int = 1,
+    batch: int = 8,
     layer_error: float | None = None,
     accuracy_budget: float | None = None,
     budget_metric: str | BudgetMetric = "top1",
-    error_grid: tuple[float, ...] = ERROR_GRID,
+    latency_target: float | None = None,
     nm24: bool | None = None,
-    min_gain: float = 0.05,
+    min_gain: float = 0.02,
+    min_speedup: float = 1.03,
     calib_images: int = 512,
+    sensitivity_images: int = 32,
     rank_multiple: int = 8,
-    runs: int = 30,
+    finalists: int = 3,
+    rounds: int = 5,
+    runs: int = 10,
+    table: str | Path | None = None,
     filter_fn=None,
     name: str = "",
     progress: bool = True,
 ) -> tuple[CompressionPlan, LatencyPlanReport]:
-    """Plan `model` for `backend` at `batch`: a fixed `layer_error`, or with `accuracy_budget`
-    (the most `budget_metric` may lose on `heldout`) the fastest ε on `error_grid` within it."""
+    """Plan `model` for the fastest deployment within budget at `batch`.
+
+    `targets`: deployment names or "auto" (every one this machine runs); `backend` is the
+    single-deployment spelling. With `accuracy_budget` (the most `budget_metric` may lose on
+    `heldout`) the fastest measured engine within it is chosen; without, every layer takes its
+    fastest option with error ≤ `layer_error` on the first target. `latency_target` (×, against
+    the best dense baseline) prefers the least damaging plan predicted to reach it. `table`: a
+    JSON file of per-layer tables and whole-model timings, reused when it matches this model,
+    deployment, batch and machine (the same config on the same table chooses the same plan),
+    written otherwise."""
+    if targets is None:
+        targets = [backend] if backend else "auto"
     metric: BudgetMetric | None = None
     if accuracy_budget is not None:
         if heldout is None:
             raise RmtDeployError("a budget needs held-out images to validate plans on")
-        if accuracy_budget < 0:
+        if not 0 <= accuracy_budget < float("inf"):
             raise RmtDeployError(f"the budget must be ≥ 0, got {accuracy_budget}")
         metric = resolve_metric(budget_metric)
-    grid = (
-        sorted(error_grid)
-        if accuracy_budget is not None
-        else [0.02 if layer_error is None else layer_error]
-    )
-    if not grid or min(grid) <= 0:
+    elif layer_error is None:
+        layer_error = 0.02
+    if layer_error is not None and not layer_error > 0:
         raise RmtDeployError("layer errors must be positive")
-    on_gpu = backend == "torch" and device.startswith("cuda")
+    if latency_target is not None and not latency_target > 0:
+        raise RmtDeployError(f"the latency target must be a speedup > 0, got {latency_target}")
+    deployments, skipped = resolve(targets, device)
+    on_gpu = any(d.device == "cuda" for d in deployments)
     nm24 = on_gpu if nm24 is None else nm24
     if nm24 and not on_gpu:
-        raise RmtDeployError("2:4 candidates are timed with the torch backend on a CUDA device")
-    LayerLatency.check_backend(backend, device)
+        raise RmtDeployError("2:4 candidates are timed on a CUDA deployment")
+    threads = torch.get_num_threads()
     unfuse_attention_(model)
+    model.eval()
     example = example_batch(calib, batch)
     if example.shape[0] < batch:  # a tiny calibration set: repeat images to reach the batch
-        example = example.repeat((batch + example.shape[0] - 1) // example.shape[0], 1, 1, 1)[
-            :batch
-        ]
+        reps = (batch + example.shape[0] - 1) // example.shape[0]
+        example = example.repeat(reps, *([1] * (example.dim() - 1)))[:batch]
     found = find_targets(model, filter_fn, example[:2])
     if not found.views:
         raise RmtDeployError("no Linear/Conv2d layer to plan (check the filter)")
-    targets = dict(found.items())
+    targets_ = dict(found.items())
     eligible = {n: v for n, v in found.views.items() if v.groups == 1}
+    report = LatencyPlanReport(
+        [d.name for d in deployments],
+        skipped,
+        batch,
+        metric.name if metric else None,
+        accuracy_budget,
+        latency_target=latency_target,
+    )
     reference: Reference | None = None
+    heldout_images = None
     if metric is not None:
+        heldout_images = _images(heldout)
         outputs, labels = model_outputs(model, heldout)
         check_metric(metric, labels is not None, tuple(outputs.shape))
         reference = Reference(outputs, labels)
+        report.heldout_images = len(heldout_images)
+        if labels is not None:
+            report.dense_heldout_top1 = _top1(outputs, labels)
     loader = DataLoader(
         calib, batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(0)
     )
@@ -188,162 +317,6 @@ def latency_plan(
     factors: dict[str, WhitenedFactors] = {
         n: whitened_factors(v.weight, stats[n]) for n, v in eligible.items()
     }
-    nm24_error = {
-        n: _output_error_nm24(v.weight, stats[n].covariance())
-        for n, v in eligible.items()
-        if nm24 and v.kind == "linear" and semi_structured_incompatibility(v.module) is None
-    }
-
-    shapes = capture_input_shapes(model, targets, example)
-    # On CUDA, time in the deployment precision (fp16; the sparse kernels need it anyway).
-    dtype = torch.float16 if device.startswith("cuda") else torch.float32
-    timer = LayerLatency(found.views, shapes, backend, device, dtype=dtype, runs=runs)
-    if backend == "onnxruntime":
-        dense_ms = time_onnxruntime(copy.deepcopy(model), tuple(example.shape), runs, timer.threads)
-    else:
-        on_device = copy.deepcopy(model).to(device, dtype).eval()
-        x = example.to(device, dtype)
-        with torch.inference_mode():
-            dense_ms = median_ms(lambda: on_device(x), runs, cuda=device.startswith("cuda"))
-
-    def rank_at(lname: str, eps: float) -> tuple[int, bool]:
-        """The rank layer `lname` needs for error ≤ eps, and whether that estimate is trusted;
-        an untrusted one moves to the safe rank where even its worst fold meets eps."""
-        f = factors[lname]
-        rank = rank_for_error(f.predicted, eps, spikes.get(lname, 0), rank_multiple)
-        if f.trusted_at(rank):
-            return rank, True
-        worst = f.fold_worst if f.fold_worst is not None else f.predicted
-        return max(rank, rank_for_error(worst, eps, spikes.get(lname, 0), rank_multiple)), False
-
-    def choose(lname: str, eps: float) -> LayerChoice:
-        base = timer.measure(lname, "dense")
-        if lname not in factors:
-            return LayerChoice("dense", None, base, reason="kept dense: grouped convolution",
-                               category="grouped_conv")  # fmt: skip
-        rank, trusted = rank_at(lname, eps)
-        m, n = eligible[lname].matrix_shape
-        error = float(factors[lname].predicted[rank])
-        note = "" if trusted else " (estimate untrusted: folds disagree; safe rank)"
-        best = LayerChoice(
-            "dense",
-            None,
-            base,
-            reason=f"kept dense: rank {rank} for error ≤ {eps:.3g} is above break-even{note}",
-            category="above_break_even",
-        )
-        if rank * (m + n) < m * n:
-            ms = timer.measure(lname, f"rank:{rank}")
-            if ms < base * (1 - min_gain):
-                best = LayerChoice(
-                    "lowrank",
-                    rank,
-                    ms,
-                    error,
-                    f"rank {rank} (MP edge {spikes.get(lname, 0)}): output error {error:.3g} ≤ "
-                    f"{eps:.3g} (cross-validated){note}; measured {ms:.4f} ms vs dense "
-                    f"{base:.4f} ms on {backend}",
-                    trusted=trusted,
-                )
-            else:
-                best = LayerChoice(
-                    "dense",
-                    None,
-                    base,
-                    reason=f"kept dense: rank {rank} for error ≤ {eps:.3g} measured {ms:.4f} ms "
-                    f"vs dense {base:.4f} ms (not {min_gain:.0%} faster){note}",
-                    category="not_faster",
-                )
-        if lname in nm24_error and nm24_error[lname] <= eps:
-            ms = timer.measure(lname, "nm24")
-            if ms < min(best.ms, base * (1 - min_gain)):
-                best = LayerChoice(
-                    "nm24",
-                    None,
-                    ms,
-                    nm24_error[lname],
-                    f"2:4: output error {nm24_error[lname]:.3g} ≤ {eps:.3g}; measured "
-                    f"{ms:.4f} ms vs dense {base:.4f} ms",
-                )
-        return best
-
-    def build(eps: float, picks: dict[str, LayerChoice]) -> tuple[CompressionPlan, Candidate]:
-        layers: list[LayerPlan] = []
-        saved = 0.0
-        for lname, module in targets.items():
-            pick = picks[lname]
-            base = timer.measure(lname, "dense")
-            saved += base - pick.ms
-            stats_ = {"dense_ms": base, "chosen_ms": pick.ms}
-            if pick.form == "lowrank":
-                stats_.update(
-                    output_error=pick.error,
-                    edge_rank=float(spikes.get(lname, 0)),
-                    trusted=float(pick.trusted),
-                )
-                layers.append(
-                    factorized_entry(lname, module, factors[lname], pick.rank, pick.reason, stats_)
-                )
-            elif pick.form == "nm24":
-                mask = nm_mask(found.views[lname].weight)
-                entry = mask_entry(lname, module, mask, pick.reason, "nm24")
-                entry.stats.update(stats_)
-                layers.append(entry)
-            else:
-                layers.append(dense_entry(lname, module, pick.reason, pick.category, **stats_))
-        config = {
-            "backend": backend,
-            "device": device,
-            "batch": batch,
-            "layer_error": eps,
-            "rank_multiple": rank_multiple,
-        }
-        plan = CompressionPlan("latency", config, layers, model=name, skipped=found.skipped)
-        predicted = max(dense_ms - saved, 1e-6)
-        summary = plan.summary()
-        cand = Candidate(
-            eps,
-            summary["lowrank_layers"],
-            summary["nm24_layers"],
-            summary["params_after"],
-            predicted,
-            dense_ms / predicted,
-        )
-        return plan, cand
-
-    report = LatencyPlanReport(
-        backend,
-        device,
-        batch,
-        dense_ms,
-        metric.name if metric else None,
-        accuracy_budget,
-        None,
-        None,
-        heldout_images=len(heldout) if heldout is not None and metric else 0,
-    )
-    if reference is not None and reference.labels is not None:
-        report.dense_heldout_top1 = _top1(reference.outputs, reference.labels)
-    plans: dict[float, CompressionPlan] = {}
-    untrusted: dict[str, list[float]] = {}
-    for eps in tqdm(grid, desc="latency plan", unit="ε", disable=not progress):
-        picks = {lname: choose(lname, eps) for lname in targets}
-        for lname, pick in picks.items():
-            if not pick.trusted:
-                untrusted.setdefault(lname, []).append(eps)
-        plans[eps], cand = build(eps, picks)
-        if metric is not None and cand.lowrank_layers + cand.nm24_layers > 0:
-            # One-shot, no BatchNorm re-estimation: the dense reference gets none either, and
-            # the fine-tune that follows the search only recovers, so this bound is safe.
-            trial = compress_(copy.deepcopy(model), plans[eps])
-            outputs, _ = model_outputs(trial, heldout)
-            loss = measure(metric, reference, outputs)
-            cand.heldout_loss, cand.heldout_loss_se = loss.mean, loss.se
-            cand.heldout_loss_upper = loss.upper
-            if reference.labels is not None:
-                cand.heldout_top1 = _top1(outputs, reference.labels)
-        report.candidates.append(cand)
-    report.layers = [timer.timing(n).to_dict() for n in targets]
     report.calibration = [
         {
             "name": n,
@@ -351,50 +324,463 @@ def latency_plan(
             "inputs": f.dim,
             "shrinkage": round(f.shrinkage, 4),
             "images": stats[n].images,
-            "untrusted_ranks": untrusted.get(n, []),
-        }
+        }  # fmt: skip
         for n, f in factors.items()
     ]
-    if metric is None:
-        report.chosen_layer_error = grid[0]
-        return plans[grid[0]], report
-    # A plan fits when the upper bound of its loss does: the mean alone on a few hundred
-    # images passes plans by luck (winner's curse over the grid).
-    within = [
-        c
-        for c in report.candidates
-        if c.heldout_loss_upper is not None and c.heldout_loss_upper <= accuracy_budget
-    ]
-    if not within:
-        tried = [c for c in report.candidates if c.heldout_loss is not None]
-        if not tried:
+    # Evenly spaced calibration images (a folder sorted by class keeps every class): INT8
+    # calibration (128, as onnxruntime's examples) and the sensitivity probe.
+    calib_tensor = _images(_spaced(calib, max(sensitivity_images, 128)))
+    from .timing import capture_input_shapes
+
+    shapes = capture_input_shapes(model, targets_, example)
+
+    def entries_for(deployment: Deployment) -> list[LayerEntry]:
+        entries = []
+        for lname, view in found.views.items():
+            m, n = view.matrix_shape
+            if lname not in factors:
+                entries.append(
+                    LayerEntry(lname, view.kind, list(shapes[lname]), [m, n], 0,
+                               [LayerOption("dense", params=m * n)], note="grouped convolution")
+                )  # fmt: skip
+                continue
+            nm24_error = None
+            if (
+                nm24
+                and deployment.device == "cuda"
+                and view.kind == "linear"
+                and semi_structured_incompatibility(view.module) is None
+            ):
+                nm24_error = output_error(
+                    view.weight, view.weight * nm_mask(view.weight), stats[lname].covariance()
+                )
+            options = layer_options(
+                view, factors[lname], spikes.get(lname, 0), rank_multiple, nm24_error
+            )
+            entries.append(
+                LayerEntry(lname, view.kind, list(shapes[lname]), [m, n],
+                           spikes.get(lname, 0), options)
+            )  # fmt: skip
+        return entries
+
+    fingerprint = model_fingerprint(model)
+    machine = machine_signature(threads)
+    saved = _load_tables(table, fingerprint, batch, machine)
+    tables: dict[str, LayerTable] = {}
+    whole_cache: dict[str, dict] = saved.get("whole", {})
+
+    def build_plan(allocation: Allocation | None, label: str, deployment: str | None):
+        table_ = tables.get(deployment or "")
+        dense_ms = {e.name: e.dense.ms for e in table_.layers} if table_ else {}
+        return _to_plan(allocation, targets_, found, factors, label, deployment, batch, name,
+                        rank_multiple, dense_ms)  # fmt: skip
+
+    with tempfile.TemporaryDirectory(prefix="rmt-plan-") as tmp:
+        engines = _Engines(Path(tmp), example.shape[1:], calib_tensor, threads)
+        quantized = any(d.quantized for d in deployments)
+        dense_files = engines.files(model, "dense", quantized)
+
+        # Fixed per-layer error: no budget, no whole-model search.
+        if metric is None:
+            deployment = deployments[0]
+            tables[deployment.name] = _table(saved, deployment, fingerprint, batch, machine,
+                                              entries_for, found, threads, progress)  # fmt: skip
+            choices = {}
+            for entry in tables[deployment.name].layers:
+                fits = [o for o in entry.options[1:] if o.error <= layer_error and o.ms is not None
+                        and o.ms < entry.dense.ms * (1 - min_gain)]  # fmt: skip
+                choices[entry.name] = min(fits, key=lambda o: o.ms) if fits else entry.dense
+            saving = sum(tables[deployment.name].entry(n).dense.ms - o.ms
+                         for n, o in choices.items())  # fmt: skip
+            allocation = Allocation(choices, saving, 0.0)
+            dense_ms = sum(e.dense.ms for e in tables[deployment.name].layers)
+            cand = _candidate(deployment.name, 0.0, allocation, dense_ms, targets_)
+            cand.layer_error = layer_error
+            report.candidates.append(cand)
+            report.chosen, report.chosen_deployment = "plan 0", deployment.name
+            plan = build_plan(allocation, f"fixed layer error {layer_error}", deployment.name)
+            plan.config.update(layer_error=layer_error)
+            report.tables = _save_tables(table, tables, whole_cache, fingerprint, batch, machine)
+            return plan, report
+
+        # 1. Baselines: the dense model in every deployment, validated and timed.
+        runners, inputs = {}, {}
+        x = example.numpy().astype(np.float32)
+        for deployment in deployments:
+            run = engines.runner(deployment, dense_files)
+            engine = Engine(f"dense / {deployment.name}", deployment.name, None)
+            if not _exact(deployment):
+                loss = measure(metric, reference, engines.outputs(run, heldout_images))
+                _set_loss(engine, loss, accuracy_budget)
+                if not engine.within_budget and deployment.quantized and not engines.int8_exclude:
+                    engine.note = _retry_int8(
+                        engines,
+                        dense_files,
+                        model,
+                        metric,
+                        reference,
+                        heldout_images,
+                        accuracy_budget,
+                        engine,
+                        deployment,
+                    )
+                    run = engines.runner(deployment, dense_files)  # fmt: skip
+            else:
+                _set_loss(engine, Loss(0.0, 0.0, len(heldout_images)), accuracy_budget)
+            report.baselines.append(engine)
+            runners[engine.label], inputs[engine.label] = run, x
+        report.int8_excluded = list(engines.int8_exclude)
+        _time_engines(report.baselines, runners, inputs, rounds, runs, whole_cache, progress)
+
+        # 2–3. Per-layer tables and allocations for every deployment whose dense model fits.
+        plannable = [
+            d for d, e in zip(deployments, report.baselines, strict=True) if e.within_budget
+        ]
+        calib_sens = calib_tensor[:: max(1, len(calib_tensor) // sensitivity_images)][
+            :sensitivity_images
+        ]
+        sensitivities: dict[str, float | None] | None = saved.get("sensitivity")
+        finalist_pool: list[tuple[Deployment, int, Allocation]] = []
+        for deployment in plannable:
+            tables[deployment.name] = _table(saved, deployment, fingerprint, batch, machine,
+                                              entries_for, found, threads, progress)  # fmt: skip
+            entries = tables[deployment.name].layers
+            if sensitivities is None:
+                refine_sensitivity(model, entries, found.views, factors, calib_sens, progress)
+                sensitivities = {e.name: e.sensitivity for e in entries}
+            for entry in entries:
+                entry.sensitivity = sensitivities.get(entry.name)
+            baseline = next(e for e in report.baselines if e.deployment == deployment.name)
+            allocations = [a for a in allocate(entries, list(DAMAGE_CAPS), min_gain)
+                           if any(o.form != "dense" for o in a.choices.values())]  # fmt: skip
+            validated = _validate_search(
+                allocations, deployment, baseline, model, engines, metric, reference,
+                heldout_images, accuracy_budget, report, targets_, build_plan, progress,
+            )  # fmt: skip
+            finalist_pool += [(deployment, i, allocations[j]) for i, j in validated[:finalists]]
+
+        # 4. Finalists, timed whole with the baselines.
+        runners = {e.label: runners[e.label] for e in report.baselines}
+        inputs = {label: x for label in runners}
+        for deployment, index, allocation in finalist_pool:
+            cand = report.candidates[index]
+            label = f"plan {index} / {deployment.name}"
+            plan = build_plan(allocation, label, deployment.name)
+            trial = compress_(copy.deepcopy(model), plan)
+            files = engines.files(trial, f"plan{index}", deployment.quantized)
+            engine = Engine(label, deployment.name, index, cand.predicted_ms)
+            engine.heldout_loss, engine.heldout_loss_se = cand.heldout_loss, cand.heldout_loss_se
+            engine.heldout_loss_upper = cand.heldout_loss_upper
+            report.finalists.append(engine)
+            runners[label], inputs[label] = engines.runner(deployment, files), x
+        _time_engines(
+            [*report.baselines, *report.finalists], runners, inputs, rounds, runs,
+            whole_cache, progress, keys={e.label: _whole_key(e, report) for e in
+                                         [*report.baselines, *report.finalists]},
+        )  # fmt: skip
+    report.tables = _save_tables(
+        table, tables, whole_cache, fingerprint, batch, machine, sensitivities
+    )
+
+    # 5. The fastest measured engine within budget ships.
+    pool = [e for e in [*report.baselines, *report.finalists] if e.within_budget]
+    best_dense = report.best_baseline()
+    if latency_target is not None and best_dense is not None:
+        reaching = [e for e in report.finalists
+                    if best_dense.measured_ms / e.measured_ms >= latency_target]  # fmt: skip
+        if reaching:
+            pool = [min(reaching, key=lambda e: e.heldout_loss_upper or 0.0)]
+        else:
+            report.notes.append(
+                f"no plan reaches the latency target ×{latency_target} over "
+                f"{best_dense.label}; the fastest within budget ships"
+            )
+    if not pool:
+        raise RmtDeployError(
+            "no deployment of the dense model keeps the budget (INT8 only?): "
+            + "; ".join(f"{e.label}: {e.note or e.heldout_loss_upper}" for e in report.baselines)
+        )
+    chosen = min(pool, key=lambda e: e.measured_ms)
+    # Within the noise of a shared machine (±2 % interleaved) a plan is no win: it must beat
+    # the best dense deployment by `min_speedup`, or the dense model ships.
+    if (
+        chosen.candidate is not None
+        and best_dense is not None
+        and latency_target is None
+        and best_dense.measured_ms / chosen.measured_ms < min_speedup
+    ):
+        chosen = best_dense
+    report.chosen, report.chosen_deployment = chosen.label, chosen.deployment
+    if chosen.candidate is None:
+        tried = [c for c in report.candidates if c.heldout_loss_upper is not None]
+        if not report.finalists:
             why = (
                 "no layer is measurably faster in a compressed form on "
-                f"{backend} at batch {batch}: nothing to trade accuracy for"
+                f"{', '.join(d.name for d in plannable) or 'any deployment'} at batch {batch}"
+                if not tried
+                else _over_budget_why(metric, accuracy_budget, tried)
             )
         else:
-            best = min(tried, key=lambda c: c.heldout_loss_upper)
+            fastest = min(report.finalists, key=lambda e: e.measured_ms)
             why = (
-                f"no plan keeps the held-out {metric.name} loss within {accuracy_budget}"
-                f"{' ' + metric.unit if metric.unit else ''} (95 % upper bound): the best found "
-                f"loses {best.heldout_loss:.3g} ± {best.heldout_loss_se:.2g} (layer error "
-                f"{best.layer_error}, predicted ×{best.predicted_speedup:.2f})"
+                f"no plan within budget beats the best dense deployment by ×{min_speedup} "
+                f"measured whole: {chosen.label} {chosen.measured_ms:.2f} ms vs the fastest "
+                f"plan ({fastest.label}) {fastest.measured_ms:.2f} ms"
             )
-        fallback = CompressionPlan(
-            "latency",
-            {"backend": backend, "device": device, "batch": batch, "outcome": "dense"},
-            [
-                dense_entry(lname, module, f"kept dense: {why}", "budget")
-                for lname, module in targets.items()
-            ],
-            model=name,
-            skipped=found.skipped,
-        )
+        report.outcome = why
+        fallback = build_plan(None, why, chosen.deployment)
         raise BudgetNotMetError(why, report, fallback)
-    chosen = min(within, key=lambda c: c.predicted_ms)
-    report.chosen_layer_error = chosen.layer_error
-    return plans[chosen.layer_error], report
+    allocation = next(a for d, i, a in finalist_pool if i == chosen.candidate
+                      and d.name == chosen.deployment)  # fmt: skip
+    return build_plan(allocation, chosen.label, chosen.deployment), report
 
 
-def _top1(outputs: torch.Tensor, labels: torch.Tensor) -> float:
-    return 100.0 * float((outputs.argmax(dim=1) == labels).float().mean())
+def _spaced(data: Dataset, count: int) -> Dataset:
+    from torch.utils.data import Subset
+
+    count = min(count, len(data))
+    step = len(data) / count
+    return Subset(data, [int(i * step) for i in range(count)])
+
+
+def _set_loss(engine: Engine, loss: Loss, budget: float) -> None:
+    engine.heldout_loss, engine.heldout_loss_se = loss.mean, loss.se
+    engine.heldout_loss_upper = loss.upper
+    engine.within_budget = loss.upper <= budget
+
+
+def _retry_int8(engines, files, model, metric, reference, images, budget, engine, deployment):
+    """INT8 over budget: keep the quarter of the layers whose quantization adds the most noise
+    in float, once. Returns a note for the report."""
+    from ..exporters.quantize import int8_sensitivity, preprocess, quantize_int8, to_batches
+
+    batches = to_batches(engines.calib[:16])
+    prepared = preprocess(files["onnx"], files["onnx"].with_name("prepared.onnx"))
+    ranked = int8_sensitivity(prepared, files["onnx_int8"], batches)
+    drops, previous = [], None
+    for node, sqnr in ranked_in_order(prepared, ranked):
+        drops.append((node, (previous if previous is not None else 60.0) - sqnr))
+        previous = sqnr
+    worst = [n for n, _ in sorted(drops, key=lambda item: -item[1])[: max(1, len(drops) // 4)]]
+    engines.int8_exclude = worst
+    quantize_int8(files["onnx"], files["onnx_int8"], to_batches(engines.calib), exclude=worst)
+    run = engines.runner(deployment, files)
+    loss = measure(metric, reference, engines.outputs(run, images))
+    first = engine.heldout_loss_upper
+    _set_loss(engine, loss, budget)
+    return (
+        f"full INT8 lost {first:.3g} (95 % bound); with {len(worst)} of {len(drops)} layers in "
+        f"float: {loss.upper:.3g}"
+    )
+
+
+def ranked_in_order(onnx_path: Path, ranked: list[tuple[str, float]]):
+    """(node, SQNR) in graph order."""
+    import onnx
+
+    order = {n.name: i for i, n in enumerate(onnx.load(str(onnx_path)).graph.node)}
+    return sorted(ranked, key=lambda item: order.get(item[0], 0))
+
+
+def _whole_key(engine: Engine, report: LatencyPlanReport) -> str:
+    if engine.candidate is None:
+        return f"dense|{engine.deployment}"
+    cand = report.candidates[engine.candidate]
+    return f"{engine.deployment}|{cand.damage_cap:.3e}|{cand.params_after}"
+
+
+def _time_engines(engines, runners, inputs, rounds, runs, cache, progress, keys=None) -> None:
+    """Whole-model latency of every engine, interleaved over rounds; reused from `cache` (a
+    saved table) when every engine is there, so a replan on the same table decides alike."""
+    keys = keys or {e.label: f"dense|{e.deployment}" for e in engines}
+    if all(keys[e.label] in cache for e in engines):
+        measured = {e.label: cache[keys[e.label]] for e in engines}
+    else:
+        wanted = {e.label: runners[e.label] for e in engines}
+        samples = {}
+        for _ in tqdm(range(1), desc="time engines", disable=not progress):
+            samples = time_interleaved(wanted, inputs, rounds, runs)
+        measured = {label: spread(values) for label, values in samples.items()}
+        for e in engines:
+            cache[keys[e.label]] = measured[e.label]
+    for e in engines:
+        m = measured[e.label]
+        e.measured_ms, e.q1_ms, e.q3_ms = m["median_ms"], m["q1_ms"], m["q3_ms"]
+
+
+def _candidate(deployment, cap, allocation: Allocation, dense_ms, targets) -> Candidate:
+    params = sum(option.params for option in allocation.choices.values())
+    params += sum(m.weight.numel() for n, m in targets.items() if n not in allocation.choices)
+    predicted = max(dense_ms - allocation.saving_ms, 1e-6)
+    forms = [o.form for o in allocation.choices.values()]
+    return Candidate(
+        deployment,
+        cap,
+        forms.count("lowrank"),
+        forms.count("nm24"),
+        params,
+        allocation.damage,
+        predicted,
+        dense_ms / predicted,
+    )
+
+
+def _validate_search(allocations, deployment, baseline, model, engines, metric, reference,
+                     images, budget, report, targets, build_plan, progress):  # fmt: skip
+    """Validate allocations (ordered by growing damage) by bisection for the largest one within
+    budget, then the next smaller ones; returns [(candidate index, allocation index)] within
+    budget, fastest predicted first."""
+    dense_ms = baseline.measured_ms
+    results: dict[int, int] = {}
+
+    def check(j: int) -> bool:
+        if j in results:
+            return report.candidates[results[j]].heldout_loss_upper <= budget
+        allocation = allocations[j]
+        cand = _candidate(deployment.name, 0.0, allocation, dense_ms, targets)
+        cand.damage_cap = allocation.damage
+        trial = compress_(copy.deepcopy(model), build_plan(allocation, "trial", deployment.name))
+        if _exact(deployment):
+            outputs, _ = model_outputs(trial, _TensorSet(images), workers=0)
+        else:
+            files = engines.files(trial, f"trial-{deployment.name}-{j}", deployment.quantized)
+            outputs = engines.outputs(engines.runner(deployment, files), images)
+        loss = measure(metric, reference, outputs)
+        cand.heldout_loss, cand.heldout_loss_se, cand.heldout_loss_upper = (
+            loss.mean, loss.se, loss.upper
+        )  # fmt: skip
+        if reference.labels is not None:
+            cand.heldout_top1 = _top1(outputs, reference.labels)
+        report.candidates.append(cand)
+        results[j] = len(report.candidates) - 1
+        return loss.upper <= budget
+
+    lo, hi = -1, len(allocations)  # allocations[:lo+1] may pass; allocations[hi:] fail
+    bar = tqdm(desc=f"validate plans ({deployment.name})", unit="plan", disable=not progress)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        bar.update()
+        if check(mid):
+            lo = mid
+        else:
+            hi = mid
+    for j in range(lo - 1, max(lo - 3, -1), -1):  # the next smaller plans, for the finalists
+        bar.update()
+        check(j)
+    bar.close()
+    passing = [
+        (results[j], j)
+        for j in sorted(results, reverse=True)
+        if report.candidates[results[j]].heldout_loss_upper <= budget
+    ]
+    return sorted(passing, key=lambda item: report.candidates[item[0]].predicted_ms)
+
+
+class _TensorSet(Dataset):
+    def __init__(self, images: torch.Tensor):
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        return self.images[i], -1
+
+
+def _over_budget_why(metric, budget, tried) -> str:
+    best = min(tried, key=lambda c: c.heldout_loss_upper)
+    return (
+        f"no plan keeps the held-out {metric.name} loss within {budget}"
+        f"{' ' + metric.unit if metric.unit else ''} (95 % upper bound): the best found loses "
+        f"{best.heldout_loss:.3g} ± {best.heldout_loss_se:.2g} ({best.lowrank_layers} low-rank "
+        f"layers, predicted ×{best.predicted_speedup:.2f} on {best.deployment})"
+    )
+
+
+def _to_plan(
+    allocation, targets, found, factors, label, deployment, batch, name, multiple, dense_times
+):
+    """The CompressionPlan of an allocation (None: every layer dense, `label` the reason)."""
+    layers: list[LayerPlan] = []
+    for lname, module in targets.items():
+        option = allocation.choices.get(lname) if allocation else None
+        dense_ms = dense_times.get(lname) or 0.0
+        if option is None or option.form == "dense":
+            if allocation is None:
+                reason, category = f"kept dense: {label}", "budget"
+            elif lname not in factors:
+                reason, category = "kept dense: grouped convolution", "grouped_conv"
+            else:
+                reason, category = (
+                    "kept dense: no option saves latency within the budget",
+                    ("not_chosen"),
+                )
+            layers.append(dense_entry(lname, module, reason, category, dense_ms=dense_ms))
+            continue
+        stats = {"chosen_ms": option.ms or 0.0, "dense_ms": dense_ms,
+                 "output_error": option.error, "trusted": float(option.trusted)}  # fmt: skip
+        if option.form == "lowrank":
+            reason = (
+                f"rank {option.rank}: output error {option.error:.3g} (cross-validated"
+                f"{'' if option.trusted else ', untrusted: safe rank'}); measured "
+                f"{option.ms:.4f} ms vs dense {dense_ms:.4f} ms in context on {deployment}"
+            )
+            layers.append(factorized_entry(lname, module, factors[lname], option.rank, reason,
+                                           stats))  # fmt: skip
+        else:
+            mask = nm_mask(found.views[lname].weight)
+            entry = mask_entry(lname, module, mask, f"2:4: output error {option.error:.3g}",
+                               "nm24")  # fmt: skip
+            entry.stats.update(stats)
+            layers.append(entry)
+    config = {"deployment": deployment, "batch": batch, "rank_multiple": multiple,
+              "engine": label, "runtime": DEPLOYMENTS[deployment].runtime if deployment else None,
+              "precision": DEPLOYMENTS[deployment].precision if deployment else None}  # fmt: skip
+    if allocation is None:
+        config["outcome"] = "dense"
+    return CompressionPlan("latency", config, layers, model=name, skipped=found.skipped)
+
+
+def _load_tables(path, fingerprint, batch, machine) -> dict:
+    from ..paths import read_json
+
+    if path is None or not Path(path).is_file():
+        return {}
+    data = read_json(path, "layer tables", TableMismatchError)
+    if (
+        data.get("fingerprint") != fingerprint
+        or data.get("batch") != batch
+        or data.get("machine") != machine
+    ):
+        LayerTable(
+            data.get("fingerprint", "?"), "?", data.get("batch", 0), data.get("machine", {})
+        ).check(fingerprint, "?", batch, machine)
+    return data
+
+
+def _table(saved, deployment, fingerprint, batch, machine, entries_for, found, threads,
+           progress) -> LayerTable:  # fmt: skip
+    if deployment.name in saved.get("tables", {}):
+        table = LayerTable.from_dict(saved["tables"][deployment.name])
+        table.check(fingerprint, deployment.name, batch, machine)
+        return table
+    table = LayerTable(fingerprint, deployment.name, batch, machine, entries_for(deployment))
+    measure_options(table.layers, found.views, deployment, threads, progress=progress)
+    return table
+
+
+def _save_tables(path, tables, whole, fingerprint, batch, machine, sensitivity=None) -> dict:
+    """The tables as one record (written to `path` when given)."""
+    from ..paths import write_json_atomic
+
+    record = {
+        "fingerprint": fingerprint,
+        "batch": batch,
+        "machine": machine,
+        "tables": {name: t.to_dict() for name, t in tables.items()},
+        "whole": whole,
+        "sensitivity": sensitivity,
+    }
+    if path is not None:
+        write_json_atomic(path, record)
+    return record

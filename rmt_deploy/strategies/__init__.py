@@ -12,17 +12,35 @@ from ..analysis import ModelSpectrum
 from ..layers.attention import unfuse_attention_
 from ..plan import CompressionPlan
 from ..targets import find_targets
-from . import classic_rmt, hybrid, lowrank, magnitude, nm24, seb, ser  # noqa: F401  (registry)
-from .base import STRATEGIES, FilterFn, PlanContext, StrategyError
+from . import (  # noqa: F401  (registry)
+    classic_rmt,
+    hybrid,
+    latency,
+    lowrank,
+    magnitude,
+    nm24,
+    seb,
+    ser,
+)
+from .base import (
+    STRATEGIES,
+    Budget,
+    FilterFn,
+    PlanContext,
+    StrategyError,
+    Target,
+    example_batch,
+)
 
-__all__ = ["STRATEGIES", "StrategyError", "example_batch", "plan"]
-
-
-def example_batch(data: Dataset, size: int = 2) -> torch.Tensor:
-    """The first `size` images of `data`, stacked: the input that layers are checked on."""
-    if len(data) == 0:
-        raise StrategyError("the calibration data is empty")
-    return torch.stack([data[i][0] for i in range(min(size, len(data)))])
+__all__ = [
+    "STRATEGIES",
+    "Budget",
+    "StrategyError",
+    "Target",
+    "check_settings",
+    "example_batch",
+    "plan",
+]
 
 
 def plan(
@@ -36,6 +54,9 @@ def plan(
     name: str = "",
     config: dict[str, Any] | None = None,
     example: torch.Tensor | None = None,
+    heldout: Dataset | None = None,
+    budget: Budget | None = None,
+    target: Target | None = None,
     **settings: Any,
 ) -> CompressionPlan:
     """Decide, per Linear/Conv2d layer, dense | low-rank r | mask at density d | 2:4, with reasons.
@@ -44,6 +65,8 @@ def plan(
     share of their parameters; `nm24` is 2:4 wherever a layer can take it). `data` is a
     labelled training/calibration dataset for the strategies that need one; with it (or
     `example`, an input batch) every layer's view is checked against its own forward.
+    `heldout`, `budget` and `target` are for the strategies that validate and time plans
+    (`latency`: the fastest deployment within the budget).
     nn.MultiheadAttention modules are unfused in place first (same outputs) so that their
     projections can be planned; modules no compressed form fits are listed in `plan.skipped`.
     """
@@ -52,19 +75,9 @@ def plan(
             f"unknown strategy {strategy!r}; available: {', '.join(sorted(STRATEGIES))}"
         )
     spec = STRATEGIES[strategy]
-    config = {**(config or {}), **settings}
     if not isinstance(sparsity, int | float) or not 0.0 <= sparsity < 1.0:
         raise StrategyError(f"sparsity must lie in [0, 1), got {sparsity!r}")
-    unknown = set(config) - set(spec.defaults)
-    if unknown:
-        allowed = ", ".join(sorted(spec.defaults)) or "none"
-        raise StrategyError(
-            f"strategy {strategy!r} has no setting {', '.join(sorted(unknown))} "
-            f"(settings: {allowed})"
-        )
-    config = {
-        key: _coerce(strategy, key, value, spec.defaults[key]) for key, value in config.items()
-    }
+    config = check_settings(strategy, {**(config or {}), **settings})
     if spec.needs_data and data is None:
         raise StrategyError(f"strategy {strategy!r} needs training/calibration data (--data)")
     unfuse_attention_(model)
@@ -84,8 +97,14 @@ def plan(
         data,
         spectrum,
         views=found.views,
+        heldout=heldout,
+        budget=budget,
+        target=target or Target(),
+        name=name,
     )
     produced = spec.fn(ctx)
+    if isinstance(produced, CompressionPlan):  # a strategy that builds the whole plan
+        return produced
     layers, extra_state = produced if isinstance(produced, tuple) else (produced, {})
     return CompressionPlan(
         strategy,
@@ -95,6 +114,22 @@ def plan(
         extra_state,
         skipped=found.skipped,
     )
+
+
+def check_settings(strategy: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """`settings` brought to the types of the strategy's defaults, or a StrategyError naming
+    the unknown or mistyped one and what is allowed."""
+    spec = STRATEGIES[strategy]
+    unknown = set(settings) - set(spec.defaults)
+    if unknown:
+        allowed = ", ".join(sorted(spec.defaults)) or "none"
+        raise StrategyError(
+            f"strategy {strategy!r} has no setting {', '.join(sorted(unknown))} "
+            f"(settings: {allowed})"
+        )
+    return {
+        key: _coerce(strategy, key, value, spec.defaults[key]) for key, value in settings.items()
+    }
 
 
 def _coerce(strategy: str, key: str, value: Any, default: Any) -> Any:

@@ -24,6 +24,32 @@ class StrategyError(RmtDeployError):
     """Unknown strategy, bad setting, or a strategy that needs data run without it."""
 
 
+@dataclass(frozen=True)
+class Budget:
+    """How far the compressed model may move from the dense one on held-out images: the most
+    `metric` (top1, agreement, kl, cosine, a user's) may lose, with its 95 % upper bound."""
+
+    max: float
+    metric: Any = "top1"  # a metric name or a budget.BudgetMetric
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where the model will run: deployments (names, or "auto" for all this machine offers),
+    the device and the batch size latency is measured at."""
+
+    deployments: tuple[str, ...] | str = "auto"
+    device: str = "cpu"
+    batch: int = 8
+
+
+def example_batch(data: Dataset, size: int = 2) -> torch.Tensor:
+    """The first `size` images of `data`, stacked: the input that layers are checked on."""
+    if len(data) == 0:
+        raise StrategyError("the calibration data is empty")
+    return torch.stack([data[i][0] for i in range(min(size, len(data)))])
+
+
 @dataclass
 class PlanContext:
     """Everything a strategy may read. `spectrum` is computed on first use.
@@ -38,6 +64,10 @@ class PlanContext:
     data: Dataset | None = None
     _spectrum: ModelSpectrum | None = None
     views: dict[str, LayerView] = field(default_factory=dict)
+    heldout: Dataset | None = None  # images plans may be validated on (never the test part)
+    budget: Budget | None = None
+    target: Target = field(default_factory=lambda: Target())
+    name: str = ""
 
     def weight(self, name: str) -> torch.Tensor:
         """The weight layer `name` computes with (its view's; the module's own without one)."""
@@ -69,7 +99,7 @@ class PlanContext:
 @dataclass(frozen=True)
 class Strategy:
     name: str
-    fn: Callable[[PlanContext], list[LayerPlan]]
+    fn: Callable[[PlanContext], Any]  # → layers | (layers, extra_state) | CompressionPlan
     needs_data: bool
     defaults: dict[str, Any] = field(default_factory=dict)
     summary: str = ""
