@@ -70,9 +70,8 @@ def main() -> None:
     )
     chosen, best = search.engine(search.chosen), search.best_baseline()
     print(plan.coverage_line())
-    print(
-        f"ships {chosen.label}: {chosen.measured_ms:.2f} ms vs {best.label} {best.measured_ms:.2f} ms"
-    )
+    print(f"ships {chosen.label}: {chosen.measured_ms:.2f} ms", end=" ")
+    print(f"(best dense: {best.label}, {best.measured_ms:.2f} ms)")
 
     dense = copy.deepcopy(model)
     compressed = rd.compress_(model, plan)  # 3. rewrite the layers (in place; dense if none)
