@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
-"""Run an exported model on the target: ONNX Runtime (model.onnx) or TensorRT (*.engine).
+"""Run an exported model on the target: ONNX Runtime or OpenVINO (model.onnx, fp32 or the INT8
+model.int8.onnx), or TensorRT (*.engine).
 
-Needs numpy, Pillow for image folders, and one runtime: onnxruntime (or onnxruntime-gpu), or
-tensorrt with cuda-python. No torch, no rmt_deploy. Prints latency percentiles after a
-time-based warm-up, and top-1 when the image folder has one sub-folder per class.
+Needs numpy, Pillow for image folders, and one runtime: onnxruntime (or onnxruntime-gpu),
+openvino, or tensorrt with cuda-python. No torch, no rmt_deploy. Prints latency percentiles
+after a time-based warm-up, and top-1 when the image folder has one sub-folder per class.
 
     python3 run.py --onnx model.onnx --manifest manifest.json --images cifar10/test --limit 1000
+    python3 run.py --onnx model.int8.onnx --openvino --manifest manifest.json --batch 8
     python3 run.py --engine model_fp16_b8.engine --manifest manifest.json --batch 8 --iterations 200
 """
 
@@ -13,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -95,6 +96,28 @@ class OrtRunner:
         return self.session.run(None, {self.name: batch})[0]
 
 
+class OpenVinoRunner:
+    """OpenVINO on the CPU: one stream, `threads` threads, `precision` (f32, bf16) or its own
+    default; a QDQ (INT8) ONNX runs in int8."""
+
+    def __init__(self, path: Path, threads: int | None, precision: str | None):
+        import openvino as ov
+
+        config = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        if precision and precision != "default":
+            config["INFERENCE_PRECISION_HINT"] = precision
+        self.compiled = ov.Core().compile_model(str(path), "CPU", config)
+        self.request = self.compiled.create_infer_request()
+        self.output = self.compiled.output(0)
+        hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")
+        self.device = f"OpenVINO {ov.__version__} CPU {hint}"
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return np.array(self.request.infer({0: batch})[self.output], copy=True)
+
+
 class TrtRunner:
     """TensorRT 10 execution with explicit device buffers (cuda-python's cudart)."""
 
@@ -157,20 +180,18 @@ class TrtRunner:
 
 
 def percentiles(samples_ms: list[float]) -> dict[str, float]:
-    ordered = sorted(samples_ms)
-
-    def pct(q: float) -> float:
-        return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
-
+    """numpy's percentiles (linear interpolation), as rmt_deploy.bench reports them."""
+    ordered = np.asarray(samples_ms, dtype=np.float64)
+    p50, p90, p95, p99 = np.percentile(ordered, [50, 90, 95, 99])
     return {
-        "min": ordered[0],
-        "mean": statistics.fmean(ordered),
-        "median": pct(50),
-        "p90": pct(90),
-        "p95": pct(95),
-        "p99": pct(99),
-        "max": ordered[-1],
-        "std": statistics.pstdev(ordered),
+        "min": float(ordered.min()),
+        "mean": float(ordered.mean()),
+        "median": float(p50),
+        "p90": float(p90),
+        "p95": float(p95),
+        "p99": float(p99),
+        "max": float(ordered.max()),
+        "std": float(ordered.std()),
     }
 
 
@@ -185,12 +206,24 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--warmup-seconds", type=float, default=2.0)
     parser.add_argument("--iterations", type=int, default=100, help="timed runs (random input)")
-    parser.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads")
+    parser.add_argument("--threads", type=int, help="intra-op threads (ONNX Runtime, OpenVINO)")
+    parser.add_argument(
+        "--openvino",
+        nargs="?",
+        const="default",
+        choices=("default", "f32", "bf16"),
+        help="run --onnx in OpenVINO (its default precision, or f32 / bf16)",
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
 
     cfg = load_preprocessing(args.manifest)
-    runner = OrtRunner(args.onnx, args.threads) if args.onnx else TrtRunner(args.engine)
+    if args.engine:
+        runner = TrtRunner(args.engine)
+    elif args.openvino:
+        runner = OpenVinoRunner(args.onnx, args.threads, args.openvino)
+    else:
+        runner = OrtRunner(args.onnx, args.threads)
     shape = (args.batch, *cfg["input_size"])
     warm = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     end = time.perf_counter() + args.warmup_seconds

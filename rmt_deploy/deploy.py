@@ -53,7 +53,7 @@ DEPLOYMENTS: dict[str, Deployment] = {
             "cpu",
             "onnx_int8",
             "ONNX Runtime static INT8 (QDQ, per-channel weights)",
-        ),  # fmt: skip
+        ),
         Deployment("openvino", "openvino", "default", "cpu", "onnx", "OpenVINO, its default"),
         Deployment("openvino-f32", "openvino", "f32", "cpu", "onnx", "OpenVINO f32"),
         Deployment("openvino-bf16", "openvino", "bf16", "cpu", "onnx", "OpenVINO bf16"),
@@ -73,7 +73,7 @@ AUTO = {
         "openvino-f32",
         "openvino-bf16",
         "openvino-int8",
-    ),  # fmt: skip
+    ),
     "cuda": ("torch-cuda-fp16", "torch-cuda-bf16", "tensorrt"),
 }
 

@@ -122,7 +122,7 @@ def find_targets(
             targets.skipped.append(
                 SkippedLayer(
                     name, cls, "conv_nd", f"{cls}: only Linear and Conv2d have compressed forms"
-                )  # fmt: skip
+                )
             )
         elif isinstance(module, MASKED_TYPES):
             targets.skipped.append(

@@ -137,8 +137,9 @@ def test_pipeline_end_to_end(finished_run):
     (baseline,) = planner["baselines"]
     assert baseline["label"] == "dense / onnxruntime" and baseline["measured_ms"] > 0
     assert baseline["heldout_loss"] == 0.0  # fp32 deployment: validated as the dense model
-    assert planner["candidates"] and all(c["heldout_loss_upper"] is not None
-                                         for c in planner["candidates"])  # fmt: skip
+    assert planner["candidates"] and all(
+        c["heldout_loss_upper"] is not None for c in planner["candidates"]
+    )
     (finalist,) = planner["finalists"]  # settings.finalists: 1
     assert finalist["predicted_ms"] > 0 and finalist["q1_ms"] <= finalist["measured_ms"]
     assert planner["chosen"] in {"dense / onnxruntime", finalist["label"]}
@@ -218,8 +219,12 @@ def test_budget_no_plan_meets_ships_dense(finished_run, tmp_path, capsys):
     report = (out / "report.md").read_text()
     assert "**Shipped: the dense model** on onnxruntime" in report and "loses" in report
     # Scripts that want compression or nothing keep today's error (exit 2 through the CLI).
-    strict = _config(tmp_path / "strict", compress__accuracy_budget=0.0,
-                     compress__budget_metric="kl", compress__require_compression=True)  # fmt: skip
+    strict = _config(
+        tmp_path / "strict",
+        compress__accuracy_budget=0.0,
+        compress__budget_metric="kl",
+        compress__require_compression=True,
+    )
     with pytest.raises(BudgetNotMetError, match="within 0.0 nats"):
         run(strict, progress=False, log=lambda _: None)
     assert (tmp_path / "strict" / "run" / "plan" / "planner.md").is_file()
@@ -278,19 +283,21 @@ def test_planner_bad_input(tmp_path):
 
         if openvino_default_precision() != "bf16":
             with pytest.raises(DeploymentError, match="openvino-bf16 cannot run here.*bf16"):
-                latency_plan(model, data, targets=["openvino-bf16"], layer_error=0.1,
-                             progress=False)  # fmt: skip
+                latency_plan(
+                    model, data, targets=["openvino-bf16"], layer_error=0.1, progress=False
+                )
     with pytest.raises(RmtDeployError, match="latency target must be a speedup > 0"):
-        latency_plan(model, data, heldout=data, accuracy_budget=1.0, latency_target=-2,
-                     progress=False)  # fmt: skip
+        latency_plan(
+            model, data, heldout=data, accuracy_budget=1.0, latency_target=-2, progress=False
+        )
     # A table measured for another model is refused, naming both.
     table = tmp_path / "tables.json"
-    latency_plan(model, data, backend="onnxruntime", layer_error=0.1, table=table,
-                 progress=False)  # fmt: skip
+    latency_plan(model, data, backend="onnxruntime", layer_error=0.1, table=table, progress=False)
     other = nn.Sequential(nn.Flatten(), nn.Linear(48, 4))
     with pytest.raises(TableMismatchError, match="another model .* here"):
-        latency_plan(other, data, backend="onnxruntime", layer_error=0.1, table=table,
-                     progress=False)  # fmt: skip
+        latency_plan(
+            other, data, backend="onnxruntime", layer_error=0.1, table=table, progress=False
+        )
 
 
 def test_cli_run_reports_up_to_date(finished_run, tmp_path, capsys):
@@ -429,12 +436,14 @@ def test_loader_callable_with_its_metric_and_bad_loaders(tmp_path):
     result = run(config, stages=["analyze", "plan"], **quiet)
     planner = json.loads((result.output / "plan" / "planner.json").read_text())
     assert planner["budget_metric"] == f"{source}:good metric" and planner["heldout_images"] == 24
-    wrong = _config(tmp_path / "w", data={**data, "loader": f"{source}:channels_last"},
-                    finetune=NO_TRAINING)  # fmt: skip
+    wrong = _config(
+        tmp_path / "w", data={**data, "loader": f"{source}:channels_last"}, finetune=NO_TRAINING
+    )
     with pytest.raises(Exception, match=r"shape \(8, 32, 32, 3\); the model expects N×3×32×32"):
         run(wrong, **quiet)
-    raising = _config(tmp_path / "r", data={**data, "loader": f"{source}:broken"},
-                      finetune=NO_TRAINING)  # fmt: skip
+    raising = _config(
+        tmp_path / "r", data={**data, "loader": f"{source}:broken"}, finetune=NO_TRAINING
+    )
     with pytest.raises(
         Exception, match=r"broken raised ValueError: no such bucket \(at .*loaders.py"
     ):

@@ -70,8 +70,11 @@ def full_rank_plan(model: nn.Module, names, kind="lowrank") -> CompressionPlan:
         w = model.get_submodule(name).weight
         m, n = w.shape[0], w[0].numel()
         if kind == "lowrank":
-            layers.append(LayerPlan(name, "lowrank", tuple(w.shape), m * n, min(m, n) * (m + n),
-                                    rank=min(m, n)))  # fmt: skip
+            layers.append(
+                LayerPlan(
+                    name, "lowrank", tuple(w.shape), m * n, min(m, n) * (m + n), rank=min(m, n)
+                )
+            )
         else:
             layers.append(LayerPlan(name, "mask", tuple(w.shape), m * n, m * n, density=1.0))
     return CompressionPlan("test", {}, layers)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import statistics
 from dataclasses import asdict, dataclass
 
+import numpy as np
+
 
 @dataclass
 class LatencyStats:
@@ -25,13 +27,10 @@ class LatencyStats:
 
 
 def percentile(ordered: list[float], q: float) -> float:
-    """Linear interpolation between closest ranks (numpy's default 'linear' method)."""
+    """numpy's percentile (linear interpolation), the one the target kit reports too."""
     if not ordered:
         raise ValueError("no samples")
-    pos = (len(ordered) - 1) * q / 100
-    lo = int(pos)
-    hi = min(lo + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+    return float(np.percentile(np.asarray(ordered, dtype=np.float64), q))
 
 
 def summarize(samples_ms: list[float], batch: int) -> LatencyStats:

@@ -178,8 +178,12 @@ def int8_sensitivity(
             for key, path in augmented.items()
         }
         graph = onnx.load(str(float_path), load_external_data=False).graph
-    producers = {out: node.name for node in graph.node if node.op_type in QUANTIZED_OPS
-                 for out in node.output}  # fmt: skip
+    producers = {
+        out: node.name
+        for node in graph.node
+        if node.op_type in QUANTIZED_OPS
+        for out in node.output
+    }
     ranked = []
     for tensor, node in producers.items():
         if tensor not in activations["int8"] or tensor not in activations["float"]:

@@ -45,7 +45,7 @@ READS: dict[str, tuple[str, ...]] = {
         "data.calib",
         "data.train",
         "benchmark.backends",
-    ),  # fmt: skip
+    ),
     "benchmark": ("benchmark", "data.preprocess", "data.test_images"),
     "report": (),
 }

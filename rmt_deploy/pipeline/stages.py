@@ -239,9 +239,10 @@ def plan_inputs(ctx: RunContext) -> dict:
     budget = None
     if c.accuracy_budget is not None:
         metric: str | BudgetMetric = (
-            ctx.budget_metric if c.budget_metric in ("loader",) or ":" in c.budget_metric
+            ctx.budget_metric
+            if c.budget_metric in ("loader",) or ":" in c.budget_metric
             else c.budget_metric
-        )  # fmt: skip
+        )
         budget = Budget(c.accuracy_budget, metric)
     targets = "auto" if c.targets == ["auto"] else tuple(c.targets)
     return {

@@ -324,7 +324,7 @@ def latency_plan(
             "inputs": f.dim,
             "shrinkage": round(f.shrinkage, 4),
             "images": stats[n].images,
-        }  # fmt: skip
+        }
         for n, f in factors.items()
     ]
     # Evenly spaced calibration images (a folder sorted by class keeps every class): INT8
@@ -340,9 +340,16 @@ def latency_plan(
             m, n = view.matrix_shape
             if lname not in factors:
                 entries.append(
-                    LayerEntry(lname, view.kind, list(shapes[lname]), [m, n], 0,
-                               [LayerOption("dense", params=m * n)], note="grouped convolution")
-                )  # fmt: skip
+                    LayerEntry(
+                        lname,
+                        view.kind,
+                        list(shapes[lname]),
+                        [m, n],
+                        0,
+                        [LayerOption("dense", params=m * n)],
+                        note="grouped convolution",
+                    )
+                )
                 continue
             nm24_error = None
             if (
@@ -358,9 +365,10 @@ def latency_plan(
                 view, factors[lname], spikes.get(lname, 0), rank_multiple, nm24_error
             )
             entries.append(
-                LayerEntry(lname, view.kind, list(shapes[lname]), [m, n],
-                           spikes.get(lname, 0), options)
-            )  # fmt: skip
+                LayerEntry(
+                    lname, view.kind, list(shapes[lname]), [m, n], spikes.get(lname, 0), options
+                )
+            )
         return entries
 
     fingerprint = model_fingerprint(model)
@@ -372,8 +380,18 @@ def latency_plan(
     def build_plan(allocation: Allocation | None, label: str, deployment: str | None):
         table_ = tables.get(deployment or "")
         dense_ms = {e.name: e.dense.ms for e in table_.layers} if table_ else {}
-        return _to_plan(allocation, targets_, found, factors, label, deployment, batch, name,
-                        rank_multiple, dense_ms)  # fmt: skip
+        return _to_plan(
+            allocation,
+            targets_,
+            found,
+            factors,
+            label,
+            deployment,
+            batch,
+            name,
+            rank_multiple,
+            dense_ms,
+        )
 
     with tempfile.TemporaryDirectory(prefix="rmt-plan-") as tmp:
         engines = _Engines(Path(tmp), example.shape[1:], calib_tensor, threads)
@@ -383,15 +401,30 @@ def latency_plan(
         # Fixed per-layer error: no budget, no whole-model search.
         if metric is None:
             deployment = deployments[0]
-            tables[deployment.name] = _table(saved, deployment, fingerprint, batch, machine,
-                                              entries_for, found, threads, progress)  # fmt: skip
+            tables[deployment.name] = _table(
+                saved,
+                deployment,
+                fingerprint,
+                batch,
+                machine,
+                entries_for,
+                found,
+                threads,
+                progress,
+            )
             choices = {}
             for entry in tables[deployment.name].layers:
-                fits = [o for o in entry.options[1:] if o.error <= layer_error and o.ms is not None
-                        and o.ms < entry.dense.ms * (1 - min_gain)]  # fmt: skip
+                fits = [
+                    o
+                    for o in entry.options[1:]
+                    if o.error <= layer_error
+                    and o.ms is not None
+                    and o.ms < entry.dense.ms * (1 - min_gain)
+                ]
                 choices[entry.name] = min(fits, key=lambda o: o.ms) if fits else entry.dense
-            saving = sum(tables[deployment.name].entry(n).dense.ms - o.ms
-                         for n, o in choices.items())  # fmt: skip
+            saving = sum(
+                tables[deployment.name].entry(n).dense.ms - o.ms for n, o in choices.items()
+            )
             allocation = Allocation(choices, saving, 0.0)
             dense_ms = sum(e.dense.ms for e in tables[deployment.name].layers)
             cand = _candidate(deployment.name, 0.0, allocation, dense_ms, targets_)
@@ -404,31 +437,43 @@ def latency_plan(
             return plan, report
 
         # 1. Baselines: the dense model in every deployment, validated and timed.
-        runners, inputs = {}, {}
         x = example.numpy().astype(np.float32)
-        for deployment in deployments:
-            run = engines.runner(deployment, dense_files)
-            engine = Engine(f"dense / {deployment.name}", deployment.name, None)
-            if not _exact(deployment):
-                loss = measure(metric, reference, engines.outputs(run, heldout_images))
-                _set_loss(engine, loss, accuracy_budget)
-                if not engine.within_budget and deployment.quantized and not engines.int8_exclude:
-                    engine.note = _retry_int8(
-                        engines,
-                        dense_files,
-                        model,
-                        metric,
-                        reference,
-                        heldout_images,
-                        accuracy_budget,
-                        engine,
-                        deployment,
+        report.baselines = [Engine(f"dense / {d.name}", d.name, None) for d in deployments]
+        runners = _validate_baselines(
+            deployments,
+            report.baselines,
+            engines,
+            dense_files,
+            metric,
+            reference,
+            heldout_images,
+            accuracy_budget,
+        )
+        over = [
+            e
+            for d, e in zip(deployments, report.baselines, strict=True)
+            if d.quantized and not e.within_budget
+        ]
+        if over:  # INT8 costs too much: keep the layers it hurts most in float, then redo all
+            first = {e.label: e.heldout_loss_upper for e in over}
+            kept, total = _exclude_int8(engines, dense_files)
+            runners = _validate_baselines(
+                deployments,
+                report.baselines,
+                engines,
+                dense_files,
+                metric,
+                reference,
+                heldout_images,
+                accuracy_budget,
+            )
+            for e in report.baselines:
+                if e.label in first:
+                    e.note = (
+                        f"full INT8 lost {first[e.label]:.3g} (95 % bound); with {kept} of "
+                        f"{total} layers in float: {e.heldout_loss_upper:.3g}"
                     )
-                    run = engines.runner(deployment, dense_files)  # fmt: skip
-            else:
-                _set_loss(engine, Loss(0.0, 0.0, len(heldout_images)), accuracy_budget)
-            report.baselines.append(engine)
-            runners[engine.label], inputs[engine.label] = run, x
+        inputs = {label: x for label in runners}
         report.int8_excluded = list(engines.int8_exclude)
         _time_engines(report.baselines, runners, inputs, rounds, runs, whole_cache, progress)
 
@@ -442,8 +487,17 @@ def latency_plan(
         sensitivities: dict[str, float | None] | None = saved.get("sensitivity")
         finalist_pool: list[tuple[Deployment, int, Allocation]] = []
         for deployment in plannable:
-            tables[deployment.name] = _table(saved, deployment, fingerprint, batch, machine,
-                                              entries_for, found, threads, progress)  # fmt: skip
+            tables[deployment.name] = _table(
+                saved,
+                deployment,
+                fingerprint,
+                batch,
+                machine,
+                entries_for,
+                found,
+                threads,
+                progress,
+            )
             entries = tables[deployment.name].layers
             if sensitivities is None:
                 refine_sensitivity(model, entries, found.views, factors, calib_sens, progress)
@@ -451,12 +505,26 @@ def latency_plan(
             for entry in entries:
                 entry.sensitivity = sensitivities.get(entry.name)
             baseline = next(e for e in report.baselines if e.deployment == deployment.name)
-            allocations = [a for a in allocate(entries, list(DAMAGE_CAPS), min_gain)
-                           if any(o.form != "dense" for o in a.choices.values())]  # fmt: skip
+            allocations = [
+                a
+                for a in allocate(entries, list(DAMAGE_CAPS), min_gain)
+                if any(o.form != "dense" for o in a.choices.values())
+            ]
             validated = _validate_search(
-                allocations, deployment, baseline, model, engines, metric, reference,
-                heldout_images, accuracy_budget, report, targets_, build_plan, progress,
-            )  # fmt: skip
+                allocations,
+                deployment,
+                baseline,
+                model,
+                engines,
+                metric,
+                reference,
+                heldout_images,
+                accuracy_budget,
+                report,
+                targets_,
+                build_plan,
+                progress,
+            )
             finalist_pool += [(deployment, i, allocations[j]) for i, j in validated[:finalists]]
 
         # 4. Finalists, timed whole with the baselines.
@@ -474,10 +542,15 @@ def latency_plan(
             report.finalists.append(engine)
             runners[label], inputs[label] = engines.runner(deployment, files), x
         _time_engines(
-            [*report.baselines, *report.finalists], runners, inputs, rounds, runs,
-            whole_cache, progress, keys={e.label: _whole_key(e, report) for e in
-                                         [*report.baselines, *report.finalists]},
-        )  # fmt: skip
+            [*report.baselines, *report.finalists],
+            runners,
+            inputs,
+            rounds,
+            runs,
+            whole_cache,
+            progress,
+            keys={e.label: _whole_key(e, report) for e in [*report.baselines, *report.finalists]},
+        )
     report.tables = _save_tables(
         table, tables, whole_cache, fingerprint, batch, machine, sensitivities
     )
@@ -486,8 +559,9 @@ def latency_plan(
     pool = [e for e in [*report.baselines, *report.finalists] if e.within_budget]
     best_dense = report.best_baseline()
     if latency_target is not None and best_dense is not None:
-        reaching = [e for e in report.finalists
-                    if best_dense.measured_ms / e.measured_ms >= latency_target]  # fmt: skip
+        reaching = [
+            e for e in report.finalists if best_dense.measured_ms / e.measured_ms >= latency_target
+        ]
         if reaching:
             pool = [min(reaching, key=lambda e: e.heldout_loss_upper or 0.0)]
         else:
@@ -530,8 +604,9 @@ def latency_plan(
         report.outcome = why
         fallback = build_plan(None, why, chosen.deployment)
         raise BudgetNotMetError(why, report, fallback)
-    allocation = next(a for d, i, a in finalist_pool if i == chosen.candidate
-                      and d.name == chosen.deployment)  # fmt: skip
+    allocation = next(
+        a for d, i, a in finalist_pool if i == chosen.candidate and d.name == chosen.deployment
+    )
     return build_plan(allocation, chosen.label, chosen.deployment), report
 
 
@@ -549,9 +624,25 @@ def _set_loss(engine: Engine, loss: Loss, budget: float) -> None:
     engine.within_budget = loss.upper <= budget
 
 
-def _retry_int8(engines, files, model, metric, reference, images, budget, engine, deployment):
-    """INT8 over budget: keep the quarter of the layers whose quantization adds the most noise
-    in float, once. Returns a note for the report."""
+def _validate_baselines(
+    deployments, baselines, engines, files, metric, reference, images, budget
+) -> dict:
+    """Each dense deployment's loss on the held-out images (exact ones: none); its runners."""
+    runners = {}
+    for deployment, engine in zip(deployments, baselines, strict=True):
+        run = engines.runner(deployment, files)
+        if _exact(deployment):
+            loss = Loss(0.0, 0.0, len(images))
+        else:
+            loss = measure(metric, reference, engines.outputs(run, images))
+        _set_loss(engine, loss, budget)
+        runners[engine.label] = run
+    return runners
+
+
+def _exclude_int8(engines, files) -> tuple[int, int]:
+    """Keep in float the quarter of the quantized layers that add the most quantization noise
+    (the largest drops of output SQNR along the graph) and requantize. Returns (kept, of)."""
     from ..exporters.quantize import int8_sensitivity, preprocess, quantize_int8, to_batches
 
     batches = to_batches(engines.calib[:16])
@@ -564,14 +655,7 @@ def _retry_int8(engines, files, model, metric, reference, images, budget, engine
     worst = [n for n, _ in sorted(drops, key=lambda item: -item[1])[: max(1, len(drops) // 4)]]
     engines.int8_exclude = worst
     quantize_int8(files["onnx"], files["onnx_int8"], to_batches(engines.calib), exclude=worst)
-    run = engines.runner(deployment, files)
-    loss = measure(metric, reference, engines.outputs(run, images))
-    first = engine.heldout_loss_upper
-    _set_loss(engine, loss, budget)
-    return (
-        f"full INT8 lost {first:.3g} (95 % bound); with {len(worst)} of {len(drops)} layers in "
-        f"float: {loss.upper:.3g}"
-    )
+    return len(worst), len(drops)
 
 
 def ranked_in_order(onnx_path: Path, ranked: list[tuple[str, float]]):
@@ -625,8 +709,21 @@ def _candidate(deployment, cap, allocation: Allocation, dense_ms, targets) -> Ca
     )
 
 
-def _validate_search(allocations, deployment, baseline, model, engines, metric, reference,
-                     images, budget, report, targets, build_plan, progress):  # fmt: skip
+def _validate_search(
+    allocations,
+    deployment,
+    baseline,
+    model,
+    engines,
+    metric,
+    reference,
+    images,
+    budget,
+    report,
+    targets,
+    build_plan,
+    progress,
+):
     """Validate allocations (ordered by growing damage) by bisection for the largest one within
     budget, then the next smaller ones; returns [(candidate index, allocation index)] within
     budget, fastest predicted first."""
@@ -647,8 +744,10 @@ def _validate_search(allocations, deployment, baseline, model, engines, metric, 
             outputs = engines.outputs(engines.runner(deployment, files), images)
         loss = measure(metric, reference, outputs)
         cand.heldout_loss, cand.heldout_loss_se, cand.heldout_loss_upper = (
-            loss.mean, loss.se, loss.upper
-        )  # fmt: skip
+            loss.mean,
+            loss.se,
+            loss.upper,
+        )
         if reference.labels is not None:
             cand.heldout_top1 = _top1(outputs, reference.labels)
         report.candidates.append(cand)
@@ -717,25 +816,34 @@ def _to_plan(
                 )
             layers.append(dense_entry(lname, module, reason, category, dense_ms=dense_ms))
             continue
-        stats = {"chosen_ms": option.ms or 0.0, "dense_ms": dense_ms,
-                 "output_error": option.error, "trusted": float(option.trusted)}  # fmt: skip
+        stats = {
+            "chosen_ms": option.ms or 0.0,
+            "dense_ms": dense_ms,
+            "output_error": option.error,
+            "trusted": float(option.trusted),
+        }
         if option.form == "lowrank":
             reason = (
                 f"rank {option.rank}: output error {option.error:.3g} (cross-validated"
                 f"{'' if option.trusted else ', untrusted: safe rank'}); measured "
                 f"{option.ms:.4f} ms vs dense {dense_ms:.4f} ms in context on {deployment}"
             )
-            layers.append(factorized_entry(lname, module, factors[lname], option.rank, reason,
-                                           stats))  # fmt: skip
+            layers.append(
+                factorized_entry(lname, module, factors[lname], option.rank, reason, stats)
+            )
         else:
             mask = nm_mask(found.views[lname].weight)
-            entry = mask_entry(lname, module, mask, f"2:4: output error {option.error:.3g}",
-                               "nm24")  # fmt: skip
+            entry = mask_entry(lname, module, mask, f"2:4: output error {option.error:.3g}", "nm24")
             entry.stats.update(stats)
             layers.append(entry)
-    config = {"deployment": deployment, "batch": batch, "rank_multiple": multiple,
-              "engine": label, "runtime": DEPLOYMENTS[deployment].runtime if deployment else None,
-              "precision": DEPLOYMENTS[deployment].precision if deployment else None}  # fmt: skip
+    config = {
+        "deployment": deployment,
+        "batch": batch,
+        "rank_multiple": multiple,
+        "engine": label,
+        "runtime": DEPLOYMENTS[deployment].runtime if deployment else None,
+        "precision": DEPLOYMENTS[deployment].precision if deployment else None,
+    }
     if allocation is None:
         config["outcome"] = "dense"
     return CompressionPlan("latency", config, layers, model=name, skipped=found.skipped)
@@ -758,8 +866,9 @@ def _load_tables(path, fingerprint, batch, machine) -> dict:
     return data
 
 
-def _table(saved, deployment, fingerprint, batch, machine, entries_for, found, threads,
-           progress) -> LayerTable:  # fmt: skip
+def _table(
+    saved, deployment, fingerprint, batch, machine, entries_for, found, threads, progress
+) -> LayerTable:
     if deployment.name in saved.get("tables", {}):
         table = LayerTable.from_dict(saved["tables"][deployment.name])
         table.check(fingerprint, deployment.name, batch, machine)

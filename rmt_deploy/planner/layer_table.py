@@ -113,8 +113,12 @@ class LayerTable:
     def check(self, fingerprint: str, deployment: str, batch: int, machine: dict) -> None:
         """Refuse a table measured for something else, naming both."""
         wanted = {"model": fingerprint, "deployment": deployment, "batch": batch, **machine}
-        have = {"model": self.fingerprint, "deployment": self.deployment, "batch": self.batch,
-                **self.machine}  # fmt: skip
+        have = {
+            "model": self.fingerprint,
+            "deployment": self.deployment,
+            "batch": self.batch,
+            **self.machine,
+        }
         diff = [k for k in wanted if wanted[k] != have.get(k)]
         if diff:
             raise TableMismatchError(
@@ -248,8 +252,9 @@ def measure_options(
     """Time every option of every entry in its sandwich on `deployment` (in place)."""
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory(prefix="rmt-table-") as tmp:
-        for entry in tqdm(entries, desc=f"time layers ({deployment.name})", unit="layer",
-                          disable=not progress):  # fmt: skip
+        for entry in tqdm(
+            entries, desc=f"time layers ({deployment.name})", unit="layer", disable=not progress
+        ):
             view = views[entry.name]
             shape = tuple(entry.input_shape)
             runners, inputs = {}, {}
@@ -268,6 +273,8 @@ def measure_options(
                 stats = spread(values)
                 option = entry.options[i]
                 option.ms, option.q1_ms, option.q3_ms = (
-                    stats["median_ms"], stats["q1_ms"], stats["q3_ms"]
-                )  # fmt: skip
+                    stats["median_ms"],
+                    stats["q1_ms"],
+                    stats["q3_ms"],
+                )
             entry.options = [o for o in entry.options if o.ms is not None]

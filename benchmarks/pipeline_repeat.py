@@ -1,0 +1,147 @@
+"""Figures people can trust: the whole pipeline run N times into fresh folders, per model.
+
+    python benchmarks/pipeline_repeat.py --model vit --repeats 5
+    python benchmarks/pipeline_repeat.py --model resnet56 --repeats 5
+    python benchmarks/pipeline_repeat.py --model effnet --repeats 5
+
+Each repetition runs `rmt-deploy run` on the model's example config (planning, timing and
+benchmarking from scratch) and reads its report.json. The result file keeps every run and
+the median and range of each figure — speedup of the shipped engine over the best dense
+deployment and over dense ONNX Runtime fp32, the planner's predicted and measured speedups,
+top-1 lost on the test images, which engine shipped — with the CPU named. Run it on an idle
+machine: another job on the cores moves every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from _common import RESULTS, environment
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = {
+    "vit": "examples/cpu_onnxruntime.yaml",
+    "resnet56": "examples/cpu_onnxruntime_resnet56.yaml",
+    "effnet": "examples/cpu_onnxruntime_effnet_lite1.yaml",
+}
+FIGURES = (
+    "speedup_vs_best_dense",
+    "speedup_vs_onnxruntime_fp32",
+    "predicted_speedup",
+    "planner_measured_speedup",
+    "measured_speedup_same_deployment",
+    "loss_pp",
+    "plan_seconds",
+    "total_seconds",
+)
+
+
+def one_run(config_path: str, out: Path, assets: str | None) -> dict:
+    import rmt_deploy as rd
+
+    config = rd.load_config(ROOT / config_path)
+    config.output = str(out)
+    if assets:
+        config.assets = assets
+    shutil.rmtree(out, ignore_errors=True)
+    began = time.perf_counter()
+    result = rd.run(config, progress=False, log=lambda line: print("   ", line, flush=True))
+    seconds = time.perf_counter() - began
+    report = json.loads((out / "report.json").read_text())
+    headline = report.get("headline", {})
+    accuracy = report.get("accuracy", {})
+    manifest = json.loads((out / "manifest.json").read_text())
+    return {
+        **{k: headline.get(k) for k in FIGURES if k in headline},
+        "shipped": headline.get("shipped"),
+        "best_dense": headline.get("best_dense"),
+        "best_dense_ms": headline.get("best_dense_ms"),
+        "shipped_ms": headline.get("shipped_ms"),
+        "loss_pp": accuracy.get("loss_pp"),
+        "test_images": accuracy.get("test_images"),
+        "plan": result.summaries.get("plan", {}).get("coverage"),
+        "plan_seconds": manifest["stages"]["plan"]["seconds"],
+        "total_seconds": round(seconds, 1),
+    }
+
+
+def summarize(runs: list[dict]) -> dict:
+    summary = {}
+    for key in FIGURES:
+        values = [r[key] for r in runs if r.get(key) is not None]
+        if values:
+            summary[key] = {
+                "median": statistics.median(values),
+                "min": min(values),
+                "max": max(values),
+                "n": len(values),
+            }
+    shipped = [r.get("shipped") for r in runs]
+    summary["shipped"] = {s: shipped.count(s) for s in set(shipped)}
+    return summary
+
+
+def write(model: str, env: dict, runs: list[dict], summary: dict) -> None:
+    stem = RESULTS / f"pipeline_repeat_{model}"
+    stem.with_suffix(".json").write_text(
+        json.dumps({"environment": env, "runs": runs, "summary": summary}, indent=2) + "\n"
+    )
+    lines = [
+        f"# {model}: the pipeline {len(runs)} times into fresh folders",
+        "",
+        f"CPU: {env['cpu']} ({env['cpu_count']} cores, {env['torch_threads']} threads), "
+        f"{env['date']}; `{env['command']}`.",
+        "",
+        "| figure | median | min | max | runs |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for key in FIGURES:
+        if key in summary:
+            s = summary[key]
+            lines.append(
+                f"| {key} | {s['median']:.3f} | {s['min']:.3f} | {s['max']:.3f} | {s['n']} |"
+            )
+    lines += ["", "Shipped: " + ", ".join(f"{k} ×{v}" for k, v in summary["shipped"].items()), ""]
+    lines += [
+        "| run | shipped | × best dense | × ORT fp32 | predicted × | loss pp | plan |",
+        "|---:|---|---:|---:|---:|---:|---|",
+    ]
+    for i, r in enumerate(runs):
+
+        def fmt(key, r=r):
+            return "–" if r.get(key) is None else f"{r[key]:.3f}"
+
+        lines.append(
+            f"| {i} | {r.get('shipped')} | {fmt('speedup_vs_best_dense')} | "
+            f"{fmt('speedup_vs_onnxruntime_fp32')} | {fmt('predicted_speedup')} | "
+            f"{fmt('loss_pp')} | {r.get('plan')} |"
+        )
+    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {stem}.md and .json")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=sorted(CONFIGS), required=True)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--assets", default=None)
+    parser.add_argument("--workdir", type=Path, default=ROOT / "runs" / "repeat")
+    args = parser.parse_args()
+    env = environment()
+    runs = []
+    for i in range(args.repeats):
+        print(f"== {args.model} run {i + 1}/{args.repeats}", flush=True)
+        runs.append(one_run(CONFIGS[args.model], args.workdir / f"{args.model}{i}", args.assets))
+        print("  ", json.dumps(runs[-1]), flush=True)
+        write(args.model, env, runs, summarize(runs))  # after every run: partial results survive
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
