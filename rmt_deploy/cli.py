@@ -205,6 +205,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="recovery fine-tune steps after compression (with --data)",
     )
     compress.add_argument("--lr", type=float, default=0.01, help="fine-tune learning rate")
+    reg = compress.add_argument_group("regularized recovery (the seed's, arXiv 2503.01922)")
+    reg.add_argument(
+        "--seed-regularizers",
+        action="store_true",
+        help="group lasso 1e-6·s_ℓ (s_ℓ from the MP fit), L1 5e-7, L2 2e-7, gradients × s_ℓ",
+    )
+    reg.add_argument("--group-lasso", type=float, help="group-lasso weight (× s_ℓ per layer)")
+    reg.add_argument("--l1", type=float, help="L1 weight on every Linear/Conv weight")
+    reg.add_argument("--l2", type=float, help="L2 weight on every Linear/Conv weight")
     compress.add_argument(
         "--distill-alpha",
         type=float,
@@ -394,6 +403,15 @@ def _cmd_compress(args: argparse.Namespace) -> int:
 
     if args.finetune_steps > 0 and args.data is None:  # say so before minutes of planning
         raise RmtDeployError("--finetune-steps needs --data (a training image folder)")
+    for flag in ("group_lasso", "l1", "l2"):
+        value = getattr(args, flag)
+        if value is not None and not 0 <= value < float("inf"):
+            name = "--" + flag.replace("_", "-")
+            raise RmtDeployError(f"{name} must be a finite number ≥ 0, got {value}")
+    if args.finetune_steps == 0 and (
+        args.seed_regularizers or any(getattr(args, f) for f in ("group_lasso", "l1", "l2"))
+    ):
+        raise RmtDeployError("the regularizers act during fine-tuning: add --finetune-steps N")
     if not 0.0 <= args.distill_alpha <= 1.0:
         raise RmtDeployError(f"--distill-alpha must lie in [0, 1], got {args.distill_alpha}")
     out = ensure_output_dir(args.out)
@@ -416,10 +434,20 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     if args.finetune_steps > 0:
         if train is None:
             raise RmtDeployError("--finetune-steps needs --data (a training image folder)")
-        recipe = FinetuneConfig(
-            max_steps=args.finetune_steps, lr=args.lr, distill_alpha=args.distill_alpha
+        regs = {
+            k: getattr(args, k) for k in ("group_lasso", "l1", "l2") if getattr(args, k) is not None
+        }
+        make = FinetuneConfig.seed_regularizers if args.seed_regularizers else FinetuneConfig
+        recipe = make(
+            max_steps=args.finetune_steps, lr=args.lr, distill_alpha=args.distill_alpha, **regs
         )
-        finetune(model, train, recipe, teacher=teacher, progress=not args.quiet)
+        scales = None
+        if recipe.group_lasso or recipe.scale_gradients:
+            from .analysis import analyze
+            from .recovery import lasso_scales
+
+            scales = lasso_scales(analyze(copy.deepcopy(model)))
+        finetune(model, train, recipe, teacher=teacher, lasso_scale=scales, progress=not args.quiet)
     if _rank() != 0:  # under torchrun every rank trains; one writes
         return 0
     the_plan.save(out / "plan.json")

@@ -93,9 +93,13 @@ class FinetuneConfig:
     warmup_steps: int = 500  # capped at 10 % of the run
     distill_alpha: float = 0.0  # weight of the KL term to the teacher's logits
     temperature: float = 4.0
-    group_lasso: float = 0.0  # seed: (s_ℓ / 1e6)·‖θ_ℓ‖₂, s_ℓ = 1/(1 + 1e4·gof_ℓ)
+    # The seed's regularizers (arXiv 2503.01922, its src/training.py): group lasso
+    # group_lasso·s_ℓ·‖θ‖₂ per weight tensor with s_ℓ = 1/(1 + 1e4·L∞_ℓ/cycle) from the MP fit
+    # (`lasso_scales`), L1 and L2 on every weight, and gradients scaled by s_ℓ.
+    group_lasso: float = 0.0  # seed: 1e-6
     l1: float = 0.0  # seed: 5e-7
     l2: float = 0.0  # seed: 2e-7
+    scale_gradients: bool = False  # seed: True (multiply each layer's gradients by s_ℓ)
     workers: int = 1
     seed: int = 0
 
@@ -104,6 +108,32 @@ class FinetuneConfig:
             raise RmtDeployError(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
         if self.epochs <= 0 and not self.max_steps:
             raise RmtDeployError("fine-tuning needs epochs > 0 or max_steps")
+        for name in ("lr", "group_lasso", "l1", "l2", "weight_decay", "momentum", "clip"):
+            value = getattr(self, name)
+            if not (0 <= value < float("inf")):
+                raise RmtDeployError(f"{name} must be a finite number ≥ 0, got {value}")
+        if not 0 <= self.distill_alpha <= 1:
+            raise RmtDeployError(f"distill_alpha must lie in [0, 1], got {self.distill_alpha}")
+        if self.max_steps is not None and self.max_steps < 0:
+            raise RmtDeployError(f"max_steps must be ≥ 0, got {self.max_steps}")
+
+    @classmethod
+    def seed_regularizers(cls, **overrides) -> FinetuneConfig:
+        """The seed's regularized recovery: group lasso 1e-6·s_ℓ, L1 5e-7, L2 2e-7, gradients
+        scaled by s_ℓ; AdamW (pass lasso_scale=lasso_scales(spectrum) to `finetune`)."""
+        return cls(
+            **{
+                "optimizer": "adamw",
+                "group_lasso": SEED_GROUP_LASSO,
+                "l1": SEED_L1,
+                "l2": SEED_L2,
+                "scale_gradients": True,
+                **overrides,
+            }
+        )
+
+
+SEED_GROUP_LASSO, SEED_L1, SEED_L2 = 1e-6, 5e-7, 2e-7
 
 
 @dataclass
@@ -119,11 +149,14 @@ class FinetuneResult:
         return asdict(self)
 
 
-def lasso_scales(spectrum) -> dict[str, float]:
-    """Seed paper's group-lasso weight per layer, s_ℓ = 1/(1 + 10⁴·L∞_ℓ): layers whose spectrum
-    fits the MP law well (small L∞ gap, i.e. mostly noise) are pushed hardest toward zero."""
+def lasso_scales(spectrum, cycle: int = 1) -> dict[str, float]:
+    """The seed's group-lasso strength per layer, s_ℓ = 1/(1 + 10⁴·L∞_ℓ/cycle) (its
+    `calculate_lasso_strength`): layers whose spectrum fits the MP law well (small L∞ gap,
+    mostly noise) are pushed hardest toward zero, and every layer more in later cycles."""
+    if cycle < 1:
+        raise RmtDeployError(f"the pruning cycle counts from 1, got {cycle}")
     return {
-        layer.name: 1.0 / (1.0 + 1e4 * layer.fit.gof)
+        layer.name: 1.0 / (1.0 + 1e4 * layer.fit.gof / cycle)
         for layer in spectrum.layers
         if layer.fit is not None
     }
@@ -134,6 +167,15 @@ def _lr_at(step: int, total: int, warmup: int, peak: float) -> float:
         return peak * (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)
     return peak * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def scale_gradients_(model: nn.Module, lasso_scale: dict[str, float]) -> None:
+    """Multiply each layer's gradients by its s_ℓ (the seed scales them the same way)."""
+    for name, module in model.named_modules():
+        if name in lasso_scale:
+            for param in module.parameters(recurse=False):
+                if param.grad is not None:
+                    param.grad.mul_(lasso_scale[name])
 
 
 def _regularizer(model: nn.Module, cfg: FinetuneConfig, lasso_scale: dict[str, float]):
@@ -228,6 +270,8 @@ def finetune(
                 loss = loss + reg
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if cfg.scale_gradients and lasso_scale:
+                scale_gradients_(model, lasso_scale)
             if cfg.clip:
                 torch.nn.utils.clip_grad_norm_(params, cfg.clip)
             opt.step()

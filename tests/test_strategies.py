@@ -132,10 +132,10 @@ def test_strategy_on_user_module():
 
 def test_settings_are_typed():
     model = model20()
-    p = plan(model, "classic_rmt", 0.3, config={"theta": "0.2"})
-    assert p.config["theta"] == 0.2
-    with pytest.raises(StrategyError, match="theta must be a float"):
-        plan(model, "classic_rmt", 0.3, config={"theta": "abc"})
+    p = plan(model, "classic_rmt", 0.3, config={"cycles": "40", "reg_steps": "2"})
+    assert p.config["cycles"] == 40
+    with pytest.raises(StrategyError, match="cycles must be a int"):
+        plan(model, "classic_rmt", 0.3, config={"cycles": "abc"})
     with pytest.raises(StrategyError, match="must not be negative"):
         plan(model, "lowrank", 0.3, data=synthetic(), config={"calib_images": -1})
     with pytest.raises(StrategyError, match="no setting sparsity"):

@@ -80,6 +80,12 @@ class FinetuneSection:
     optimizer: str | None = None  # default: AdamW for transformers, SGD otherwise
     distill_alpha: float = 0.0
     bn_recal_images: int = 2000
+    # The seed's regularized recovery (group lasso scaled by the MP fit, L1, L2); `seed: true`
+    # sets all three to the seed's values and scales gradients by s_ℓ, as its training does.
+    seed_regularizers: bool = False
+    group_lasso: float | None = None  # seed: 1e-6 (× s_ℓ = 1/(1 + 1e4·L∞_ℓ))
+    l1: float | None = None  # seed: 5e-7
+    l2: float | None = None  # seed: 2e-7
 
 
 @dataclass
@@ -272,6 +278,10 @@ def _check_values(config: RunConfig) -> None:
     ):
         if value < 0:
             raise ConfigError(f"{name} must be ≥ 0, got {value}")
+    for name in ("lr", "group_lasso", "l1", "l2"):
+        value = getattr(f, name)
+        if value is not None and not 0 <= value < float("inf"):
+            raise ConfigError(f"finetune.{name} must be a finite number ≥ 0, got {value}")
     if f.optimizer not in (None, "sgd", "adamw"):
         raise ConfigError(f"finetune.optimizer: sgd or adamw, got {f.optimizer!r}")
     if not 0.0 <= f.distill_alpha <= 1.0:

@@ -20,6 +20,7 @@ from pathlib import Path
 from ..errors import AssetsError, RmtDeployError
 from ..paths import assets_dir, ensure_output_dir, file_sha256, read_json, write_json_atomic
 from .config import RunConfig
+from .isolate import run_isolated
 
 STAGES = ("analyze", "plan", "compress", "evaluate", "export", "benchmark", "report")
 DEPENDS: dict[str, tuple[str, ...]] = {
@@ -36,7 +37,7 @@ _SPLIT = ("data.test", "data.loader", "data.calib", "data.calib_images", "data.v
 READS: dict[str, tuple[str, ...]] = {
     "analyze": ("model", "checkpoint", "analyze"),
     "plan": ("compress", "data.train", "data.preprocess", "seed", *_SPLIT),
-    "compress": ("finetune", "data.train", "data.calib", "data.preprocess", "seed"),
+    "compress": ("finetune", "data.train", "data.calib", "data.preprocess", "seed", "analyze"),
     "evaluate": (*_SPLIT, "data.test_images", "data.preprocess", "compress.budget_metric"),
     "export": (
         "export",
@@ -49,6 +50,10 @@ READS: dict[str, tuple[str, ...]] = {
     "benchmark": ("benchmark", "data.preprocess", "data.test_images"),
     "report": (),
 }
+
+
+# Stages run in a process of their own (pipeline/isolate.py): planning loads every runtime.
+ISOLATED = ("plan",)
 
 
 class StageDependencyError(RmtDeployError):
@@ -178,7 +183,10 @@ def run(
             continue
         log(f"[{stage}] running")
         began = time.perf_counter()
-        artifacts, summary = STAGE_FUNCTIONS[stage](ctx)
+        if stage in ISOLATED:
+            artifacts, summary = run_isolated(stage, config, out, assets, progress, log)
+        else:
+            artifacts, summary = STAGE_FUNCTIONS[stage](ctx)
         seconds = time.perf_counter() - began
         manifest.record(
             stage,

@@ -389,11 +389,16 @@ def _write_planner(folder: Path, report, outcome: str | None = None) -> list[Pat
 
 
 def _recipe(ctx: RunContext, model: nn.Module):
-    from ..recovery import FinetuneConfig
+    from ..recovery import SEED_GROUP_LASSO, SEED_L1, SEED_L2, FinetuneConfig
 
     f = ctx.config.finetune
     transformer = any(isinstance(m, nn.LayerNorm) for m in model.modules())
     optimizer = f.optimizer or ("adamw" if transformer else "sgd")
+    seed = f.seed_regularizers
+
+    def pick(value, seed_value):
+        return value if value is not None else (seed_value if seed else 0.0)
+
     return FinetuneConfig(
         max_steps=f.steps,
         batch_size=f.batch_size,
@@ -401,6 +406,10 @@ def _recipe(ctx: RunContext, model: nn.Module):
         lr=f.lr if f.lr is not None else (1e-4 if optimizer == "adamw" else 0.01),
         weight_decay=0.01 if optimizer == "adamw" else 1e-6,
         distill_alpha=f.distill_alpha,
+        group_lasso=pick(f.group_lasso, SEED_GROUP_LASSO),
+        l1=pick(f.l1, SEED_L1),
+        l2=pick(f.l2, SEED_L2),
+        scale_gradients=seed,
         seed=ctx.config.seed,
     )
 
@@ -416,11 +425,25 @@ def _recover(ctx: RunContext, model: nn.Module, teacher: nn.Module | None) -> di
             model, ctx.calib, n_images=f.bn_recal_images, progress=ctx.progress
         )
     if f.steps > 0:
+        from ..analysis import ModelSpectrum
+        from ..recovery import lasso_scales
+
         recipe = _recipe(ctx, model)
-        result = finetune(model, ctx.train, recipe, teacher=teacher, progress=ctx.progress)
+        scales = None
+        if recipe.group_lasso or recipe.scale_gradients:
+            scales = lasso_scales(ModelSpectrum.load(ctx.out / "analyze" / "spectrum.json"))
+        result = finetune(
+            model, ctx.train, recipe, teacher=teacher, lasso_scale=scales, progress=ctx.progress
+        )
         info.update(
             optimizer=recipe.optimizer,
             lr=recipe.lr,
+            regularizers={
+                "group_lasso": recipe.group_lasso,
+                "l1": recipe.l1,
+                "l2": recipe.l2,
+                "scale_gradients": recipe.scale_gradients,
+            },
             steps=result.steps,
             images=result.images,
             seconds=round(result.seconds, 1),

@@ -76,6 +76,9 @@ class BudgetNotMetError(RmtDeployError):
         self.report = report
         self.fallback = fallback
 
+    def __reduce__(self):  # it crosses process boundaries (the plan stage runs in its own)
+        return (type(self), (str(self), self.report, self.fallback))
+
 
 @dataclass
 class Candidate:
@@ -241,6 +244,9 @@ def latency_plan(
     rounds: int = 5,
     runs: int = 10,
     table: str | Path | None = None,
+    edge_floor: bool = True,
+    sensitivity_prior: str = "none",
+    refine: bool = True,
     filter_fn=None,
     name: str = "",
     progress: bool = True,
@@ -254,7 +260,11 @@ def latency_plan(
     the best dense baseline) prefers the least damaging plan predicted to reach it. `table`: a
     JSON file of per-layer tables and whole-model timings, reused when it matches this model,
     deployment, batch and machine (the same config on the same table chooses the same plan),
-    written otherwise."""
+    written otherwise. `edge_floor`, `sensitivity_prior` ("none" or "seb": SEB's layer weights
+    divide the sensitivities) and `refine` (measure the sensitivities on calibration images;
+    without, every layer counts alike) switch the RMT ingredients, for ablations."""
+    if sensitivity_prior not in ("none", "seb"):
+        raise RmtDeployError(f"the sensitivity prior is none or seb, got {sensitivity_prior!r}")
     if targets is None:
         targets = [backend] if backend else "auto"
     metric: BudgetMetric | None = None
@@ -308,11 +318,18 @@ def latency_plan(
     loader = DataLoader(
         calib, batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(0)
     )
+    spectrum = analyze(model, lambda m, q: q in eligible)
+    # The MP edge is the rank floor (the spikes are signal); without it every rank is open.
     spikes = {
-        layer.name: layer.fit.n_spikes
-        for layer in analyze(model, lambda m, q: q in eligible).layers
+        layer.name: layer.fit.n_spikes if edge_floor else 0
+        for layer in spectrum.layers
         if layer.fit
     }
+    prior = {}
+    if sensitivity_prior == "seb":  # SEB's layer weights: the layers it prunes harder cost less
+        from ..strategies.seb import seb_weights
+
+        prior = seb_weights(spectrum, list(eligible), 0.5)
     stats = collect_input_stats(model, eligible, loader, calib_images, progress=progress)
     factors: dict[str, WhitenedFactors] = {
         n: whitened_factors(v.weight, stats[n]) for n, v in eligible.items()
@@ -500,10 +517,14 @@ def latency_plan(
             )
             entries = tables[deployment.name].layers
             if sensitivities is None:
-                refine_sensitivity(model, entries, found.views, factors, calib_sens, progress)
-                sensitivities = {e.name: e.sensitivity for e in entries}
+                if refine:
+                    refine_sensitivity(model, entries, found.views, factors, calib_sens, progress)
+                sensitivities = {
+                    e.name: e.sensitivity if refine else 1.0 for e in entries if len(e.options) > 1
+                }
             for entry in entries:
-                entry.sensitivity = sensitivities.get(entry.name)
+                raw = sensitivities.get(entry.name)
+                entry.sensitivity = None if raw is None else raw / prior.get(entry.name, 1.0)
             baseline = next(e for e in report.baselines if e.deployment == deployment.name)
             allocations = [
                 a

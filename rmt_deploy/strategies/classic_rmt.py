@@ -1,21 +1,43 @@
-"""Classic RMT pruning (arXiv 2503.01922): sparsify singular vectors below the MP edge, then
-prune coefficients directly.
+"""Classic RMT pruning as the seed does it (arXiv 2503.01922; yspennstate/RMT_pruning_ViT,
+src/pruning.py, src/SplittableLayers.py, src/training.py).
 
-Per layer W = U S Vᵀ and per direction i the threshold T_i = θ·max{1/750, (1 − s_i/σ₊)₊^30}:
-for directions below the edge σ₊, entries of U[:, i] and V[:, i] smaller than T_i are zeroed;
-entries below θ/750 are zeroed in every direction. The layer is recomposed and the direct
-coefficient pruning (global |W|) brings the model to the target sparsity in one shot; the
-seed's slow cycling of that step is what `finetune` between calls reproduces.
+Cycles i = 1, 2, … each do, per layer:
+1. fit the MP law to W (BEMA): the edge σ₊, the fit's L∞ gap and the share of singular values
+   below σ₊;
+2. on even cycles, sparsify the singular vectors: W = U S Vᵀ, and with θ = 750·1.5e-8·t_i·M·N
+   (t_i the cycle's removal target, M×N the layer) zero the entries of U[:, k] and V[k, :]
+   below θ·(1 − s_k/σ₊)³⁰ for directions below the edge, and below θ/750 for every direction,
+   then recompose (the seed splits the layer into √S·Vᵀ then U·√S where that saves parameters;
+   with its ratio 1 it never does, and neither does this);
+3. prune coefficients: a threshold rising from 1e-5·i in steps of 2e-5 zeroes |w| below
+   4·((1 − L∞)·share)^(1.5/i)·p and below 3·p until ((1 − L∞)·share)^(1.5/i)·t_i of the layer's
+   non-zeros are gone;
+then regularized training with the zeros frozen: group lasso s_ℓ/1e6·‖θ‖₂ with
+s_ℓ = 1/(1 + 1e4·L∞_ℓ/i), L1 5e-7, L2 2e-7, gradients scaled by s_ℓ, AdamW at 5e-8 — the seed
+runs it on the regularizer alone; `data_steps` adds cross-entropy on training images.
+t_i = 0.06·1.02^i (the seed's schedule, 35 cycles). Cycles stop at the target sparsity.
 """
 
 from __future__ import annotations
 
-import torch
+import copy
+import math
 
-from .base import PlanContext, global_masks, mask_entry, register_strategy
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..compress import compress_
+from ..layers.sparsity import lowest_mask
+from ..plan import CompressionPlan
+from ..spectral.fit import MatrixTooSmallError, fit_mp_spectrum, singular_values
+from .base import PlanContext, StrategyError, mask_entry, register_strategy
+
+SEED_STEPS, SEED_LR = 5000, 5e-8  # its first cycle's regularizer steps (then +1000 a cycle)
 
 
 def sparsify_singular_vectors(weight: torch.Tensor, edge: float, theta: float) -> torch.Tensor:
+    """W recomposed after zeroing small entries of its singular vectors (step 2 above)."""
     matrix = weight.detach().reshape(weight.shape[0], -1).double()
     u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
     floor = theta / 750
@@ -28,26 +50,198 @@ def sparsify_singular_vectors(weight: torch.Tensor, edge: float, theta: float) -
     return ((u * s) @ vh).to(weight.dtype).reshape(weight.shape)
 
 
-@register_strategy("classic_rmt", theta=0.1)
-def classic_rmt(ctx: PlanContext):
-    """MP-guided singular-vector sparsification plus direct coefficient pruning."""
-    theta = float(ctx.config["theta"])
-    fits = {layer.name: layer.fit for layer in ctx.spectrum.layers}
-    weights, touched = {}, set()
-    for name, module in ctx.targets:
-        fit = fits.get(name)
-        if fit is None or getattr(module, "groups", 1) != 1:
-            weights[name] = module.weight.detach()
-        else:
-            weights[name] = sparsify_singular_vectors(module.weight, fit.singular_edge, theta)
-            touched.add(name)
-    masks = global_masks(weights, dict.fromkeys(weights, 1.0), ctx.sparsity)
-    plans = []
-    for name, module in ctx.targets:
-        note = "singular vectors sparsified below the MP edge, " if name in touched else ""
-        plans.append(
-            mask_entry(
-                name, module, masks[name], note + "then global |W| threshold", weight=weights[name]
-            )
+def removal_factor(gof: float, share: float, cycle: int) -> float:
+    """((1 − L∞)·share)^(1.5/i): how much of the cycle's target a layer takes (seed)."""
+    return max(0.0, (1 - gof) * share) ** (1.5 / cycle)
+
+
+def ladder_threshold(weight: torch.Tensor, remove: int, factor: float, cycle: int) -> float:
+    """The seed's rising threshold: p from 1e-5·i in steps of 2e-5, zeroing |w| below
+    max(4·factor, 3)·p, until at least `remove` non-zeros are gone. Returns the threshold."""
+    values = weight.detach().abs().flatten()
+    values = values[values > 0].sort().values
+    if remove <= 0 or values.numel() == 0:
+        return 0.0
+    kth = float(values[min(remove, values.numel()) - 1])
+    scale = max(4 * factor, 3.0)
+    start, step = 1e-5 * cycle, 2e-5
+    steps = max(0, math.ceil((kth / scale - start) / step + 1e-12))
+    p = start + steps * step
+    while p * scale <= kth:  # float rounding: the first p that removes the k-th entry
+        p += step
+    return p * scale
+
+
+def _exact_counts(plans: dict, needed: int) -> dict[str, int]:
+    """Split `needed` removals over the layers in proportion to their cycle targets (largest
+    remainders first), so that the total is exact."""
+    wanted = sum(count for _, count in plans.values())
+    shares = {n: needed * count / wanted for n, (_, count) in plans.items()}
+    counts = {n: int(math.floor(v)) for n, v in shares.items()}
+    order = sorted(shares, key=lambda n: shares[n] - counts[n], reverse=True)
+    for name in order[: needed - sum(counts.values())]:
+        counts[name] += 1
+    return counts
+
+
+def cycle_target(cycle: int, base: float = 0.06, growth: float = 1.02) -> float:
+    """The seed's removal target for cycle i: 6 % × 1.02^i of the layer's non-zeros."""
+    return base * growth**cycle
+
+
+def _regularize(model: nn.Module, names: list[str], scales: dict[str, float], cfg, data):
+    """The seed's regularized training step between cycles, zeros frozen (masked layers)."""
+    steps = int(cfg["reg_steps"]) + int(cfg["data_steps"])
+    if steps == 0:
+        return
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=float(cfg["reg_lr"]), weight_decay=float(cfg["l2"]))
+    batches = None
+    if int(cfg["data_steps"]):
+        loader = torch.utils.data.DataLoader(
+            data,
+            batch_size=int(cfg["batch_size"]),
+            shuffle=True,
+            generator=torch.Generator().manual_seed(int(cfg["_cycle"])),
         )
-    return plans
+        batches = iter(loader)
+    model.train()
+    for step in range(steps):
+        loss = torch.zeros(())
+        for name in names:
+            w = model.get_submodule(name).masked_weight()
+            loss = loss + scales.get(name, 0.0) / 1e6 * w.norm()
+            loss = loss + float(cfg["l1"]) * w.abs().sum() + float(cfg["l2"]) * w.pow(2).sum()
+        if batches is not None and step >= int(cfg["reg_steps"]):
+            try:
+                images, labels = next(batches)
+            except StopIteration:
+                break
+            loss = loss + F.cross_entropy(model(images), labels)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        for name in names:  # gradients scaled by s_ℓ, as the seed's training does
+            for p in model.get_submodule(name).parameters(recurse=False):
+                if p.grad is not None:
+                    p.grad.mul_(scales.get(name, 0.0))
+        opt.step()
+    model.eval()
+
+
+@register_strategy(
+    "classic_rmt",
+    cycles=35,  # the most cycles (the seed's n_prune_cycles); they stop at the target
+    reg_steps=100,  # regularizer steps per cycle (the seed: 5000, then +1000 each cycle)
+    reg_lr=SEED_LR,
+    l1=5e-7,
+    l2=2e-7,
+    data_steps=0,  # cross-entropy steps per cycle on the training images (the seed: 0)
+    batch_size=64,
+    alpha=0.25,
+    beta=0.8,
+    gof_cutoff=1.0,  # the seed prunes layers whose L∞ is below this (1: every layer)
+)
+def classic_rmt(ctx: PlanContext):
+    """The seed's cycles: MP fit, singular-vector sparsifying, coefficient pruning, regularizing."""
+    cfg = ctx.config
+    cycles = int(cfg["cycles"])
+    if not 1 <= cycles <= 1000:
+        raise StrategyError(f"classic_rmt cycles must lie in [1, 1000], got {cycles}")
+    for key in ("reg_lr", "l1", "l2"):
+        if not 0 <= float(cfg[key]) < 1:
+            raise StrategyError(f"classic_rmt {key} must lie in [0, 1), got {cfg[key]}")
+    if int(cfg["data_steps"]) and ctx.data is None:
+        raise StrategyError("classic_rmt data_steps > 0 needs training images (--data)")
+    model = copy.deepcopy(ctx.model).eval()
+    names = [n for n, _ in ctx.targets]
+    ones = CompressionPlan(
+        "classic_rmt",
+        {},
+        [mask_entry(n, m, torch.ones_like(m.weight), "") for n, m in ctx.targets],
+    )
+    compress_(model, ones)  # masked layers: zeros stay frozen through the regularizer
+    total = sum(model.get_submodule(n).weight.numel() for n in names)
+    goal = int(round(ctx.sparsity * total))
+    history = []
+    for cycle in range(1, cycles + 1):
+        removed = sum(int((model.get_submodule(n).weight_mask == 0).sum()) for n in names)
+        if removed >= goal:
+            break
+        target = cycle_target(cycle)
+        fits, plans = {}, {}
+        for name in names:
+            module = model.get_submodule(name)
+            w = module.masked_weight().detach()
+            matrix = w.reshape(w.shape[0], -1)
+            try:
+                fit = fit_mp_spectrum(
+                    singular_values(matrix),
+                    tuple(matrix.shape),
+                    float(cfg["alpha"]),
+                    float(cfg["beta"]),
+                )
+            except MatrixTooSmallError:
+                continue  # no MP fit: the seed's BEMA fails too; the layer is left as is
+            if fit.gof >= float(cfg["gof_cutoff"]):
+                continue
+            fits[name] = fit
+            nonzero = int((w != 0).sum())
+            factor = removal_factor(fit.gof, fit.noise_fraction, cycle)
+            plans[name] = (factor, factor * target * nonzero)
+        wanted = sum(r for _, r in plans.values())
+        # Departure: the last cycle is scaled so that the target sparsity is met exactly (the
+        # seed runs a fixed number of cycles); strategies are compared at equal sparsity.
+        scale = min(1.0, (goal - removed) / wanted) if wanted > 0 else 0.0
+        exact = _exact_counts(plans, goal - removed) if scale < 1 else None
+        for name, (factor, count) in plans.items():
+            module = model.get_submodule(name)
+            with torch.no_grad():
+                if cycle % 2 == 0:
+                    theta = (
+                        750 * 1.5e-8 * target * module.weight[0].numel() * module.weight.shape[0]
+                    )
+                    dense = sparsify_singular_vectors(
+                        module.masked_weight(), fits[name].singular_edge, theta
+                    )
+                    # Departure: earlier zeros stay zero (the seed's recomposition can revive
+                    # them; its training then treats them as free weights).
+                    module.weight.copy_(dense * module.weight_mask)
+                w = module.masked_weight()
+                if exact is None:
+                    threshold = ladder_threshold(w, int(math.ceil(count)), factor, cycle)
+                    keep = w.abs() >= threshold
+                else:  # the last cycle: exactly the entries the target sparsity still needs
+                    scores = torch.where(w != 0, w.abs(), torch.full_like(w, -1.0))
+                    zeros = int((w == 0).sum())
+                    keep = ~lowest_mask(scores, zeros + exact[name])
+                module.weight_mask.mul_(keep.to(module.weight_mask.dtype))
+                module.fold_()
+        scales = {n: 1.0 / (1.0 + 1e4 * f.gof / cycle) for n, f in fits.items()}
+        _regularize(model, names, scales, {**cfg, "_cycle": cycle}, ctx.data)
+        now = sum(int((model.get_submodule(n).weight_mask == 0).sum()) for n in names)
+        history.append(f"{cycle}:{now / total:.3f}")
+    removed = sum(int((model.get_submodule(n).weight_mask == 0).sum()) for n in names)
+    if removed < goal:
+        raise StrategyError(
+            f"classic_rmt reached sparsity {removed / total:.3f} in {cycles} cycles, short of "
+            f"{ctx.sparsity}: raise the cycles setting"
+        )
+    trail = " ".join(history[-4:])
+    plans_out = []
+    for name, module in ctx.targets:
+        pruned = model.get_submodule(name)
+        entry = mask_entry(
+            name,
+            module,
+            pruned.weight_mask.detach().clone(),
+            f"classic RMT, {len(history)} cycles (sparsity by cycle … {trail})",
+            weight=pruned.weight.detach().clone(),
+        )
+        plans_out.append(entry)
+    targets = {f"{n}.{k}" for n in names for k in ("weight", "weight_mask")}
+    state = {
+        k: v
+        for k, v in model.state_dict().items()
+        if k not in targets and k in ctx.model.state_dict()
+    }
+    return plans_out, state

@@ -1,9 +1,17 @@
-"""Hybrid (successor's drop-threshold variant): magnitude cycles, then SER.
+"""Hybrid magnitude → SER (successor of arXiv 2503.01922, yspennstate/RMT_based_pruning), in
+both of its variants:
 
-Magnitude pruning grows in steps, each followed by a short fine-tune, while top-1 on a
-held-out slice of the training data stays within `drop_threshold` points of the dense
-model; from the last level that held, SER takes the model to the target sparsity.
-The fine-tuned weights travel in the plan, so `compress_` reproduces the hand-off state.
+- `fixed`: exact global magnitude pruning up to the hand-off sparsity 0.20 (all of it when the
+  target is at most 0.20), one fine-tune, then SER to the target;
+- `threshold`: magnitude cycles from 0.20 in steps of 0.05, each followed by a fine-tune on
+  fresh batches, while top-1 on held-out images — split off the training data, never trained
+  on — stays within the drop threshold of the dense model's; at the first level that falls
+  further, SER takes that model to the target. The threshold is the successor's 0.7 pp or
+  `z` standard errors of the paired per-image difference, whichever is larger: on 1,000
+  images 0.7 pp is 7 images, inside the sampling error.
+
+SER never restores an entry an earlier cycle zeroed (it has no value to restore). The
+fine-tuned weights travel in the plan, so `compress_` reproduces the hand-off state.
 """
 
 from __future__ import annotations
@@ -11,10 +19,9 @@ from __future__ import annotations
 import copy
 
 import torch
-from torch.utils.data import Subset
+from torch.utils.data import DataLoader, Subset
 
 from ..compress import compress_
-from ..evaluate import evaluate
 from ..layers import MASKED_TYPES
 from ..plan import CompressionPlan
 from ..recovery import FinetuneConfig, bn_recalibrate, finetune
@@ -23,91 +30,124 @@ from .ser import SER_DEFAULTS, ser_masks
 
 
 def _split(data, holdout: int, seed: int = 0):
+    if holdout >= len(data):
+        raise StrategyError(
+            f"hybrid holdout_images ({holdout}) must be smaller than the training data "
+            f"({len(data)} images)"
+        )
     order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed)).tolist()
     return Subset(data, order[holdout:]), Subset(data, order[:holdout])
+
+
+@torch.inference_mode()
+def _correct(model, data) -> torch.Tensor:
+    """1/0 per held-out image. Same seed each time: augmented crops are the same for every
+    model, so differences are paired."""
+    torch.manual_seed(1234)
+    model.eval()
+    hits = []
+    for images, labels in DataLoader(data, batch_size=250, num_workers=0):
+        hits.append((model(images).argmax(dim=1) == labels).float())
+    return torch.cat(hits)
+
+
+def drop_allowed(reference: torch.Tensor, trial: torch.Tensor, floor: float, z: float) -> float:
+    """The drop threshold in pp: the floor, or z standard errors of the paired difference."""
+    diff = 100.0 * (reference - trial)
+    se = float(diff.std(unbiased=True)) / len(diff) ** 0.5 if len(diff) > 1 else 0.0
+    return max(floor, z * se)
 
 
 @register_strategy(
     "hybrid",
     needs_data=True,
-    drop_threshold=0.7,
-    step=0.1,
+    variant="threshold",  # threshold | fixed
+    handoff=0.20,
+    step=0.05,
+    drop_threshold=0.7,  # pp (the successor's)
+    z=2.0,  # … or this many standard errors of the measured paired difference
     cycle_steps=100,
     cycle_lr=0.005,
-    holdout_images=1000,
+    holdout_images=2000,
     **SER_DEFAULTS,
 )
 def hybrid(ctx: PlanContext):
-    """Magnitude cycles while held-out top-1 stays within the drop threshold, then SER."""
+    """Magnitude to the hand-off (fixed) or while held-out top-1 holds (threshold), then SER."""
     cfg = ctx.config
-    if not 1e-3 <= float(cfg["step"]) < 1:
-        raise StrategyError(f"hybrid step must lie in [0.001, 1), got {cfg['step']}")
+    variant = str(cfg["variant"])
+    if variant not in ("threshold", "fixed"):
+        raise StrategyError(f"hybrid variant must be threshold or fixed, got {variant!r}")
+    step = float(cfg["step"])
+    if not 1e-3 <= step < 1:
+        raise StrategyError(f"hybrid step must lie in [0.001, 1), got {step}")
+    if not 0 < float(cfg["handoff"]) < 1:
+        raise StrategyError(f"hybrid handoff must lie in (0, 1), got {cfg['handoff']}")
     train, holdout = _split(ctx.data, int(cfg["holdout_images"]))
-
-    def holdout_top1(model) -> float:
-        # Same seed each time: when the data is augmented, every level sees the same crops
-        # as the reference, so the comparison with the drop threshold is paired.
-        torch.manual_seed(1234)
-        return evaluate(model, holdout, progress=False).top1
-
-    reference = holdout_top1(ctx.model)
-    current = copy.deepcopy(ctx.model)
     names = [n for n, _ in ctx.targets]
-    level, held_level = 0.0, 0.0
-    held_state = copy.deepcopy(current.state_dict())
+    reference = _correct(ctx.model, holdout)
+    current = copy.deepcopy(ctx.model)
+    levels = [min(ctx.sparsity, float(cfg["handoff"]))]
+    if variant == "threshold":
+        while levels[-1] + 1e-9 < ctx.sparsity:
+            levels.append(min(ctx.sparsity, round(levels[-1] + step, 6)))
     history = []
-    while level + 1e-9 < ctx.sparsity:
-        level = min(ctx.sparsity, round(level + float(cfg["step"]), 6))
-        trial = copy.deepcopy(ctx.model)
-        trial.load_state_dict(held_state)
+    reached = 0.0
+    for cycle, level in enumerate(levels, start=1):
+        trial = copy.deepcopy(current)
         weights = {n: trial.get_submodule(n).weight.detach() for n in names}
-        masks = global_masks(weights, dict.fromkeys(names, 1.0), level)
-        step_plan = CompressionPlan(
-            "magnitude", {}, [mask_entry(n, trial.get_submodule(n), masks[n], "") for n in names]
-        )
-        compress_(trial, step_plan)
-        bn_recalibrate(trial, train, n_images=1000)
-        finetune(
+        masks = global_masks(weights, dict.fromkeys(names, 1.0), level)  # earlier zeros stay
+        compress_(
             trial,
-            train,
-            FinetuneConfig(
-                max_steps=int(cfg["cycle_steps"]),
-                lr=float(cfg["cycle_lr"]),
-                batch_size=int(cfg["batch_size"]),
+            CompressionPlan(
+                "magnitude",
+                {},
+                [mask_entry(n, trial.get_submodule(n), masks[n], "") for n in names],
             ),
-            progress=bool(cfg["progress"]),
         )
-        top1 = holdout_top1(trial)
-        history.append((level, top1))
-        if reference - top1 > float(cfg["drop_threshold"]):
-            break
-        held_level = level
-        for n in names:  # fold masks so the next level starts from dense modules again
+        bn_recalibrate(trial, train, n_images=1000, seed=cycle)
+        recipe = FinetuneConfig(
+            max_steps=int(cfg["cycle_steps"]),
+            lr=float(cfg["cycle_lr"]),
+            batch_size=int(cfg["batch_size"]),
+            seed=cycle,  # fresh batches every cycle
+        )
+        finetune(trial, train, recipe, progress=bool(cfg["progress"]))
+        for n in names:  # fold the masks: the next level starts from plain modules
             module = trial.get_submodule(n)
             if isinstance(module, MASKED_TYPES):
                 module.fold_()
-        held_state = {k: v for k, v in trial.state_dict().items() if not k.endswith("weight_mask")}
-    current.load_state_dict(held_state)
+        state = {k: v for k, v in trial.state_dict().items() if not k.endswith("weight_mask")}
+        current.load_state_dict(state)
+        reached = level
+        correct = _correct(current, holdout)
+        drop = float(reference.mean() - correct.mean()) * 100
+        allowed = drop_allowed(reference, correct, float(cfg["drop_threshold"]), float(cfg["z"]))
+        history.append(f"{level:.2f}: −{drop:.2f} pp (allowed {allowed:.2f})")
+        if variant == "threshold" and drop > allowed:
+            break  # hand off from this level, as the successor does
     weights = {n: current.get_submodule(n).weight.detach().clone() for n in names}
-    hand_off = PlanContext(
-        current, [(n, current.get_submodule(n)) for n in names], ctx.sparsity, cfg, train
-    )
-    if held_level >= ctx.sparsity:
+    if reached >= ctx.sparsity:
         masks = {n: (weights[n] != 0).float() for n in names}
-        how = f"magnitude cycles reached s = {ctx.sparsity} within the drop threshold"
+        how = f"magnitude reached s = {ctx.sparsity}"
     else:
+        hand_off = PlanContext(
+            current,
+            [(n, current.get_submodule(n)) for n in names],
+            ctx.sparsity,
+            cfg,
+            train,
+            _spectrum=ctx.spectrum,  # SEB's edges from the dense model, as planned
+        )
         masks = ser_masks(hand_off, weights)
-        how = f"magnitude cycles to s = {held_level:.2f}, then SER to s = {ctx.sparsity}"
-    trail = ", ".join(f"{lv:.2f}:{t:.1f}" for lv, t in history)
+        how = f"magnitude to s = {reached:.2f} ({variant}), then SER to s = {ctx.sparsity}"
     targets = {f"{n}.weight" for n in names}
-    extra_state = {k: v for k, v in held_state.items() if k not in targets}
+    extra_state = {
+        k: v for k, v in current.state_dict().items() if k not in targets and not k.endswith("mask")
+    }
+    trail = "; ".join(history)
     return [
         mask_entry(
-            n,
-            module,
-            masks[n],
-            f"{how} (held-out top-1 by level {trail}; dense {reference:.1f})",
-            weight=weights[n],
+            n, module, masks[n], f"{how} (held-out top-1 by level: {trail})", weight=weights[n]
         )
         for n, module in ctx.targets
     ], extra_state

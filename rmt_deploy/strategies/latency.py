@@ -19,6 +19,9 @@ from .base import PlanContext, StrategyError, register_strategy
     sensitivity_images=32,
     calib_images=512,
     table="",  # a JSON file of per-layer tables and timings to reuse (or write)
+    edge_floor=True,  # ranks never below the MP edge (the spikes)
+    prior="none",  # none | seb: SEB's layer weights divide the sensitivities
+    refine=True,  # measure each layer's sensitivity on calibration images
 )
 def latency(ctx: PlanContext):
     """Fastest measured engine within budget: per-layer tables, a DP, finalists timed whole."""
@@ -46,6 +49,9 @@ def latency(ctx: PlanContext):
         rounds=max(1, int(cfg["rounds"])),
         runs=max(1, int(cfg["runs"])),
         table=cfg["table"] or None,
+        edge_floor=bool(cfg["edge_floor"]),
+        sensitivity_prior=str(cfg["prior"]),
+        refine=bool(cfg["refine"]),
         filter_fn=lambda m, fqn: fqn in ctx.views,
         name=ctx.name,
     )

@@ -35,18 +35,25 @@ def layer_kind(name: str) -> str:
     return "other"
 
 
-def seb_scales(ctx: PlanContext, sparsity: float) -> dict[str, float]:
-    """w_ℓ per targeted layer; layers without an MP fit get z = 0 (w = 1)."""
-    fits = {layer.name: layer.fit for layer in ctx.spectrum.layers}
-    edges = {n: f.singular_edge for n, f in fits.items() if f is not None}
+def seb_weights(spectrum, names: list[str], sparsity: float) -> dict[str, float]:
+    """w_ℓ = max(0.1, 1 + β·[1 − s/s_d]₊·z_ℓ) for `names`, z_ℓ the z-score of the layer's MP edge
+    σ₊ among the fitted layers; layers without an MP fit get z = 0 (w = 1)."""
+    edges = {
+        layer.name: layer.fit.singular_edge for layer in spectrum.layers if layer.fit is not None
+    }
     values = np.array(list(edges.values()))
     mean, std = (values.mean(), values.std()) if len(values) > 1 else (0.0, 0.0)
-    scales = {}
-    for name, _ in ctx.targets:
+    weights = {}
+    for name in names:
         z = (edges[name] - mean) / std if name in edges and std > 0 else 0.0
         beta, s_d = seb_regime(sparsity, layer_kind(name))
-        scales[name] = max(0.1, 1 + beta * max(0.0, 1 - sparsity / s_d) * z)
-    return scales
+        weights[name] = max(0.1, 1 + beta * max(0.0, 1 - sparsity / s_d) * z)
+    return weights
+
+
+def seb_scales(ctx: PlanContext, sparsity: float) -> dict[str, float]:
+    """w_ℓ per targeted layer of the strategy's context."""
+    return seb_weights(ctx.spectrum, [name for name, _ in ctx.targets], sparsity)
 
 
 @register_strategy("seb")

@@ -64,13 +64,20 @@ def ser_masks(ctx: PlanContext, weights: dict[str, torch.Tensor]) -> dict[str, t
     scales = seb_scales(ctx, ctx.sparsity)
     total = sum(w.numel() for w in weights.values())
     n_restore = int(round(over * total)) - int(round(ctx.sparsity * total))
+    n_restore = min(
+        n_restore, int(sum(((1 - masks[n]) * (weights[n] != 0)).sum() for n, _ in ctx.targets))
+    )
     scores = torch.cat(
         [
             ((shadow.get_submodule(n).weight.detach() * (1 - masks[n])).abs() * scales[n]).flatten()
             for n, _ in ctx.targets
         ]
     )
-    candidates = torch.cat([(1 - masks[n]).flatten() for n, _ in ctx.targets]).bool()
+    # Only what the over-pruning removed can come back: an entry already zero in `weights`
+    # (zeroed by an earlier cycle) has no value to restore.
+    candidates = torch.cat(
+        [((1 - masks[n]) * (weights[n] != 0)).flatten() for n, _ in ctx.targets]
+    ).bool()
     scores[~candidates] = -1.0
     restore = torch.zeros_like(scores)
     if n_restore > 0:
