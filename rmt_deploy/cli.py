@@ -554,7 +554,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
-    from .exporters.tensorrt_build import BatchProfile, build_engine
+    from .exporters.tensorrt_build import BatchProfile, build_engine, engine_layers_path
 
     if not args.onnx.is_file():
         raise RmtDeployError(f"ONNX file not found: {args.onnx}")
@@ -585,6 +585,13 @@ def _cmd_build(args: argparse.Namespace) -> int:
             f"sparse kernels picked ({len(report.sparse_picked)}): "
             + (", ".join(report.sparse_picked) or "none")
         )
+    s24 = report.sparse_24
+    print(
+        f"per-layer report: {engine_layers_path(report.engine_path)} "
+        f"({len(report.layers)} layers{'; ' + report.layers_reason if report.layers_reason else ''}"
+        f"); 2:4 layers with a sparse tactic: {len(s24['sparse'])} of {len(s24['eligible'])}"
+        + (f" ({s24['note']})" if s24.get("note") else "")
+    )
     return 0
 
 

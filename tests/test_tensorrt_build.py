@@ -20,6 +20,7 @@ from rmt_deploy.exporters.tensorrt_build import (
     TensorRTUnavailable,
     build_engine,
     cast_onnx_precision,
+    engine_layers_path,
     parse_sparsity_log,
 )
 from rmt_deploy.layers import is_nm_sparse
@@ -104,6 +105,9 @@ def test_build_engine(small_onnx, tmp_path):
         timing_cache=tmp_path / "cache",
     )
     assert report.engine_path.stat().st_size > 0 and (tmp_path / "cache").exists()
+    # the per-layer report of the real inspector: rows with a precision, or the reason why not
+    assert engine_layers_path(report.engine_path).is_file()
+    assert report.layers_reason or all(row["precision"] for row in report.layers if row["tactic"])
 
 
 HAS_TORCH_TRT = importlib.util.find_spec("torch_tensorrt") is not None

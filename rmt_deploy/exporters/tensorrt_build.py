@@ -4,13 +4,16 @@ TensorRT 10 (what JetPack 6 ships) takes the precision as builder flags (FP16, B
 weakly typed network. TensorRT 11 drops those flags and needs strongly typed networks, so the
 ONNX graph is cast to the chosen precision before parsing. Sparse kernels are allowed with
 the SPARSE_WEIGHTS flag; TensorRT picks one only where it is faster, and says which layers were
-eligible in its build log, which is collected and reported.
+eligible in its build log, which is collected and reported. Every build also writes a per-layer
+report from TensorRT's engine inspector (`<engine>.layers.json`): each layer's precision and
+tactic, and which of the ONNX layers with 2:4 weights actually got a sparse tactic.
 
 Only `build_engine` touches TensorRT; everything around it is plain Python and tested here.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tempfile
@@ -71,6 +74,11 @@ class BuildReport:
     profile: BatchProfile
     sparse_eligible: list[str] = field(default_factory=list)
     sparse_picked: list[str] = field(default_factory=list)
+    # Per-layer report from the engine inspector (empty, with the reason, where unavailable)
+    layers: list[dict] = field(default_factory=list)
+    layers_reason: str | None = None
+    # Which ONNX layers with 2:4 weights got a sparse tactic ("which 2:4 layers paid")
+    sparse_24: dict = field(default_factory=dict)
 
 
 _ELIGIBLE = re.compile(r"Layers eligible for sparse math:\s*(.*)", re.IGNORECASE)
@@ -151,6 +159,162 @@ def cast_onnx_precision(model, precision: str):
     return model
 
 
+def onnx_24_layers(model) -> list[str]:
+    """Conv/Gemm/MatMul nodes whose weights are 2:4 along the input dimension (through a
+    DequantizeLinear for Q/DQ weights): the layers where TensorRT may pick a sparse tactic."""
+    import torch
+    from onnx import numpy_helper
+
+    from ..layers import is_nm_sparse
+
+    inits = {init.name: init for init in model.graph.initializer}
+    producers = {out: node for node in model.graph.node for out in node.output}
+    names = []
+    for node in model.graph.node:
+        if node.op_type not in ("Conv", "Gemm", "MatMul") or len(node.input) < 2:
+            continue
+        weight = node.input[1]
+        producer = producers.get(weight)
+        if producer is not None and producer.op_type == "DequantizeLinear":
+            weight = producer.input[0]
+        if weight not in inits:
+            continue
+        array = numpy_helper.to_array(inits[weight]).astype(np.float32)
+        trans_b = any(a.name == "transB" and a.i for a in node.attribute)
+        if node.op_type == "MatMul" or (node.op_type == "Gemm" and not trans_b):
+            if array.ndim != 2:
+                continue
+            array = array.T  # y = x·W: W is (in, out); 2:4 runs along the inputs
+        if array.ndim >= 2 and is_nm_sparse(torch.from_numpy(np.ascontiguousarray(array))):
+            names.append(node.name or node.output[0])
+    return names
+
+
+_ONNX_LAYER = re.compile(r"\[ONNX Layer: ([^\]]+)\]")
+_DTYPES = (  # inspector spellings → ours; bf16 before the float check, which it contains
+    (("bf16", "bfloat16"), "bf16"),
+    (("fp16", "half"), "fp16"),
+    (("fp8", "e4m3", "e5m2"), "fp8"),
+    (("int8",), "int8"),
+    (("int32",), "int32"),
+    (("int64",), "int64"),
+    (("fp32", "float"), "fp32"),
+)
+
+
+def _precision(text: str | None) -> str | None:
+    if not text:
+        return None
+    low = text.lower()
+    for tokens, name in _DTYPES:
+        if any(token in low for token in tokens):
+            return name
+    return text
+
+
+def _layer_precision(entry: dict) -> str | None:
+    """The precision of a layer's output as the inspector writes it: 'Format/Datatype' in
+    TensorRT 10 ('Row major linear FP16 format'), a separate 'DataType' in TensorRT 11."""
+    if isinstance(entry.get("Precision"), str):
+        return _precision(entry["Precision"])
+    for key in ("Outputs", "Inputs"):
+        for tensor in entry.get(key) or []:
+            if isinstance(tensor, dict):
+                return _precision(tensor.get("DataType") or tensor.get("Format/Datatype"))
+    return None
+
+
+def parse_engine_layers(text: str) -> list[dict]:
+    """Per-layer rows from `IEngineInspector.get_engine_information(JSON)`: name, type,
+    precision, tactic, whether the tactic is a sparse kernel, and the ONNX nodes fused in.
+
+    A sparse tactic is one whose kernel name says "sparse" (e.g. `..._sparse_conv_...`).
+    Sparsity is None (unknown), not False, for a layer without a tactic name (reformats, and
+    Myelin's fused foreign nodes, which hide their kernels) and for every layer of an engine
+    built without DETAILED profiling verbosity, which lists names only.
+    """
+    # strict=False: metadata may hold raw control characters (TensorRT separates the ONNX
+    # layers of a fused layer with \x1f)
+    info = json.loads(text, strict=False) if text.strip() else {}
+    rows = []
+    for entry in info.get("Layers", []):
+        if isinstance(entry, str):
+            entry = {"Name": entry}
+        name = str(entry.get("Name", ""))
+        nodes = _ONNX_LAYER.findall(str(entry.get("Metadata", "")))
+        nodes += [part.strip() for part in name.split(" + ") if part.strip()]
+        tactic = entry.get("TacticName")
+        rows.append(
+            {
+                "name": name,
+                "type": entry.get("LayerType"),
+                "precision": _layer_precision(entry),
+                "tactic": tactic,
+                "sparse": ("sparse" in str(tactic).lower()) if tactic else None,
+                "onnx_nodes": list(dict.fromkeys(nodes)),
+            }
+        )
+    return rows
+
+
+def sparse_24_summary(eligible: list[str], layers: list[dict], sparsity: str) -> dict:
+    """Which ONNX layers with 2:4 weights got a sparse tactic, which ran dense anyway, and
+    which the inspector did not report (fused into an opaque node, or no per-layer report)."""
+    paid, dense, unreported = [], [], []
+    for node in eligible:
+        known = [row for row in layers if node in row["onnx_nodes"] and row["sparse"] is not None]
+        if not known:
+            unreported.append(node)
+        elif any(row["sparse"] for row in known):
+            paid.append(node)
+        else:
+            dense.append(node)
+    notes = []
+    if not eligible:
+        notes.append(
+            "no Conv/Gemm/MatMul weight of the ONNX is 2:4, so no sparse tactic is possible "
+            "(compress with a 2:4 strategy, or build with --sparsity force)"
+        )
+    elif sparsity == "disable":
+        notes.append("sparsity disabled: TensorRT was not allowed sparse tactics")
+    elif dense:
+        notes.append(
+            "TensorRT takes a sparse tactic only where it times faster than the dense one: "
+            "usually layers with at least 256 input and output channels, and not with some "
+            "Q/DQ graphs"
+        )
+    if unreported:
+        notes.append("some 2:4 layers are not identifiable in the engine inspector's report")
+    return {
+        "eligible": eligible,
+        "sparse": paid,
+        "dense": dense,
+        "unreported": unreported,
+        "note": "; ".join(notes) or None,
+    }
+
+
+def inspect_engine(trt, blob: bytes, logger) -> tuple[list[dict], str | None]:
+    """Per-layer rows of a just-built engine, or no rows and the reason: the report explains
+    the build, it must never fail it (TensorRT before 8.2 has no engine inspector)."""
+    try:
+        engine = trt.Runtime(logger).deserialize_cuda_engine(blob)
+        if engine is None:
+            return [], "TensorRT could not deserialize the engine it just built"
+        text = engine.create_engine_inspector().get_engine_information(
+            trt.LayerInformationFormat.JSON
+        )
+    except (AttributeError, RuntimeError, TypeError) as exc:
+        return [], f"no engine inspector in TensorRT {trt.__version__}: {exc}"
+    try:
+        layers = parse_engine_layers(text)
+    except (ValueError, TypeError, AttributeError) as exc:  # JSONDecodeError is a ValueError
+        return [], f"unreadable engine inspector output: {exc}"
+    if not layers:
+        return [], "the engine inspector reported no layers"
+    return layers, None
+
+
 def build_engine(
     onnx_path: str | os.PathLike[str],
     engine_path: str | os.PathLike[str],
@@ -196,25 +360,32 @@ def build_engine(
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     parse_path = Path(onnx_path)
+    try:
+        graph = onnx.load(str(onnx_path))
+    except Exception as exc:  # missing file, not ONNX, external data missing
+        raise EngineBuildError(f"cannot read ONNX model {onnx_path}: {exc}") from exc
     with tempfile.TemporaryDirectory() as tmp_dir:
-        if strongly_typed or sparsity == "force":
-            graph = onnx.load(str(onnx_path))
-            if strongly_typed:
-                graph = cast_onnx_precision(graph, precision)
-            if sparsity == "force":
-                from .onnx_sparsity import force_24_initializers
+        if strongly_typed:
+            graph = cast_onnx_precision(graph, precision)
+        if sparsity == "force":
+            from .onnx_sparsity import force_24_initializers
 
-                force_24_initializers(graph)
+            force_24_initializers(graph)
+        eligible_24 = onnx_24_layers(graph)  # of the graph TensorRT gets, before saving it
+        if strongly_typed or sparsity == "force":
             parse_path = Path(tmp_dir) / "model.onnx"  # external data: no 2 GB protobuf limit
             onnx.save_model(
                 graph, str(parse_path), save_as_external_data=True, location="model.onnx.data"
             )
+        del graph
         parsed = parser.parse_from_file(str(parse_path))
     if not parsed:
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise EngineBuildError(f"TensorRT cannot parse {onnx_path}: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
+    # Layer parameters and tactic names in the engine, for the per-layer report (no runtime cost)
+    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
     if not strongly_typed and precision != "fp32":
         config.set_flag(trt.BuilderFlag.FP16 if precision == "fp16" else trt.BuilderFlag.BF16)
     if sparsity != "disable":
@@ -230,15 +401,17 @@ def build_engine(
     config.add_optimization_profile(profile)
     cache = None
     if timing_cache is not None:
-        blob = Path(timing_cache).read_bytes() if Path(timing_cache).exists() else b""
-        cache = config.create_timing_cache(blob)
+        cached = Path(timing_cache).read_bytes() if Path(timing_cache).exists() else b""
+        cache = config.create_timing_cache(cached)
         config.set_timing_cache(cache, ignore_mismatch=False)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise EngineBuildError(f"TensorRT failed to build an engine: {' | '.join(lines[-5:])}")
-    write_with_atomic(engine_path, lambda tmp: Path(tmp).write_bytes(bytes(serialized)))
+    blob = bytes(serialized)
+    write_with_atomic(engine_path, lambda tmp: Path(tmp).write_bytes(blob))
     if cache is not None:
         write_with_atomic(timing_cache, lambda tmp: Path(tmp).write_bytes(bytes(cache.serialize())))
+    layers, layers_reason = inspect_engine(trt, blob, logger)
     eligible, picked = parse_sparsity_log(lines)
     report = BuildReport(
         Path(engine_path),
@@ -249,7 +422,11 @@ def build_engine(
         batch,
         eligible,
         picked,
+        layers,
+        layers_reason,
+        sparse_24_summary(eligible_24, layers, sparsity),
     )
+    write_engine_layers(report)
     write_engine_info(report, onnx_path)
     return report
 
@@ -274,8 +451,36 @@ def write_engine_info(report: BuildReport, onnx_path: str | os.PathLike[str]) ->
         "profile": [report.profile.minimum, report.profile.optimum, report.profile.maximum],
         "sparse_eligible": report.sparse_eligible,
         "sparse_picked": report.sparse_picked,
+        "sparse_24": report.sparse_24,
+        "layers_file": engine_layers_path(report.engine_path).name,
+        "layers_reason": report.layers_reason,
+        "layers": report.layers,
     }
     return write_json_atomic(engine_info_path(report.engine_path), info)
+
+
+def engine_layers_path(engine_path: str | os.PathLike[str]) -> Path:
+    """`model.engine` → `model.engine.layers.json`: what TensorRT made of each layer."""
+    path = Path(engine_path)
+    return path.with_name(path.name + ".layers.json")
+
+
+def write_engine_layers(report: BuildReport) -> Path:
+    """The per-layer report beside the engine, so "why no 2:4 speedup?" has an answer per layer."""
+    from ..paths import write_json_atomic
+
+    return write_json_atomic(
+        engine_layers_path(report.engine_path),
+        {
+            "engine": report.engine_path.name,
+            "tensorrt_version": report.tensorrt_version,
+            "precision": report.precision,
+            "sparsity": report.sparsity,
+            "sparse_24": report.sparse_24,
+            "reason": report.layers_reason,
+            "layers": report.layers,
+        },
+    )
 
 
 def read_engine_profile(engine_path: str | os.PathLike[str]) -> BatchProfile | None:

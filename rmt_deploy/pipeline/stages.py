@@ -597,6 +597,7 @@ def _build_engine(ctx: RunContext, onnx_path: Path, written: list[Path]) -> str:
         TensorRTUnavailable,
         build_engine,
         engine_info_path,
+        engine_layers_path,
     )
 
     t = ctx.config.export.tensorrt
@@ -604,6 +605,7 @@ def _build_engine(ctx: RunContext, onnx_path: Path, written: list[Path]) -> str:
     for old in onnx_path.parent.glob("*.engine"):  # never benchmark an engine of another ONNX
         old.unlink()
         engine_info_path(old).unlink(missing_ok=True)
+        engine_layers_path(old).unlink(missing_ok=True)
     try:
         report = build_engine(
             onnx_path,
@@ -615,7 +617,11 @@ def _build_engine(ctx: RunContext, onnx_path: Path, written: list[Path]) -> str:
     except TensorRTUnavailable as exc:
         ctx.log(f"[export] TensorRT engine not built: {exc}")
         return f"not built: {exc}"
-    written += [report.engine_path, engine_info_path(report.engine_path)]
+    written += [
+        report.engine_path,
+        engine_info_path(report.engine_path),
+        engine_layers_path(report.engine_path),
+    ]
     return f"built with TensorRT {report.tensorrt_version}"
 
 
