@@ -122,16 +122,23 @@ class Reference:
 
 @torch.inference_mode()
 def model_outputs(
-    model: nn.Module, data: Dataset, batch_size: int = 100, workers: int = 1
+    model: nn.Module,
+    data: Dataset,
+    batch_size: int = 100,
+    workers: int = 1,
+    device: str | torch.device | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(outputs, labels) of `model` on all of `data`; labels None when the data has none
     (an unlabelled folder or loader marks every label −1)."""
     if len(data) == 0:
         raise BudgetError("the held-out data is empty")
-    model.eval()
+    from .devices import resolve_device
+
+    target = resolve_device(device, model)
+    model.eval().to(target)
     outputs, labels = [], []
     for images, batch_labels in DataLoader(data, batch_size=batch_size, num_workers=workers):
-        out = model(images)
+        out = model(images.to(target))
         if not isinstance(out, torch.Tensor):
             raise BudgetError(
                 f"the model returns a {type(out).__name__}; budgets compare one output tensor "

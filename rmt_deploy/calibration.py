@@ -28,6 +28,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .data import take_images
+from .devices import resolve_device
 from .layers.views import LayerView
 
 DEFAULT_FOLDS = 4
@@ -64,7 +65,7 @@ class InputStats:
         precision (float32: fast BLAS; one batch's rounding is far below what the error
         estimates resolve); sums across batches are float64."""
         x = vectors.float()
-        self.gram[fold] += (x.T @ x).double()
+        self.gram[fold] += (x.T @ x).double().cpu()  # products on the model's device
         self.count[fold] += x.shape[0]
         self.fourth[fold] += float((x.pow(2).sum(dim=1).double() ** 2).sum())
 
@@ -107,6 +108,7 @@ def collect_input_stats(
     max_images: int,
     folds: int = DEFAULT_FOLDS,
     progress: bool = False,
+    device: str | torch.device | None = None,
 ) -> dict[str, InputStats]:
     """Run `model` on up to `max_images` calibration images and sum each layer's input
     vectors (through its view: padded, unfolded) into `folds` folds, image i in fold i % folds."""
@@ -116,7 +118,7 @@ def collect_input_stats(
     def hook(name: str, view: LayerView):
         def collect(_module, args):
             x = args[0].detach()
-            per_image = view.samples(x).reshape(x.shape[0], -1, stats[name].dim)
+            per_image = view.samples(x).reshape(x.shape[0], -1, stats[name].dim).float()
             start = offset["images"]
             for fold in range(folds):
                 # images start+i with (start + i) % folds == fold
@@ -131,11 +133,13 @@ def collect_input_stats(
     ]
     was_training = model.training
     model.eval()
+    target = resolve_device(device, model)
+    model.to(target)
     try:
         for images in tqdm(
             take_images(loader, max_images), desc="calibrate", unit="batch", disable=not progress
         ):
-            model(images)
+            model(images.to(target))
             offset["images"] += len(images)
     finally:
         for handle in handles:

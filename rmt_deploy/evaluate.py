@@ -31,16 +31,22 @@ def evaluate(
     batch_size: int = 250,
     workers: int = 1,
     progress: bool = True,
+    device: str | torch.device | None = None,
 ) -> EvalResult:
-    """Accuracy of `model` (put in eval mode) over all of `dataset`."""
+    """Accuracy of `model` (put in eval mode, on `device`: default where it is) over all of
+    `dataset`."""
     if len(dataset) == 0:
         raise DataError("the dataset is empty")
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, shuffle=False)
-    model.eval()
+    from .devices import resolve_device
+
+    target = resolve_device(device, model)
+    model.eval().to(target)
     correct1 = correct5 = seen = 0
     start = time.perf_counter()
     for images, labels in tqdm(loader, desc="eval", unit="batch", disable=not progress):
-        logits = model(images)
+        logits = model(images.to(target)).float()
+        labels = labels.to(target)
         if labels.max() >= logits.shape[1]:
             raise DataError(
                 f"the model has {logits.shape[1]} outputs but the data has label "

@@ -21,6 +21,7 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm.auto import tqdm
 
 from .data import take_images
+from .devices import amp_dtype, resolve_device
 from .errors import DataError, RmtDeployError
 from .layers import MASKED_TYPES
 
@@ -35,8 +36,10 @@ def bn_recalibrate(
     batch_size: int = 200,
     seed: int = 0,
     progress: bool = False,
+    device: str | torch.device | None = None,
 ) -> int:
-    """Re-estimate BatchNorm running statistics on `n_images` training images.
+    """Re-estimate BatchNorm running statistics on `n_images` training images (on `device`,
+    default: where the model is).
 
     One-shot pruning shifts every activation's statistics; re-estimating them (NNCF's "batch
     norm adaptation") is the cheapest and largest recovery for BN networks. Returns the number
@@ -45,6 +48,8 @@ def bn_recalibrate(
     bns = [m for m in model.modules() if isinstance(m, _BN_TYPES)]
     if not bns:
         return 0
+    target = resolve_device(device, model)
+    model.to(target)
     if len(data) == 0:
         raise DataError("BatchNorm recalibration needs training images; the dataset is empty")
     saved = [(m.momentum, m.training) for m in bns]
@@ -66,7 +71,7 @@ def bn_recalibrate(
         for images in tqdm(
             take_images(loader, n_images), desc="bn-recal", unit="batch", disable=not progress
         ):
-            model(images)
+            model(images.to(target, non_blocking=True))
             seen += len(images)
     finally:
         for m, (momentum, training) in zip(bns, saved, strict=True):
@@ -100,6 +105,7 @@ class FinetuneConfig:
     l1: float = 0.0  # seed: 5e-7
     l2: float = 0.0  # seed: 2e-7
     scale_gradients: bool = False  # seed: True (multiply each layer's gradients by s_ℓ)
+    amp: bool = True  # autocast on CUDA (bf16 or fp16); ignored on the CPU
     workers: int = 1
     seed: int = 0
 
@@ -202,9 +208,20 @@ def finetune(
     lasso_scale: dict[str, float] | None = None,
     parameters: Iterable[nn.Parameter] | None = None,
     progress: bool = True,
+    device: str | torch.device | None = None,
 ) -> FinetuneResult:
-    """Train `model` (masks frozen) on `train_data`; distill from `teacher` if given."""
+    """Train `model` (masks frozen) on `train_data`; distill from `teacher` if given.
+
+    On `device` (default: where the model is): the model, the teacher and every batch are
+    moved there; on CUDA the forward runs under autocast (bf16 where the GPU has it, else fp16
+    with a gradient scaler)."""
     cfg = config or FinetuneConfig()
+    target = resolve_device(device, model)
+    model.to(target)
+    if teacher is not None:
+        teacher.to(target)
+    autocast = amp_dtype(target) if cfg.amp else None
+    scaler = torch.amp.GradScaler("cuda") if autocast == torch.float16 else None
     if len(train_data) == 0:
         raise DataError("fine-tuning needs training images; the dataset is empty")
     distributed = dist.is_available() and dist.is_initialized()
@@ -248,33 +265,42 @@ def finetune(
         for inputs, labels in loader:
             for group in opt.param_groups:
                 group["lr"] = _lr_at(step, total, warmup, cfg.lr)
-            logits = net(inputs)
-            loss = F.cross_entropy(logits, labels, label_smoothing=cfg.label_smoothing)
-            if teacher is not None and cfg.distill_alpha > 0:
-                with torch.no_grad():
-                    target = teacher(inputs)
-                t = cfg.temperature
-                kl = (
-                    F.kl_div(
-                        F.log_softmax(logits / t, 1),
-                        F.log_softmax(target / t, 1),
-                        log_target=True,
-                        reduction="batchmean",
+            inputs = inputs.to(target, non_blocking=True)
+            labels = labels.to(target, non_blocking=True)
+            with torch.autocast(target.type, dtype=autocast, enabled=autocast is not None):
+                logits = net(inputs)
+                loss = F.cross_entropy(logits.float(), labels, label_smoothing=cfg.label_smoothing)
+                if teacher is not None and cfg.distill_alpha > 0:
+                    with torch.no_grad():
+                        soft = teacher(inputs)
+                    t = cfg.temperature
+                    kl = (
+                        F.kl_div(
+                            F.log_softmax(logits.float() / t, 1),
+                            F.log_softmax(soft.float() / t, 1),
+                            log_target=True,
+                            reduction="batchmean",
+                        )
+                        * t
+                        * t
                     )
-                    * t
-                    * t
-                )
-                loss = (1 - cfg.distill_alpha) * loss + cfg.distill_alpha * kl
+                    loss = (1 - cfg.distill_alpha) * loss + cfg.distill_alpha * kl
             reg = _regularizer(model, cfg, lasso_scale or {})
             if reg is not None:
                 loss = loss + reg
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            (scaler.scale(loss) if scaler is not None else loss).backward()
+            if scaler is not None:
+                scaler.unscale_(opt)
             if cfg.scale_gradients and lasso_scale:
                 scale_gradients_(model, lasso_scale)
             if cfg.clip:
                 torch.nn.utils.clip_grad_norm_(params, cfg.clip)
-            opt.step()
+            if scaler is not None:
+                scaler.step(opt)
+                scaler.update()
+            else:
+                opt.step()
             losses.append(loss.item())
             images += len(labels)
             step += 1

@@ -87,13 +87,15 @@ def test_benchmark_two_variants_two_backends(tmp_path):
         reference="dense",
         warmup_s=0.05,
         runs=9,
-        rounds=3,
     )
     assert len(suite.results) == 2 * 2 * 2 and not suite.skipped
     for r in suite.results:
         assert r.latency.runs == 9 and r.latency.median_ms > 0 and r.threads >= 1
         assert r.flops_per_image == 2 * (8 * 3 * 9 * 36) + 2 * (8 * 4)  # conv + linear MACs × 2
         assert 0 <= r.top1 <= 100 and r.peak_rss_mb > 0
+    # Memory is each variant alone in a process of its own: not one peak for every row.
+    memory = {(r.variant, r.backend): r.peak_rss_mb for r in suite.results}
+    assert len(set(memory.values())) > 1
     dense_rows = [r for r in suite.results if r.variant == "dense"]
     assert all(r.agreement_with_reference == 100.0 for r in dense_rows)
     assert all(r.extra["speedup_vs_reference"] == 1.0 for r in dense_rows)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import resource
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ from tqdm.auto import tqdm
 
 from ..errors import DataError
 from .backends import BackendUnavailable, Prepared, check_engine_batch, prepare
+from .memory import peak_memory_mb
 from .stats import LatencyStats, summarize
 from .tegrastats import energy_per_inference_mj, input_rail, power_sampler
 
@@ -34,7 +34,7 @@ class BenchResult:
     params: int
     flops_per_image: int | None
     file_bytes: int | None
-    peak_rss_mb: float
+    peak_rss_mb: float | None  # this variant alone, in a process of its own
     peak_cuda_mb: float | None
     top1: float | None = None
     agreement_with_reference: float | None = None
@@ -119,10 +119,6 @@ def count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     return int(counter.get_total_flops())
 
 
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
 def time_runs(prepared: Prepared, batch: np.ndarray, warmup_s: float, runs: int) -> list[float]:
     """Warm up for `warmup_s` seconds (at least one call), then time `runs` calls (CUDA events
     on GPU)."""
@@ -179,6 +175,7 @@ def benchmark(
     backend_options: dict | None = None,
     power: bool = False,
     progress: bool = False,
+    memory: bool = True,
 ) -> BenchSuite:
     """`variants`: name → {"model": nn.Module, "onnx": Path, "onnx_int8": Path, "engine": Path}
     (each optional).
@@ -253,6 +250,11 @@ def benchmark(
         top1 = None
         if data is not None:
             top1, preds[vname, backend] = accuracy(runner, data)
+        rss, cuda_mb, why = (None, None, "not measured")
+        if memory:  # each variant alone, in a process of its own (see bench/memory.py)
+            rss, cuda_mb, why = peak_memory_mb(
+                spec, backend, options, (max(batches), *input_shape)
+            )
         for batch in batches:
             results.append(
                 BenchResult(
@@ -265,14 +267,10 @@ def benchmark(
                     params=sizes[vname][0],
                     flops_per_image=sizes[vname][1],
                     file_bytes=_file_bytes(spec, backend),
-                    peak_rss_mb=_peak_rss_mb(),
-                    peak_cuda_mb=(
-                        torch.cuda.max_memory_allocated() / 2**20
-                        if torch.cuda.is_available()
-                        else None
-                    ),
+                    peak_rss_mb=rss,
+                    peak_cuda_mb=cuda_mb,
                     top1=top1,
-                    extra={"pid": os.getpid()},
+                    extra={"pid": os.getpid(), **({"memory": why} if why else {})},
                 )
             )
             if sampler is not None:

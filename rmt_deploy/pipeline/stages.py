@@ -57,6 +57,11 @@ class RunContext:
         )
 
     @property
+    def device(self) -> str:
+        """Where calibration, BatchNorm re-estimation, fine-tuning and evaluation run."""
+        return self.config.compress.device
+
+    @property
     def input_shape(self) -> tuple[int, int, int]:
         return tuple(self.data_config.input_size)  # type: ignore[return-value]
 
@@ -415,6 +420,16 @@ def _recipe(ctx: RunContext, model: nn.Module):
 
 
 def _recover(ctx: RunContext, model: nn.Module, teacher: nn.Module | None) -> dict:
+    """BatchNorm re-estimation and fine-tuning on the configured device."""
+    try:
+        return _recover_on_device(ctx, model, teacher)
+    finally:  # checkpoints and exports are written from the CPU
+        model.cpu()
+        if teacher is not None:
+            teacher.cpu()
+
+
+def _recover_on_device(ctx: RunContext, model: nn.Module, teacher: nn.Module | None) -> dict:
     from ..recovery import bn_recalibrate, finetune
 
     f = ctx.config.finetune
@@ -422,7 +437,7 @@ def _recover(ctx: RunContext, model: nn.Module, teacher: nn.Module | None) -> di
     has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
     if has_bn and f.bn_recal_images > 0:
         info["bn_recal_images"] = bn_recalibrate(
-            model, ctx.calib, n_images=f.bn_recal_images, progress=ctx.progress
+            model, ctx.calib, n_images=f.bn_recal_images, progress=ctx.progress, device=ctx.device
         )
     if f.steps > 0:
         from ..analysis import ModelSpectrum
@@ -433,7 +448,13 @@ def _recover(ctx: RunContext, model: nn.Module, teacher: nn.Module | None) -> di
         if recipe.group_lasso or recipe.scale_gradients:
             scales = lasso_scales(ModelSpectrum.load(ctx.out / "analyze" / "spectrum.json"))
         result = finetune(
-            model, ctx.train, recipe, teacher=teacher, lasso_scale=scales, progress=ctx.progress
+            model,
+            ctx.train,
+            recipe,
+            teacher=teacher,
+            lasso_scale=scales,
+            progress=ctx.progress,
+            device=ctx.device,
         )
         info.update(
             optimizer=recipe.optimizer,
@@ -494,7 +515,8 @@ def stage_evaluate(ctx: RunContext):
         models["dense_finetuned"] = load_model(ctx.config.model, reference_file)
     outputs, labels = {}, None
     for name, model in models.items():
-        outputs[name], labels = model_outputs(model, ctx.test)
+        outputs[name], labels = model_outputs(model, ctx.test, device=ctx.device)
+        model.cpu()
     reference = "dense_finetuned" if "dense_finetuned" in outputs else "dense"
     ref = Reference(outputs[reference], labels)
     # Class scores (top-1, KL make sense) unless the model says it has no classifier.

@@ -27,7 +27,13 @@ COST_BINS = 2000
 
 @torch.inference_mode()
 def _outputs(model: nn.Module, images: torch.Tensor, batch: int = 32) -> torch.Tensor:
-    return torch.cat([model(images[i : i + batch]).float() for i in range(0, len(images), batch)])
+    device = next(model.parameters()).device
+    return torch.cat(
+        [
+            model(images[i : i + batch].to(device)).float().cpu()
+            for i in range(0, len(images), batch)
+        ]
+    )
 
 
 def relative_output_error(reference: torch.Tensor, outputs: torch.Tensor) -> float:

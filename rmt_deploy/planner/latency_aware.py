@@ -44,6 +44,7 @@ from ..budget import (
 from ..calibration import WhitenedFactors, collect_input_stats, output_error, whitened_factors
 from ..compress import compress_
 from ..deploy import DEPLOYMENTS, Deployment, resolve
+from ..devices import resolve_device
 from ..errors import RmtDeployError
 from ..layers import nm_mask, unfuse_attention_
 from ..layers.semi_structured import semi_structured_incompatibility
@@ -330,10 +331,15 @@ def latency_plan(
         from ..strategies.seb import seb_weights
 
         prior = seb_weights(spectrum, list(eligible), 0.5)
-    stats = collect_input_stats(model, eligible, loader, calib_images, progress=progress)
+    # Calibration, sensitivities and PyTorch validation run on `device`; exports from the CPU.
+    compute = resolve_device("cpu" if device.startswith("cpu") else device)
+    stats = collect_input_stats(
+        model, eligible, loader, calib_images, progress=progress, device=compute
+    )
     factors: dict[str, WhitenedFactors] = {
         n: whitened_factors(v.weight, stats[n]) for n, v in eligible.items()
     }
+    model.cpu()
     report.calibration = [
         {
             "name": n,
@@ -501,7 +507,10 @@ def latency_plan(
         calib_sens = calib_tensor[:: max(1, len(calib_tensor) // sensitivity_images)][
             :sensitivity_images
         ]
-        sensitivities: dict[str, float | None] | None = saved.get("sensitivity")
+        # Measured sensitivities come from the table when it has them; unrefined, all alike.
+        sensitivities: dict[str, float | None] | None = (
+            saved.get("sensitivity") if refine else None
+        )
         finalist_pool: list[tuple[Deployment, int, Allocation]] = []
         for deployment in plannable:
             tables[deployment.name] = _table(
@@ -518,7 +527,9 @@ def latency_plan(
             entries = tables[deployment.name].layers
             if sensitivities is None:
                 if refine:
+                    model.to(compute)
                     refine_sensitivity(model, entries, found.views, factors, calib_sens, progress)
+                    model.cpu()
                 sensitivities = {
                     e.name: e.sensitivity if refine else 1.0 for e in entries if len(e.options) > 1
                 }
@@ -545,6 +556,7 @@ def latency_plan(
                 targets_,
                 build_plan,
                 progress,
+                compute,
             )
             finalist_pool += [(deployment, i, allocations[j]) for i, j in validated[:finalists]]
 
@@ -744,6 +756,7 @@ def _validate_search(
     targets,
     build_plan,
     progress,
+    compute,
 ):
     """Validate allocations (ordered by growing damage) by bisection for the largest one within
     budget, then the next smaller ones; returns [(candidate index, allocation index)] within
@@ -759,7 +772,7 @@ def _validate_search(
         cand.damage_cap = allocation.damage
         trial = compress_(copy.deepcopy(model), build_plan(allocation, "trial", deployment.name))
         if _exact(deployment):
-            outputs, _ = model_outputs(trial, _TensorSet(images), workers=0)
+            outputs, _ = model_outputs(trial, _TensorSet(images), workers=0, device=compute)
         else:
             files = engines.files(trial, f"trial-{deployment.name}-{j}", deployment.quantized)
             outputs = engines.outputs(engines.runner(deployment, files), images)
