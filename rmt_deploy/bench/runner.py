@@ -252,9 +252,7 @@ def benchmark(
             top1, preds[vname, backend] = accuracy(runner, data)
         rss, cuda_mb, why = (None, None, "not measured")
         if memory:  # each variant alone, in a process of its own (see bench/memory.py)
-            rss, cuda_mb, why = peak_memory_mb(
-                spec, backend, options, (max(batches), *input_shape)
-            )
+            rss, cuda_mb, why = peak_memory_mb(spec, backend, options, (max(batches), *input_shape))
         for batch in batches:
             results.append(
                 BenchResult(

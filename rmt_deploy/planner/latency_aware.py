@@ -238,6 +238,7 @@ def latency_plan(
     nm24: bool | None = None,
     min_gain: float = 0.02,
     min_speedup: float = 1.03,
+    plan_within: float = 1.15,
     calib_images: int = 512,
     sensitivity_images: int = 32,
     rank_multiple: int = 8,
@@ -254,7 +255,9 @@ def latency_plan(
 ) -> tuple[CompressionPlan, LatencyPlanReport]:
     """Plan `model` for the fastest deployment within budget at `batch`.
 
-    `targets`: deployment names or "auto" (every one this machine runs); `backend` is the
+    `targets`: deployment names or "auto" (every one this machine runs; those whose dense model
+    is more than `plan_within` times slower than the fastest are measured, not planned for);
+    `backend` is the
     single-deployment spelling. With `accuracy_budget` (the most `budget_metric` may lose on
     `heldout`) the fastest measured engine within it is chosen; without, every layer takes its
     fastest option with error ≤ `layer_error` on the first target. `latency_target` (×, against
@@ -501,16 +504,23 @@ def latency_plan(
         _time_engines(report.baselines, runners, inputs, rounds, runs, whole_cache, progress)
 
         # 2–3. Per-layer tables and allocations for every deployment whose dense model fits.
-        plannable = [
-            d for d, e in zip(deployments, report.baselines, strict=True) if e.within_budget
-        ]
+        # A deployment whose dense model is much slower than the best dense one would need a
+        # plan that speeds it up by that much just to tie: it is not planned for.
+        fastest = min(e.measured_ms for e in report.baselines if e.within_budget)
+        plannable = []
+        for d, e in zip(deployments, report.baselines, strict=True):
+            if e.within_budget and e.measured_ms <= plan_within * fastest:
+                plannable.append(d)
+            elif e.within_budget:
+                report.notes.append(
+                    f"{d.name} not planned for: its dense model is ×{e.measured_ms / fastest:.2f} "
+                    f"the fastest dense deployment (limit ×{plan_within})"
+                )
         calib_sens = calib_tensor[:: max(1, len(calib_tensor) // sensitivity_images)][
             :sensitivity_images
         ]
         # Measured sensitivities come from the table when it has them; unrefined, all alike.
-        sensitivities: dict[str, float | None] | None = (
-            saved.get("sensitivity") if refine else None
-        )
+        sensitivities: dict[str, float | None] | None = saved.get("sensitivity") if refine else None
         finalist_pool: list[tuple[Deployment, int, Allocation]] = []
         for deployment in plannable:
             tables[deployment.name] = _table(

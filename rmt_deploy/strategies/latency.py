@@ -14,6 +14,7 @@ from .base import PlanContext, StrategyError, register_strategy
     finalists=2,  # per deployment, timed whole
     latency_target=0.0,  # > 0: the least damaging plan predicted this much faster
     min_speedup=1.03,  # a plan must beat the best dense deployment by this, measured
+    plan_within=1.15,  # plan only for deployments whose dense model is within this of the best
     rounds=5,
     runs=10,
     sensitivity_images=32,
@@ -46,6 +47,7 @@ def latency(ctx: PlanContext):
         rank_multiple=max(1, int(cfg["rank_multiple"])),
         finalists=max(1, int(cfg["finalists"])),
         min_speedup=float(cfg["min_speedup"]),
+        plan_within=float(cfg["plan_within"]),
         rounds=max(1, int(cfg["rounds"])),
         runs=max(1, int(cfg["runs"])),
         table=cfg["table"] or None,
