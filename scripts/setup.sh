@@ -16,6 +16,6 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "setup: installing rmt-deploy and its pinned dependencies (about 2 minutes the first time)"
   .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
   .venv/bin/python -m pip install --quiet --disable-pip-version-check \
-    -c constraints.txt -e ".[dev,onnx,effnet]"
+    -c constraints.txt -e ".[dev,onnx,effnet,openvino]"
   echo "$want" > "$stamp"
 fi
