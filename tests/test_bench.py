@@ -254,3 +254,16 @@ def test_power_needs_a_jetson():
         pytest.skip("this machine is a Jetson")
     with pytest.raises(RmtDeployError, match="neither tegrastats nor jtop"):
         benchmark({"m": {"model": tiny()}}, ["torch"], [1], (3, 8, 8), runs=2, power=True)
+
+
+def test_variant_memory_is_not_the_parents_peak():
+    # Linux carries ru_maxrss over fork+exec; a spawned child must report its own peak.
+    from rmt_deploy.bench.memory import peak_memory_mb
+
+    ballast = np.ones(200 * 2**20)  # 1.6 GB touched in this process
+    parent_mb = ballast.nbytes / 2**20
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 4))
+    rss, cuda, why = peak_memory_mb({"model": model}, "torch", {}, (2, 3, 2, 2))
+    del ballast
+    assert why is None and cuda is None
+    assert 0 < rss < parent_mb

@@ -14,6 +14,22 @@ import resource
 import numpy as np
 
 
+def _peak_rss_mb() -> float:
+    """This process's own high-water RSS in MiB.
+
+    VmHWM belongs to the address space made at exec, whereas Linux carries ru_maxrss over
+    fork+exec: a spawned child would report its parent's peak (every row the same).
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _child(spec, backend, options, shape, runs, conn) -> None:
     try:
         import torch
@@ -33,7 +49,7 @@ def _child(spec, backend, options, shape, runs, conn) -> None:
             runner.run(x)
         runner.synchronize()
         cuda = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
-        conn.send((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, cuda))
+        conn.send((_peak_rss_mb(), cuda))
     except Exception as exc:  # reported as a missing figure, with why
         conn.send(f"{type(exc).__name__}: {exc}")
     finally:
