@@ -403,7 +403,7 @@ def test_bad_data_is_refused_before_any_stage(tmp_path, cifar_test, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "needs labelled images" in err
     assert main(["--quiet", "run", str(path), "--input-size", "0,5"]) == 2
-    assert "input_size must be" in capsys.readouterr().err
+    assert "data.preprocess.input_size[0] must be an integer ≥ 1" in capsys.readouterr().err
 
 
 LOADERS = """
