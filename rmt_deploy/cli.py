@@ -4,35 +4,58 @@ from __future__ import annotations
 
 import argparse
 import copy
+import errno
 import json
+import math
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from .errors import RmtDeployError
 
+DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 
-def _fraction(low: float, high: float, name: str):
+
+def _number(
+    name: str,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+):
+    """An argparse type: a finite float in the given range; the error names the valid range
+    (NaN and inf pass no comparison honestly, so they are refused first)."""
+    if low is not None and high is not None:
+        valid = f"lie in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    elif low is not None:
+        valid = f"be a finite number {'>' if low_open else '≥'} {low:g}"
+    else:
+        valid = "be a finite number"
+
     def parse(text: str) -> float:
         try:
             value = float(text)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from exc
-        if not low < value < high:
-            raise argparse.ArgumentTypeError(f"{name} must lie in ({low}, {high}), got {value}")
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
+        ok = math.isfinite(value)
+        if ok and low is not None:
+            ok = value > low if low_open else value >= low
+        if ok and high is not None:
+            ok = value < high if high_open else value <= high
+        if not ok:
+            raise argparse.ArgumentTypeError(f"{name} must {valid}, got {text}")
         return value
 
     return parse
 
 
-def _sparsity(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"sparsity must be a number, got {text!r}") from exc
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"sparsity must lie in [0, 1), got {value}")
-    return value
+def _fraction(low: float, high: float, name: str):
+    return _number(name, low, high, low_open=True, high_open=True)
+
+
+_sparsity = _number("--sparsity", 0.0, 1.0, high_open=True)
 
 
 def _settings(pairs: list[str]) -> dict[str, object]:
@@ -45,48 +68,67 @@ def _settings(pairs: list[str]) -> dict[str, object]:
             out[key] = json.loads(raw)
         except json.JSONDecodeError:
             out[key] = raw
+        if isinstance(out[key], float) and not math.isfinite(out[key]):
+            raise RmtDeployError(f"--set {key} must be a finite number, got {raw}")
     return out
 
 
-def _int_at_least(minimum: int):
+def _int_at_least(minimum: int, name: str = ""):
     def parse(text: str) -> int:
+        what = f"{name} must be an integer" if name else "expected an integer"
         try:
             value = int(text)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(
-                f"expected an integer ≥ {minimum}, got {text!r}"
-            ) from exc
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what} ≥ {minimum}, got {text!r}") from None
         if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected an integer ≥ {minimum}, got {value}")
+            raise argparse.ArgumentTypeError(f"{what} ≥ {minimum}, got {value}")
         return value
 
     return parse
 
 
-_nonneg_int = _int_at_least(0)
-_positive_int = _int_at_least(1)
+def _device(text: str) -> str:
+    """cpu, cuda or cuda:N, refused while parsing: an unknown device found after the other
+    stages ran wastes their time."""
+    if not DEVICE.match(text):
+        raise argparse.ArgumentTypeError(
+            f"--device must be cpu, cuda or cuda:N (N a GPU index), got {text!r}"
+        )
+    return text
 
 
-def _add_model_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "model",
-        help="cifar_resnet20|32|44|56, a timm model name, or package.module:callable",
-    )
-    parser.add_argument(
-        "--checkpoint", type=Path, help="weights: .safetensors or .pth/.pt state dict"
-    )
-    parser.add_argument(
-        "--random-init",
-        action="store_true",
-        help="do not load the pretrained CIFAR ResNet checkpoint from the shared assets",
-    )
+MODEL_HELP = (
+    "cifar_resnet20|32|44|56, cifar_vit_tiny, a timm model name, package.module:callable, or "
+    "a `rmt-deploy compress` output (its folder or its model.safetensors)"
+)
+
+
+def _add_model_args(
+    parser: argparse.ArgumentParser, checkpoint: bool = True, random_init: bool = True
+) -> None:
+    parser.add_argument("model", help=MODEL_HELP)
+    if checkpoint:
+        parser.add_argument(
+            "--checkpoint", type=Path, help="weights: .safetensors or .pth/.pt state dict"
+        )
+    if random_init:
+        parser.add_argument(
+            "--random-init",
+            action="store_true",
+            help="do not load the pretrained CIFAR ResNet checkpoint from the shared assets",
+        )
 
 
 def _float_list(text: str) -> list[float]:
     try:
-        return [float(v) for v in text.split(",") if v.strip()]
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from exc
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers, got {text!r}"
+        ) from None
+    if not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"expected finite numbers, got {text!r}")
+    return values
 
 
 def _int_list_arg(text: str) -> list[int]:
@@ -105,7 +147,11 @@ def _add_preprocess_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--mean", type=_float_list, help="per-channel mean, e.g. 0.5,0.5,0.5")
     group.add_argument("--std", type=_float_list, help="per-channel std, e.g. 0.5,0.5,0.5")
     group.add_argument("--interpolation", help="resize interpolation: bilinear, bicubic, …")
-    group.add_argument("--crop-pct", type=float, help="resize to size/crop_pct, then crop")
+    group.add_argument(
+        "--crop-pct",
+        type=_number("--crop-pct", 0.0, 1.0, low_open=True),
+        help="resize to size/crop_pct, then crop",
+    )
 
 
 def _preprocess_overrides(args: argparse.Namespace) -> dict[str, object]:
@@ -128,8 +174,19 @@ def _data_config(args: argparse.Namespace, model):
     return DataConfig.from_model(model).with_overrides(**_preprocess_overrides(args))
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors in the CLI's one-line form (`rmt-deploy: error: …`, exit 2):
+    a deployment log gets the problem, not a usage block; `--help` still shows the usage."""
+
+    def error(self, message: str):  # type: ignore[override]
+        verb = self.prog.removeprefix("rmt-deploy").strip()
+        where = f"{verb}: " if verb else ""
+        message = re.sub(r"^argument (\S+): (?=\1 )", "", message)  # our types name the flag
+        self.exit(2, f"rmt-deploy: error: {where}{message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="rmt-deploy",
         description="Random-matrix-theory guided compression of vision models for deployment.",
     )
@@ -140,7 +197,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (
+        _parser_analyze,
+        _parser_compress,
+        _parser_export,
+        _parser_build,
+        _parser_bench,
+        _parser_run,
+        _parser_report,
+        _parser_eval,
+    ):
+        add(sub)
+    return parser
 
+
+def _parser_analyze(sub) -> None:
     analyze = sub.add_parser("analyze", help="MP spectral analysis of every Linear/Conv weight")
     _add_model_args(analyze)
     analyze.add_argument("--out", type=Path, required=True, help="output directory")
@@ -158,13 +229,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     analyze.add_argument(
         "--min-dim",
-        type=_positive_int,
+        type=_int_at_least(1, "--min-dim"),
         default=16,
         help="skip matrices whose smaller side is below this (default 16)",
     )
     analyze.add_argument("--no-plots", action="store_true", help="skip the per-layer PNG plots")
     analyze.set_defaults(func=_cmd_analyze)
 
+
+def _parser_compress(sub) -> None:
     compress = sub.add_parser(
         "compress", help="plan and apply a compression strategy, optionally recover, save"
     )
@@ -194,46 +267,62 @@ def build_parser() -> argparse.ArgumentParser:
     )
     compress.add_argument(
         "--bn-recal-images",
-        type=_nonneg_int,
+        type=_int_at_least(0, "--bn-recal-images"),
         default=2000,
         help="re-estimate BatchNorm statistics on this many images (with --data)",
     )
     compress.add_argument(
         "--finetune-steps",
-        type=_nonneg_int,
+        type=_int_at_least(0, "--finetune-steps"),
         default=0,
         help="recovery fine-tune steps after compression (with --data)",
     )
-    compress.add_argument("--lr", type=float, default=0.01, help="fine-tune learning rate")
+    compress.add_argument(
+        "--lr", type=_number("--lr", 0.0), default=0.01, help="fine-tune learning rate"
+    )
+    compress.add_argument(
+        "--device",
+        type=_device,
+        default="cpu",
+        help="cpu (default) or cuda[:N]: where latency is measured; picks the torchrun backend "
+        "(nccl for cuda, gloo for cpu)",
+    )
     reg = compress.add_argument_group("regularized recovery (the seed's, arXiv 2503.01922)")
     reg.add_argument(
         "--seed-regularizers",
         action="store_true",
         help="group lasso 1e-6·s_ℓ (s_ℓ from the MP fit), L1 5e-7, L2 2e-7, gradients × s_ℓ",
     )
-    reg.add_argument("--group-lasso", type=float, help="group-lasso weight (× s_ℓ per layer)")
-    reg.add_argument("--l1", type=float, help="L1 weight on every Linear/Conv weight")
-    reg.add_argument("--l2", type=float, help="L2 weight on every Linear/Conv weight")
+    for flag, what in (
+        ("--group-lasso", "group-lasso weight (× s_ℓ per layer)"),
+        ("--l1", "L1 weight on every Linear/Conv weight"),
+        ("--l2", "L2 weight on every Linear/Conv weight"),
+    ):
+        reg.add_argument(flag, type=_number(flag, 0.0), help=what)
     compress.add_argument(
         "--distill-alpha",
-        type=float,
+        type=_number("--distill-alpha", 0.0, 1.0),
         default=0.0,
         help="weight of distillation from the uncompressed model (0 = off)",
     )
     compress.set_defaults(func=_cmd_compress)
 
+
+def _parser_export(sub) -> None:
     export = sub.add_parser("export", help="ONNX with a dynamic batch, verified in ONNX Runtime")
     _add_preprocess_args(export)
-    export.add_argument("model", help="model name, or a compressed model.safetensors")
+    export.add_argument("model", help=MODEL_HELP)
     export.add_argument("--checkpoint", type=Path, help="weights for a model given by name")
     export.add_argument("--random-init", action="store_true", help=argparse.SUPPRESS)
     export.add_argument("--out", type=Path, required=True, help="output directory")
     export.add_argument(
         "--data", type=Path, help="image folder for the parity check (default: random inputs)"
     )
-    export.add_argument("--verify-images", type=_positive_int, default=64)
+    export.add_argument("--verify-images", type=_int_at_least(1, "--verify-images"), default=64)
     export.add_argument("--exporter", choices=("torchscript", "dynamo"), default="torchscript")
-    export.add_argument("--opset", type=int, help="default 17 (torchscript) or 20 (dynamo)")
+    export.add_argument(
+        "--opset", type=_int_at_least(7, "--opset"), help="default 17 (torchscript) or 20 (dynamo)"
+    )
     export.add_argument("--no-simplify", action="store_true", help="skip onnxslim")
     export.add_argument("--static-batch", action="store_true", help="fix the batch axis to 1")
     export.add_argument(
@@ -241,23 +330,31 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("fp32", "fp16", "bf16"),
         help="also compile with Torch-TensorRT at this precision (GPU only) and save model_trt.ep",
     )
-    export.add_argument("--atol", type=float, default=1e-4)
-    export.add_argument("--rtol", type=float, default=1e-3)
+    export.add_argument("--atol", type=_number("--atol", 0.0), default=1e-4)
+    export.add_argument("--rtol", type=_number("--rtol", 0.0), default=1e-3)
     export.set_defaults(func=_cmd_export)
 
+
+def _parser_build(sub) -> None:
     build = sub.add_parser("build", help="TensorRT engine from an exported ONNX file")
     build.add_argument("onnx", type=Path, help="model.onnx written by `rmt-deploy export`")
     build.add_argument("--out", type=Path, help="engine file (default: beside the ONNX)")
     build.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp16")
     build.add_argument("--sparsity", choices=("disable", "enable", "force"), default="enable")
     build.add_argument("--batch", default="1:1:1", help="optimization profile MIN:OPT:MAX")
-    build.add_argument("--workspace", type=_positive_int, default=2048, help="MB")
+    build.add_argument("--workspace", type=_int_at_least(1, "--workspace"), default=2048, help="MB")
     build.add_argument("--timing-cache", type=Path, help="read and update this timing cache")
     build.set_defaults(func=_cmd_build)
 
+
+def _parser_bench(sub) -> None:
     bench = sub.add_parser("bench", help="latency, memory and accuracy of model variants")
     _add_preprocess_args(bench)
-    bench.add_argument("model", help="model name (the variants are checkpoints of it)")
+    bench.add_argument(
+        "model",
+        help="model name (the variants are checkpoints of it), or a `rmt-deploy compress` "
+        "output: then dense and compressed are compared unless --variant says otherwise",
+    )
     bench.add_argument(
         "--variant",
         action="append",
@@ -283,13 +380,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--batches", default="1,8", help="comma list of batch sizes")
     bench.add_argument("--data", type=Path, help="labelled image folder for top-1")
-    bench.add_argument("--limit", type=_positive_int, default=1000, help="images for top-1")
-    bench.add_argument("--runs", type=_positive_int, default=60)
-    bench.add_argument("--warmup", type=float, default=1.0, help="seconds of warm-up")
-    bench.add_argument("--device", default="cpu", help="cpu or cuda (torch backends)")
+    bench.add_argument(
+        "--limit", type=_int_at_least(1, "--limit"), default=1000, help="images for top-1"
+    )
+    bench.add_argument("--runs", type=_int_at_least(1, "--runs"), default=60)
+    bench.add_argument(
+        "--warmup", type=_number("--warmup", 0.0), default=1.0, help="seconds of warm-up"
+    )
+    bench.add_argument(
+        "--device", type=_device, default="cpu", help="cpu or cuda[:N] (torch backends)"
+    )
     bench.add_argument("--out", type=Path, required=True)
     bench.set_defaults(func=_cmd_bench)
 
+
+def _parser_run(sub) -> None:
     pipeline = sub.add_parser(
         "run", help="the whole pipeline from a YAML config (analyze … benchmark, report)"
     )
@@ -301,7 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     pipeline.add_argument("--force", action="store_true", help="rerun stages even if up to date")
     pipeline.add_argument(
         "--accuracy-budget",
-        type=float,
+        type=_number("--accuracy-budget", 0.0),
         help="the most the budget metric may lose on held-out images (overrides the config's)",
     )
     pipeline.add_argument(
@@ -315,10 +420,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_preprocess_args(pipeline)
     pipeline.set_defaults(func=_cmd_run)
 
+
+def _parser_report(sub) -> None:
     report = sub.add_parser("report", help="re-render tables and plots from saved results")
     report.add_argument("dir", type=Path, help="folder with bench.json")
     report.set_defaults(func=_cmd_report)
 
+
+def _parser_eval(sub) -> None:
     evaluate = sub.add_parser("eval", help="top-1 accuracy on a labelled image folder")
     _add_model_args(evaluate)
     _add_preprocess_args(evaluate)
@@ -328,12 +437,15 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="class sub-folders (e.g. cifar10/test) or a folder with labels.csv",
     )
-    evaluate.add_argument("--batch-size", type=_positive_int, default=250)
-    evaluate.add_argument("--limit", type=_positive_int, help="evaluate an evenly spaced subset")
-    evaluate.add_argument("--workers", type=int, default=1, help="data-loading processes")
+    evaluate.add_argument("--batch-size", type=_int_at_least(1, "--batch-size"), default=250)
+    evaluate.add_argument(
+        "--limit", type=_int_at_least(1, "--limit"), help="evaluate an evenly spaced subset"
+    )
+    evaluate.add_argument(
+        "--workers", type=_int_at_least(0, "--workers"), default=1, help="data-loading processes"
+    )
     evaluate.add_argument("--json", action="store_true", help="print the result as JSON")
     evaluate.set_defaults(func=_cmd_eval)
-    return parser
 
 
 def _load(args: argparse.Namespace):
@@ -344,11 +456,27 @@ def _load(args: argparse.Namespace):
     )
 
 
+def _labelled_folder(args: argparse.Namespace, model, transform, limit=None):
+    """`--data` opened for a verb that scores or trains on its labels: class sub-folders are
+    mapped to the model's outputs by name where the model names its classes, and refused where
+    labelling them by position would be wrong (fewer folders than outputs)."""
+    from .data import load_image_dataset, model_label_names, model_num_outputs
+
+    return load_image_dataset(
+        args.data,
+        transform,
+        limit,
+        classes=model_label_names(model),
+        num_outputs=model_num_outputs(model, tuple(_data_config(args, model).input_size)),
+    )
+
+
 def _cmd_analyze(args: argparse.Namespace) -> int:
     from .analysis import analyze
     from .paths import ensure_output_dir
     from .report import write_spectrum_report
 
+    _resolve_model_arg(args)
     out = ensure_output_dir(args.out)  # fail before the slow part, not after
     model = _load(args)
     spectrum = analyze(
@@ -381,51 +509,83 @@ def _rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
-def _init_distributed() -> None:
-    """Under `torchrun` (WORLD_SIZE > 1) join the process group: nccl on GPUs, gloo on CPU."""
+def ddp_backend(device: str) -> str:
+    """The process-group backend for tensors on `device`: nccl moves CUDA tensors only, so a
+    CPU run on a machine that happens to have GPUs must use gloo."""
+    return "nccl" if device.startswith("cuda") else "gloo"
+
+
+def _init_distributed(device: str = "cpu") -> None:
+    """Under `torchrun` (WORLD_SIZE > 1) join the process group with the backend for the
+    device the work runs on (`ddp_backend`)."""
     import os
 
     import torch
     import torch.distributed as dist
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        backend = ddp_backend(device)
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend)
+
+
+def _check_device(device: str, flag: str = "--device") -> None:
+    """A CUDA device that is not there: said before any work, not by a crash later."""
+    if device == "cpu":
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise RmtDeployError(f"{flag} {device}: no CUDA device is visible here; use {flag} cpu")
+    index = int(device.partition(":")[2] or 0)
+    if index >= torch.cuda.device_count():
+        raise RmtDeployError(
+            f"{flag} {device}: this machine has {torch.cuda.device_count()} CUDA device(s) "
+            f"(cuda:0 … cuda:{torch.cuda.device_count() - 1})"
+        )
 
 
 def _cmd_compress(args: argparse.Namespace) -> int:
     from .compress import compress_
-    from .data import eval_transform, load_image_dataset, train_transform
+    from .data import eval_transform, train_transform
     from .models import save_checkpoint
     from .models.checkpoint import PLAN_METADATA_KEY
     from .paths import ensure_output_dir
     from .recovery import FinetuneConfig, bn_recalibrate, finetune
-    from .strategies import plan
+    from .strategies import Target, plan
 
+    _resolve_model_arg(args)
     if args.finetune_steps > 0 and args.data is None:  # say so before minutes of planning
         raise RmtDeployError("--finetune-steps needs --data (a training image folder)")
-    for flag in ("group_lasso", "l1", "l2"):
-        value = getattr(args, flag)
-        if value is not None and not 0 <= value < float("inf"):
-            name = "--" + flag.replace("_", "-")
-            raise RmtDeployError(f"{name} must be a finite number ≥ 0, got {value}")
     if args.finetune_steps == 0 and (
         args.seed_regularizers or any(getattr(args, f) for f in ("group_lasso", "l1", "l2"))
     ):
         raise RmtDeployError("the regularizers act during fine-tuning: add --finetune-steps N")
-    if not 0.0 <= args.distill_alpha <= 1.0:
-        raise RmtDeployError(f"--distill-alpha must lie in [0, 1], got {args.distill_alpha}")
+    _check_device(args.device)
+    if args.device != "cpu" and args.finetune_steps > 0:
+        raise RmtDeployError(
+            f"--device {args.device} with --finetune-steps: recovery fine-tuning runs on the CPU "
+            "in this version; use --device cpu (the device only moves latency measurements)"
+        )
+    settings = _settings(args.set)
     out = ensure_output_dir(args.out)
-    _init_distributed()
+    _init_distributed(args.device)
     model = _load(args)
     config = _data_config(args, model)
     calib = train = None
     if args.data is not None:
-        calib = load_image_dataset(args.data, eval_transform(config))
-        train = load_image_dataset(args.data, train_transform(config))
+        calib = _labelled_folder(args, model, eval_transform(config))
+        train = _labelled_folder(args, model, train_transform(config))
     data = train if args.strategy in ("ser", "hybrid") else calib
-    settings = _settings(args.set)
     the_plan = plan(
-        model, args.strategy, args.sparsity, data=data, name=args.model, config=settings
+        model,
+        args.strategy,
+        args.sparsity,
+        data=data,
+        name=args.model,
+        config=settings,
+        target=Target(device=args.device),
     )
     teacher = copy.deepcopy(model) if args.distill_alpha > 0 else None
     compress_(model, the_plan)
@@ -464,27 +624,68 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     )
     print(
         f"wrote {out / 'model.safetensors'} and {out / 'plan.json'}; evaluate with: "
-        f"rmt-deploy eval {args.model} --checkpoint {out / 'model.safetensors'} --data DIR"
+        f"rmt-deploy eval {out} --data DIR"
     )
     return 0
 
 
-def _resolve_model_arg(args: argparse.Namespace) -> None:
-    """`export model.safetensors`: take the model name from the compressed checkpoint."""
+def _stored_model_name(path: Path) -> str:
+    """The model name `rmt-deploy compress` stores in its checkpoint's metadata."""
     from safetensors import safe_open
 
-    path = Path(args.model)
-    if path.suffix == ".safetensors" and path.is_file():
-        try:
-            with safe_open(str(path), framework="pt") as handle:
-                name = (handle.metadata() or {}).get("rmt_deploy.model")
-        except Exception as exc:
-            raise RmtDeployError(f"cannot read checkpoint {path}: {exc}") from exc
-        if not name:
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            name = (handle.metadata() or {}).get("rmt_deploy.model")
+    except Exception as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise RmtDeployError(f"cannot read checkpoint {path}: {reason}") from exc
+    if not name:
+        raise RmtDeployError(
+            f"{path} does not name its model (it was not written by `rmt-deploy compress`); "
+            f"pass the model name and --checkpoint {path}"
+        )
+    return name
+
+
+def _resolve_model_arg(args: argparse.Namespace) -> Path | None:
+    """MODEL may be a `rmt-deploy compress` output: its folder (model.safetensors + plan.json)
+    or its model.safetensors. Then args.model becomes the model name stored in the checkpoint
+    and args.checkpoint that file; returns the checkpoint, or None for a plain model name."""
+    from .paths import is_dir, is_file, path_problem
+
+    text = str(args.model)
+    if ":" in text and not is_dir(text) and not is_file(text):  # package.module:callable
+        return None
+    path = Path(text)
+    problem = path_problem(path)
+    if problem:
+        raise RmtDeployError(f"model {text[:40]}…: {problem}")
+    if is_dir(path):
+        checkpoint = path / "model.safetensors"
+        if not checkpoint.is_file():
             raise RmtDeployError(
-                f"{path} does not name its model; pass the model name and --checkpoint {path}"
+                f"{path} is a folder without model.safetensors: give a `rmt-deploy compress` "
+                "output folder, its model.safetensors, or a model name"
             )
-        args.model, args.checkpoint = name, path
+    elif is_file(path):
+        if path.suffix != ".safetensors":
+            raise RmtDeployError(
+                f"{path} is a {path.suffix or 'plain'} file, which does not say which model it "
+                f"holds: pass the model name and --checkpoint {path}"
+            )
+        checkpoint = path
+    else:
+        return None
+    name = _stored_model_name(checkpoint)
+    given = getattr(args, "checkpoint", None)
+    if given is not None and Path(given).resolve() != checkpoint.resolve():
+        raise RmtDeployError(
+            f"both {args.model} and --checkpoint {given} give weights: pass one of them"
+        )
+    args.model = name
+    if hasattr(args, "checkpoint"):
+        args.checkpoint = checkpoint
+    return checkpoint
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -505,7 +706,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     model = _load(args)
     config = _data_config(args, model)
     data = None
-    if args.data is not None:
+    if args.data is not None:  # parity against PyTorch: the labels are not used
         data = load_image_dataset(args.data, eval_transform(config), args.verify_images)
     plan_json = read_plan_metadata(args.checkpoint) if args.checkpoint else None
     extra = {
@@ -596,6 +797,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
 
 def _int_list(text: str, what: str) -> list[int]:
+    """Positive integers from a comma list (`--batches 1,8,64`)."""
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError as exc:
@@ -607,12 +809,20 @@ def _int_list(text: str, what: str) -> list[int]:
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     from .bench import BACKENDS, benchmark, write_report
-    from .data import eval_transform, load_image_dataset
+    from .data import eval_transform
     from .exporters import export
     from .models import load_model
     from .paths import ensure_output_dir
 
+    compressed = _resolve_model_arg(args)
+    if compressed is not None and not args.variant:  # a compress output: it against dense
+        args.variant = ["dense", f"compressed={compressed}"]
+    names = [spec.partition("=")[0] for spec in args.variant]
+    if len(set(names)) < len(names) or not all(names):
+        raise RmtDeployError(f"--variant names must be distinct and non-empty, got {names}")
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    if not backends:
+        raise RmtDeployError(f"--backends names no backend; available: {', '.join(BACKENDS)}")
     unknown = [b for b in backends if b not in BACKENDS]
     if unknown:
         raise RmtDeployError(
@@ -638,7 +848,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     config = _data_config(args, next(iter(variants.values()))["model"])
     data = None
     if args.data is not None:
-        data = load_image_dataset(args.data, eval_transform(config), args.limit)
+        first = next(iter(variants.values()))["model"]
+        data = _labelled_folder(args, first, eval_transform(config), args.limit)
     if any(b.startswith("onnxruntime") for b in backends):
         for name, spec in variants.items():
             spec["onnx"] = export(
@@ -673,15 +884,17 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from .pipeline import RunConfig, load_config, run
+    from .pipeline.run import check_stages
 
+    stages = None
+    if args.stages is not None:  # `--stages ,` or `--stages ''` is an error, not "all"
+        stages = check_stages([s.strip() for s in args.stages.split(",") if s.strip()])
     config = load_config(args.config)
     if args.output is not None:
         config.output = str(args.output)
     if args.assets is not None:
         config.assets = str(args.assets)
     if args.accuracy_budget is not None:
-        if not 0 <= args.accuracy_budget < float("inf"):
-            raise RmtDeployError(f"--accuracy-budget must be ≥ 0, got {args.accuracy_budget}")
         config.compress.accuracy_budget = args.accuracy_budget
         config.compress.layer_error = None
     if args.budget_metric is not None:
@@ -692,7 +905,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if value is not None:
             setattr(config.data.preprocess, key, value)
     config = RunConfig.from_dict(config.to_dict())  # the overrides pass the same checks
-    stages = [s.strip() for s in args.stages.split(",") if s.strip()] if args.stages else None
     result = run(config, stages=stages, force=args.force, progress=not args.quiet)
     print(
         f"ran {', '.join(result.ran) or 'nothing'}"
@@ -715,11 +927,12 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from .data import eval_transform, load_image_dataset
+    from .data import eval_transform
     from .evaluate import evaluate
 
+    _resolve_model_arg(args)
     model = _load(args)
-    dataset = load_image_dataset(args.data, eval_transform(_data_config(args, model)), args.limit)
+    dataset = _labelled_folder(args, model, eval_transform(_data_config(args, model)), args.limit)
     result = evaluate(
         model, dataset, batch_size=args.batch_size, workers=args.workers, progress=not args.quiet
     )
@@ -755,13 +968,53 @@ def keep_large_allocations() -> bool:
         return False
 
 
+# Errors of the machine or the file system, not of rmt-deploy: one line, like bad input.
+_ENVIRONMENT_ERRNOS = {
+    errno.ENAMETOOLONG,
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EROFS,
+    errno.EACCES,
+}
+
+
+def one_line(message: str) -> str:
+    """An error message as one line. An error raised in a DataLoader worker comes back with
+    torch's wrapping ("Caught DataError in DataLoader worker process 0. Original Traceback
+    …", the worker's whole traceback): its last line is the original message."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    if not lines:
+        return message.strip()
+    if lines[0].startswith("Caught ") and "Original Traceback" in message:
+        last = lines[-1]
+        # "rmt_deploy.errors.DataError: …" → "…"
+        return re.sub(r"^[A-Za-z_][\w.]*(Error|Exception)[^:\s]*: ", "", last, count=1)
+    return " ".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # a bad option (exit 2, said in one line) or --help (0)
+        return exc.code if isinstance(exc.code, int) else 2
     keep_large_allocations()
     try:
         return args.func(args)
     except RmtDeployError as exc:
-        print(f"rmt-deploy: error: {exc}", file=sys.stderr)
+        print(f"rmt-deploy: error: {one_line(str(exc))}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        if args.command == "run":
+            line = "interrupted; rerun the same command to resume — finished stages are kept"
+        else:
+            line = "interrupted; rerun the same command — no output was left half-written"
+        print(f"rmt-deploy: {line}", file=sys.stderr)
+        return 130
+    except OSError as exc:
+        if exc.errno not in _ENVIRONMENT_ERRNOS:
+            raise
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"rmt-deploy: error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 2
 
 

@@ -20,6 +20,7 @@ from torchvision import transforms
 
 from .errors import DataError
 from .models import DataConfig
+from .paths import path_problem
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm")
 
@@ -104,32 +105,94 @@ class LabeledImages(Dataset):
         try:
             with Image.open(path) as img:
                 image = img.convert("RGB")
-        except OSError as exc:
-            raise DataError(f"cannot read image {path}: {exc}") from exc
+        except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, bomb errors
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise DataError(
+                f"{path} is not a readable image ({reason}): replace or remove the file"
+            ) from exc
         return (self.transform(image) if self.transform else image), label
 
 
 def load_image_dataset(
-    path: str | os.PathLike[str], transform=None, limit: int | None = None
+    path: str | os.PathLike[str],
+    transform=None,
+    limit: int | None = None,
+    *,
+    classes: list[str] | tuple[str, ...] | None = None,
+    num_outputs: int | None = None,
 ) -> LabeledImages:
     """Open `path` as an image dataset: a `labels.csv` (file,label), one sub-folder per class,
     or a folder of images without labels (each labelled −1: fidelity budgets need no labels).
+
+    Class sub-folders are labelled by name when the reference class list `classes` is known (a
+    model's `label_names`, the training folder's classes), so a test folder holding only some
+    classes still gets the model's indices; without it they are labelled by sorted position,
+    which is right only for the full set, so a folder with fewer class sub-folders than the
+    model's `num_outputs` is refused. Labels in a labels.csv must lie in [0, number of classes).
 
     With `limit`, keep an evenly spaced subset of that many images (every class represented
     when the folder is sorted by class), so quick runs are not biased to the first classes.
     """
     root = Path(path)
+    problem = path_problem(root)
+    if problem:
+        raise DataError(f"data folder {root}: {problem}")
     if not root.is_dir():
         raise DataError(f"data folder not found: {root}")
+    if limit is not None and limit <= 0:
+        raise DataError(f"--limit must be positive, got {limit}")
+    count = len(classes) if classes else num_outputs
     if (root / "labels.csv").is_file():
-        dataset = _from_csv(root, transform)
+        dataset = _from_csv(root, transform, count)
     elif _images_in(root) and not any(_images_in(d) for d in _subfolders(root)):
         dataset = LabeledImages([(f, UNLABELLED) for f in _images_in(root)], [], root, transform)
     else:
-        dataset = _from_class_folders(root, transform)
-    if limit is not None and limit <= 0:
-        raise DataError(f"--limit must be positive, got {limit}")
+        dataset = _from_class_folders(root, transform, classes, num_outputs)
     return evenly_spaced(dataset, limit)
+
+
+def class_folders(path: str | os.PathLike[str]) -> list[str] | None:
+    """The class sub-folder names of an image folder labelled by sub-folders (sorted), or None
+    for a labels.csv folder, an unlabelled folder or a missing one: the reference classes a
+    test folder's sub-folders are matched against."""
+    root = Path(path)
+    if path_problem(root) or not root.is_dir() or (root / "labels.csv").is_file():
+        return None
+    if _images_in(root) and not any(_images_in(d) for d in _subfolders(root)):
+        return None
+    return [d.name for d in _subfolders(root)] or None
+
+
+def model_label_names(model) -> list[str] | None:
+    """The class names a model's outputs stand for (`pretrained_cfg["label_names"]`, timm's
+    key), or None when it does not say — or says it for another head (a timm model created
+    with its own `num_classes` keeps the pretrained config's names)."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    names = cfg.get("label_names") if isinstance(cfg, dict) else None
+    if not names:
+        return None
+    head = getattr(model, "num_classes", None)
+    if isinstance(head, int) and head != len(names):
+        return None
+    return [str(n) for n in names]
+
+
+def model_num_outputs(model, input_size: tuple[int, ...]) -> int | None:
+    """How many class scores the model returns: its `num_classes` (the head it has), else its
+    pretrained config's, else the width of its output on one blank image; None when the output
+    is not N×K scores (a backbone)."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    declared = getattr(model, "num_classes", None)
+    if not isinstance(declared, int) and isinstance(cfg, dict):
+        declared = cfg.get("num_classes")
+    if isinstance(declared, int) and not isinstance(declared, bool):
+        return declared if declared > 0 else None  # 0: no classifier
+    try:
+        with torch.inference_mode():
+            out = model.eval()(torch.zeros(1, *input_size))
+    except Exception:  # the caller's own forward reports a model that fails, with context
+        return None
+    return int(out.shape[1]) if isinstance(out, torch.Tensor) and out.dim() == 2 else None
 
 
 def evenly_spaced(dataset, count: int | None):
@@ -151,40 +214,93 @@ def _images_in(folder: Path) -> list[Path]:
     return sorted(f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def _from_class_folders(root: Path, transform) -> LabeledImages:
-    classes = [d.name for d in _subfolders(root)]
-    samples: list[tuple[Path, int]] = []
-    for index, name in enumerate(classes):
-        samples += [(f, index) for f in _images_in(root / name)]
-    if not samples:
+def _from_class_folders(
+    root: Path, transform, classes=None, num_outputs: int | None = None
+) -> LabeledImages:
+    names = [d.name for d in _subfolders(root)]
+    found = {name: _images_in(root / name) for name in names}
+    if not any(found.values()):
         hint = ""
-        if {"train", "test"} <= set(classes):
+        if {"train", "test"} <= set(names):
             hint = f" (it holds train/ and test/: point at {root / 'test'} or {root / 'train'})"
         raise DataError(
             f"{root} is not an image folder: expected one sub-folder of images per class "
             f"(e.g. test/airplane/0000.jpg), a labels.csv, or images (unlabelled){hint}"
         )
-    return LabeledImages(samples, classes, root, transform)
-
-
-def _from_csv(root: Path, transform) -> LabeledImages:
+    reference, index = class_index(
+        [n for n in names if found[n]] if classes else names, classes, num_outputs, str(root)
+    )
     samples: list[tuple[Path, int]] = []
-    try:
-        with open(root / "labels.csv", newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            if not reader.fieldnames or not {"file", "label"} <= set(reader.fieldnames):
-                raise DataError(f"{root / 'labels.csv'} must have the columns file,label")
-            for row in reader:
-                samples.append((root / row["file"], int(row["label"])))
-    except ValueError as exc:
-        raise DataError(f"{root / 'labels.csv'}: labels must be integers ({exc})") from exc
+    for name in names:
+        samples += [(f, index[name]) for f in found[name]]
+    return LabeledImages(samples, reference, root, transform)
+
+
+def class_index(
+    names: list[str], classes=None, num_outputs: int | None = None, where: str = "the folder"
+) -> tuple[list[str], dict[str, int]]:
+    """(class list, folder name → label) for class sub-folders `names` (sorted).
+
+    With a reference list `classes`, folders are labelled by name; a folder whose name is not
+    in it is refused, unless no name is (another naming scheme, e.g. 0…9), where the folders
+    are labelled by position if there are exactly as many. Without one they are labelled by
+    position, refused when there are fewer folders than `num_outputs`: which output each
+    folder stands for cannot be known, and position would shift every label after a gap."""
+    if classes:
+        reference = [str(c) for c in classes]
+        known = {name: i for i, name in enumerate(reference)}
+        unknown = [name for name in names if name not in known]
+        if len(unknown) < len(names):
+            if unknown:
+                shown = ", ".join(reference[:12]) + (", …" if len(reference) > 12 else "")
+                plural = len(unknown) > 1
+                raise DataError(
+                    f"{where}: class folder{'s' if plural else ''} {', '.join(unknown[:5])} "
+                    f"{'are' if plural else 'is'} not among the model's {len(reference)} classes "
+                    f"({shown}): rename {'them' if plural else 'it'} to the class held, or give "
+                    "a labels.csv"
+                )
+            return reference, {name: known[name] for name in names}
+        num_outputs = len(reference)
+    if num_outputs is not None and len(names) != num_outputs:
+        raise DataError(
+            f"{where} has {len(names)} class sub-folders but the model has {num_outputs} "
+            "outputs, and no class list says which output each folder is: labelling the folders "
+            "by position would be wrong; give the full folder (one sub-folder per class) or a "
+            "labels.csv (file,label)"
+        )
+    return list(names), {name: i for i, name in enumerate(names)}
+
+
+def _from_csv(root: Path, transform, num_classes: int | None = None) -> LabeledImages:
+    path = root / "labels.csv"
+    samples: list[tuple[Path, int]] = []
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        if not reader.fieldnames or not {"file", "label"} <= set(reader.fieldnames):
+            raise DataError(f"{path} must have the columns file,label")
+        for row in reader:
+            where = f"{path} line {reader.line_num}"
+            try:
+                label = int(row["label"])
+            except (TypeError, ValueError):
+                raise DataError(
+                    f"{where}: labels must be integers (class indices), got {row['label']!r}"
+                ) from None
+            if label < 0 or (num_classes is not None and label >= num_classes):
+                valid = f"0 … {num_classes - 1}" if num_classes is not None else "≥ 0"
+                raise DataError(
+                    f"{where}: label {label} is not a class index ({valid}): fix the row or "
+                    "drop the image"
+                )
+            samples.append((root / (row["file"] or ""), label))
     missing = [str(p) for p, _ in samples if not p.is_file()]
     if missing:
         raise DataError(
             f"{len(missing)} images listed in labels.csv are missing, e.g. {missing[0]}"
         )
     if not samples:
-        raise DataError(f"{root / 'labels.csv'} lists no images")
+        raise DataError(f"{path} lists no images")
     classes = _class_names(root, max(label for _, label in samples) + 1)
     return LabeledImages(samples, classes, root, transform)
 

@@ -4,7 +4,6 @@ import json
 import subprocess
 import sys
 
-import pytest
 import torch
 
 from rmt_deploy.cli import main
@@ -105,10 +104,10 @@ def test_bad_input_exits_2_with_one_clear_line(capsys, tmp_path, assets):
 
 
 def test_bad_options_are_rejected_by_the_parser(capsys, tmp_path):
-    with pytest.raises(SystemExit) as exc:
-        main(["analyze", "cifar_resnet20", "--out", str(tmp_path), "--alpha", "0.7"])
-    assert exc.value.code == 2
-    assert "--alpha must lie in" in capsys.readouterr().err
+    code = main(["analyze", "cifar_resnet20", "--out", str(tmp_path), "--alpha", "0.7"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--alpha must lie in (0, 0.5), got 0.7" in err
+    assert err.startswith("rmt-deploy: error: analyze:") and err.count("\n") == 1
 
 
 def test_console_entry_point():
@@ -183,6 +182,7 @@ def test_compress_bad_input(capsys, tmp_path):
         out,
     )
     assert code == 2 and "no setting tau" in err
-    with pytest.raises(SystemExit) as exc:
-        main(["compress", "cifar_resnet20", "--strategy", "seb", "--sparsity", "1.0", "--out", out])
-    assert exc.value.code == 2 and "sparsity must lie in [0, 1)" in capsys.readouterr().err
+    code = main(
+        ["compress", "cifar_resnet20", "--strategy", "seb", "--sparsity", "1.0", "--out", out]
+    )
+    assert code == 2 and "--sparsity must lie in [0, 1), got 1.0" in capsys.readouterr().err

@@ -12,12 +12,16 @@ import yaml
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from rmt_deploy.budget import BudgetError
 from rmt_deploy.cli import main
 from rmt_deploy.compress import compress_
+from rmt_deploy.errors import DataError
 from rmt_deploy.pipeline import ConfigError, RunConfig, StageDependencyError, load_config, run
 from rmt_deploy.pipeline import stages as stage_module
+from rmt_deploy.pipeline.run import StageNameError
 from rmt_deploy.plan import CompressionPlan
 from rmt_deploy.planner import BudgetNotMetError, latency_plan
+from rmt_deploy.usercode import UserCodeError
 
 TINY = {
     "model": "cifar_resnet20",
@@ -71,7 +75,7 @@ def _config(tmp_path, **changes) -> RunConfig:
     ],
 )
 def test_bad_configs_are_named(raw, message):
-    with pytest.raises(Exception, match=message):
+    with pytest.raises(ConfigError, match=message):
         RunConfig.from_dict(raw)
 
 
@@ -101,7 +105,7 @@ def test_examples_are_valid_configs():
 def test_stage_with_missing_dependency(tmp_path):
     with pytest.raises(StageDependencyError, match="stage export needs analyze"):
         run(_config(tmp_path), stages=["export"], progress=False, log=lambda _: None)
-    with pytest.raises(Exception, match="unknown stage"):
+    with pytest.raises(StageNameError, match="unknown stage"):
         run(_config(tmp_path), stages=["deploy"], progress=False, log=lambda _: None)
 
 
@@ -308,7 +312,7 @@ def test_cli_run_reports_up_to_date(finished_run, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "ran nothing" in out and "report:" in out
     assert main(["--quiet", "run", str(path), "--accuracy-budget", "-1"]) == 2
-    assert "--accuracy-budget must be ≥ 0" in capsys.readouterr().err
+    assert "--accuracy-budget must be a finite number ≥ 0" in capsys.readouterr().err
 
 
 def test_fixed_strategy_reuses_the_analysis(finished_run, tmp_path):
@@ -376,7 +380,7 @@ def test_bad_data_is_refused_before_any_stage(tmp_path, cifar_test, capsys):
     too_small = _config(
         tmp_path / "a", data={**ONE_FOLDER, "test": str(flat)}, finetune=NO_TRAINING
     )
-    with pytest.raises(Exception, match=r"has 40 images, too few to split into calib 32 \+ val 24"):
+    with pytest.raises(DataError, match=r"has 40 images, too few to split into calib 32 \+ val 24"):
         run(too_small, **quiet)
     assert not (tmp_path / "a" / "run" / "manifest.json").exists()
     assert not (tmp_path / "a" / "run" / "config.json").exists()
@@ -391,7 +395,7 @@ def test_bad_data_is_refused_before_any_stage(tmp_path, cifar_test, capsys):
         },
         finetune=NO_TRAINING,
     )
-    with pytest.raises(Exception, match="top1 needs labelled images.*agreement, kl, cosine"):
+    with pytest.raises(BudgetError, match="top1 needs labelled images.*agreement, kl, cosine"):
         run(no_labels, **quiet)
     path = tmp_path / "b.yaml"
     path.write_text(yaml.safe_dump(no_labels.to_dict()))
@@ -399,7 +403,7 @@ def test_bad_data_is_refused_before_any_stage(tmp_path, cifar_test, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "needs labelled images" in err
     assert main(["--quiet", "run", str(path), "--input-size", "0,5"]) == 2
-    assert "input_size must be" in capsys.readouterr().err
+    assert "data.preprocess.input_size[0] must be an integer ≥ 1" in capsys.readouterr().err
 
 
 LOADERS = """
@@ -439,12 +443,12 @@ def test_loader_callable_with_its_metric_and_bad_loaders(tmp_path):
     wrong = _config(
         tmp_path / "w", data={**data, "loader": f"{source}:channels_last"}, finetune=NO_TRAINING
     )
-    with pytest.raises(Exception, match=r"shape \(8, 32, 32, 3\); the model expects N×3×32×32"):
+    with pytest.raises(DataError, match=r"shape \(8, 32, 32, 3\); the model expects N×3×32×32"):
         run(wrong, **quiet)
     raising = _config(
         tmp_path / "r", data={**data, "loader": f"{source}:broken"}, finetune=NO_TRAINING
     )
     with pytest.raises(
-        Exception, match=r"broken raised ValueError: no such bucket \(at .*loaders.py"
+        UserCodeError, match=r"broken raised ValueError: no such bucket \(at .*loaders.py"
     ):
         run(raising, **quiet)

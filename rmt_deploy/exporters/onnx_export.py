@@ -11,8 +11,11 @@ initializers, and opset 17 is what TensorRT 10 on JetPack 6 parses. `exporter="d
 from __future__ import annotations
 
 import contextlib
+import io
 import os
+import re
 import shutil
+import sys
 import tempfile
 import time
 import warnings
@@ -27,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..data import take_images
 from ..errors import RmtDeployError
-from ..paths import ensure_output_dir, file_sha256, write_json_atomic
+from ..paths import ensure_output_dir, file_sha256, pid_alive, write_json_atomic
 
 _TWO_GB = 2**31 - 2**20  # protobuf's hard limit, less headroom for the graph itself
 
@@ -150,6 +153,85 @@ def _versions() -> dict[str, str]:
     return out
 
 
+_EXPORT_TMP = re.compile(r"^\.export-(?:(\d+)-)?")
+
+
+def remove_stale_exports(out: Path) -> list[Path]:
+    """Delete `.export-*` folders of exports that were killed (SIGKILL, power loss: no cleanup
+    ran) in `out`; those of a live process are left alone. Returns what was removed."""
+    removed = []
+    for path in out.glob(".export-*"):
+        match = _EXPORT_TMP.match(path.name)
+        if not path.is_dir() or match is None:
+            continue
+        pid = match.group(1)
+        if pid is not None and pid_alive(int(pid)):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
+@contextlib.contextmanager
+def captured_output():
+    """Send stdout and stderr — Python's and the C++ exporter's, at the file-descriptor level —
+    to a temporary file while the block runs. The TorchScript exporter prints the whole Torch
+    IR graph (tens to hundreds of lines) when it fails; the exception says what failed, in one
+    line. Yields a function returning the captured text."""
+    captured: list[str] = []
+
+    def text() -> str:
+        return "".join(captured)
+
+    with tempfile.TemporaryFile() as sink:
+        _flush_all()
+        saved: list[tuple[int, int]] = []
+        try:
+            for fd in (1, 2):
+                saved.append((fd, os.dup(fd)))
+                os.dup2(sink.fileno(), fd)
+        except OSError:  # no such descriptors (an embedding host): capture Python's only
+            for fd, copy in saved:
+                os.dup2(copy, fd)
+                os.close(copy)
+            saved = []
+        buffer = io.StringIO()
+        try:
+            with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
+                yield text
+        finally:
+            _flush_all()
+            for fd, copy in saved:
+                os.dup2(copy, fd)
+                os.close(copy)
+            sink.seek(0)
+            captured += [buffer.getvalue(), sink.read().decode("utf-8", "replace")]
+
+
+def _flush_all() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    with contextlib.suppress(Exception):  # C stdio buffers (std::cout), so nothing leaks later
+        import ctypes
+
+        ctypes.CDLL(None).fflush(None)
+
+
+def cause_line(exc: BaseException) -> str:
+    """The first meaningful line of an exporter's exception: its messages can hold the whole
+    graph, a traceback or a report; the line that names the failure comes first (or after
+    the dynamo exporter's "## Exception summary" heading)."""
+    lines = [line.strip() for line in str(exc).splitlines()]
+    if "## Exception summary" in lines:
+        lines = lines[lines.index("## Exception summary") + 1 :]
+    noise = ("Torch IR graph", "graph(", "%", "#", "Traceback", "File ")
+    for line in lines:
+        if line and not line.startswith(noise):
+            return (line if len(line) <= 300 else line[:297] + "…") + f" [{type(exc).__name__}]"
+    return type(exc).__name__
+
+
 def export(
     model: nn.Module,
     out_dir: str | os.PathLike[str],
@@ -175,15 +257,17 @@ def export(
         raise ExportError(f"exporter must be 'torchscript' or 'dynamo', got {exporter!r}")
     opset = opset or (17 if exporter == "torchscript" else 20)
     out = ensure_output_dir(out_dir)
+    remove_stale_exports(out)
     model = model.eval()
     example = torch.randn(2 if dynamic_batch else 1, *input_shape)
     seconds: dict[str, float] = {}
-    with tempfile.TemporaryDirectory(dir=out, prefix=".export-") as tmp_dir:
+    # The owner's PID in the name: a later export can tell a killed run's folder from a live one.
+    with tempfile.TemporaryDirectory(dir=out, prefix=f".export-{os.getpid()}-") as tmp_dir:
         raw = Path(tmp_dir) / "raw.onnx"
         start = time.perf_counter()
         dynamic = {"input": {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), captured_output():
                 # The tracer warns about every Python-side shape computation in timm models; the
                 # parity check below is what says whether the graph is right.
                 warnings.simplefilter("ignore")
@@ -216,7 +300,9 @@ def export(
                     )
                     program.save(str(raw))
         except Exception as exc:  # the exporters raise many types; name the model and cause
-            raise ExportError(f"ONNX export of {name} failed ({exporter}): {exc}") from exc
+            raise ExportError(
+                f"ONNX export of {name} failed ({exporter}): {cause_line(exc)}"
+            ) from exc
         seconds["export"] = time.perf_counter() - start
 
         start = time.perf_counter()
@@ -232,13 +318,13 @@ def export(
                 ) from exc
             except Exception as exc:
                 raise ExportError(
-                    f"onnxslim failed on {name}: {exc} (retry with --no-simplify)"
+                    f"onnxslim failed on {name}: {cause_line(exc)} (retry with --no-simplify)"
                 ) from exc
         try:
             onnx.checker.check_model(graph, full_check=False)
             graph = onnx.shape_inference.infer_shapes(graph, strict_mode=True)
         except Exception as exc:
-            raise ExportError(f"exported graph of {name} is invalid: {exc}") from exc
+            raise ExportError(f"exported graph of {name} is invalid: {cause_line(exc)}") from exc
         staged = Path(tmp_dir) / "model.onnx"
         external = graph.ByteSize() > _TWO_GB
         onnx.save_model(

@@ -19,6 +19,11 @@ _OPTIONAL_KEY_SUFFIXES = ("num_batches_tracked",)  # absent from older BatchNorm
 def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """Load a flat name→tensor mapping from `.safetensors` or a `.pth/.pt/.th/.bin` file."""
     path = Path(path)
+    from ..paths import path_problem
+
+    problem = path_problem(path)
+    if problem:
+        raise CheckpointError(f"checkpoint {path}: {problem}")
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
@@ -101,20 +106,42 @@ def load_checkpoint_into(model: nn.Module, path: str | os.PathLike[str]) -> nn.M
         for k in state
         if k in expected and state[k].shape != expected[k].shape
     ]
-    if missing or unexpected or mismatched:
+    # A float weight stored as integers (or the reverse) loads "fine" through the copy's cast
+    # and gives a model that scores chance; float16/bfloat16 into float32 is a plain cast.
+    wrong_kind = [
+        f"{k}: checkpoint {_dtype(state[k])} vs model {_dtype(expected[k])}"
+        for k in state
+        if k in expected
+        and not k.endswith(_OPTIONAL_KEY_SUFFIXES)
+        and state[k].is_floating_point() != expected[k].is_floating_point()
+    ]
+    if missing or unexpected or mismatched or wrong_kind:
         parts = []
         for label, keys in (
             ("missing", missing),
             ("unexpected", unexpected),
             ("wrong shape", mismatched),
+            ("wrong dtype (floating vs integer)", wrong_kind),
         ):
             if keys:
                 shown = ", ".join(keys[:5]) + (f", … (+{len(keys) - 5})" if len(keys) > 5 else "")
                 parts.append(f"{len(keys)} {label} ({shown})")
-        raise CheckpointError(f"checkpoint {path} does not match the model: " + "; ".join(parts))
+        fix = (
+            " (floating weights stored as integers: save them from the float model, e.g. "
+            "save_checkpoint(model, path))"
+            if wrong_kind
+            else ""
+        )
+        raise CheckpointError(
+            f"checkpoint {path} does not match the model: " + "; ".join(parts) + fix
+        )
     model.load_state_dict(state, strict=False)
     check_finite(model, source=str(path))
     return model
+
+
+def _dtype(tensor: torch.Tensor) -> str:
+    return str(tensor.dtype).removeprefix("torch.")
 
 
 def check_finite(model: nn.Module, source: str = "model") -> None:

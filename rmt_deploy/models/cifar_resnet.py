@@ -16,12 +16,26 @@ from torch import nn
 DEPTHS = {20: 3, 32: 5, 44: 7, 56: 9}
 CIFAR_MEAN = (0.485, 0.456, 0.406)
 CIFAR_STD = (0.229, 0.224, 0.225)
+# CIFAR-10's classes in the order of its label indices (the checkpoints' output order).
+CIFAR10_CLASSES = (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
 
 
 def cifar_pretrained_cfg(num_classes: int = 10) -> dict:
     """32×32 inputs, no resize: the same keys as timm's pretrained_cfg, so one data-config
-    reader serves timm models and the CIFAR models alike."""
-    return {
+    reader serves timm models and the CIFAR models alike. `label_names` (10 classes) lets a
+    test folder holding only some class sub-folders be labelled by name, not by position."""
+    cfg = {
         "input_size": (3, 32, 32),
         "mean": CIFAR_MEAN,
         "std": CIFAR_STD,
@@ -29,6 +43,9 @@ def cifar_pretrained_cfg(num_classes: int = 10) -> dict:
         "interpolation": "bilinear",
         "num_classes": num_classes,
     }
+    if num_classes == len(CIFAR10_CLASSES):
+        cfg["label_names"] = CIFAR10_CLASSES
+    return cfg
 
 
 class PadShortcut(nn.Module):

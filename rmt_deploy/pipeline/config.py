@@ -7,12 +7,16 @@ of the offending key (e.g. `finetune.steps: expected an integer, got 'many'`).
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from ..errors import RmtDeployError
 
@@ -140,19 +144,53 @@ class RunConfig:
 
 def load_config(path: str | os.PathLike[str]) -> RunConfig:
     """Read and validate a YAML (or JSON) run config."""
-    import yaml
+    from ..paths import path_problem
 
     path = Path(path)
+    problem = path_problem(path)
+    if problem:
+        raise ConfigError(f"config file {path}: {problem}")
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+        raise ConfigError(f"{path} is not valid YAML: {_one_line(str(exc))}") from exc
+    except (ConfigError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
     try:
         return RunConfig.from_dict(data)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from exc
+
+
+def _one_line(text: str) -> str:
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping: YAML itself keeps the last one
+    silently, so an edited copy of a key would quietly override the original. Keys brought in
+    by a merge (`<<: *defaults`) may still be overridden, as YAML intends."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: SafeLoader reports it itself
+                continue
+            line = key_node.start_mark.line + 1
+            if first is not None:
+                raise ConfigError(
+                    f"duplicate key {key!r} at line {line} (first at line {first}): each key "
+                    "may appear once in a mapping; remove one of them"
+                )
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
 
 
 def _build(cls: type, data: Any, where: str):
@@ -197,8 +235,10 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {_kind(value)}")
+        _check_finite_inside(value, where)
         return dict(value)
     if hint is Any:
+        _check_finite_inside(value, where)
         return value
     if hint is bool:
         if not isinstance(value, bool):
@@ -211,6 +251,11 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{where}: expected a number, got {_kind(value)}")
+        if not math.isfinite(value) and _generic(where) not in NON_FINITE_ALLOWED:
+            rule = _RULES.get(_generic(where))
+            valid = f" {rule.describe()}" if rule is not None and not rule.two_sided else ""
+            extra = f" (it must lie in {rule.interval()})" if rule and rule.two_sided else ""
+            raise ConfigError(f"{where} must be a finite number{valid}{extra}, got {value}")
         return float(value)
     if hint is str:
         if not isinstance(value, str):
@@ -219,20 +264,136 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
     raise ConfigError(f"{where}: unsupported config type {hint}")  # a bug in this module
 
 
+# Float keys that may be ±inf or NaN (none today): every other float must be finite.
+NON_FINITE_ALLOWED: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class _Range:
+    """The valid values of one numeric key, said the way an error message needs it."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    integer: bool = False
+
+    @property
+    def two_sided(self) -> bool:
+        return self.low is not None and self.high is not None
+
+    def interval(self) -> str:
+        return (
+            f"{'(' if self.low_open else '['}{_num(self.low)}, "
+            f"{_num(self.high)}{')' if self.high_open else ']'}"
+        )
+
+    def describe(self) -> str:
+        if self.two_sided:
+            return f"lie in {self.interval()}"
+        if self.low is not None:
+            return f"{'>' if self.low_open else '≥'} {_num(self.low)}"
+        return f"{'<' if self.high_open else '≤'} {_num(self.high)}"
+
+    def holds(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return not (
+            self.high is not None and (value >= self.high if self.high_open else value > self.high)
+        )
+
+    def message(self, key: str, value: float) -> str:
+        if self.two_sided:
+            return f"{key} must {self.describe()}, got {value}"
+        kind = "an integer" if self.integer else "a finite number"
+        return f"{key} must be {kind} {self.describe()}, got {value}"
+
+
+def _num(value: float | None) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+_AT_LEAST_0, _AT_LEAST_1 = _Range(0, integer=True), _Range(1, integer=True)
+_NONNEG = _Range(0.0)
+# Every numeric key and its valid range (list items as key[]): refused at load, with the key's
+# path, instead of failing — or quietly doing the wrong thing — stages later.
+_RULES: dict[str, _Range] = {
+    "seed": _Range(0, 2**63 - 1, integer=True),
+    "data.calib_images": _AT_LEAST_1,
+    "data.val_images": _AT_LEAST_0,
+    "data.test_images": _AT_LEAST_1,
+    "data.preprocess.input_size[]": _AT_LEAST_1,
+    "data.preprocess.mean[]": _Range(),
+    "data.preprocess.std[]": _Range(0.0, low_open=True),
+    "data.preprocess.crop_pct": _Range(0.0, 1.0, low_open=True),
+    "compress.sparsity": _Range(0.0, 1.0, high_open=True),
+    "compress.accuracy_budget": _NONNEG,
+    "compress.batch": _AT_LEAST_1,
+    "finetune.steps": _AT_LEAST_0,
+    "finetune.batch_size": _AT_LEAST_1,
+    "finetune.lr": _NONNEG,
+    "finetune.distill_alpha": _Range(0.0, 1.0),
+    "finetune.bn_recal_images": _AT_LEAST_0,
+    "finetune.group_lasso": _NONNEG,
+    "finetune.l1": _NONNEG,
+    "finetune.l2": _NONNEG,
+    "export.opset": _Range(7, integer=True),
+    "export.verify_images": _AT_LEAST_1,
+    "benchmark.batches[]": _AT_LEAST_1,
+    "benchmark.runs": _AT_LEAST_1,
+    "benchmark.warmup_s": _NONNEG,
+    "benchmark.agreement_images": _AT_LEAST_0,
+}
+DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
+
+
+def _generic(where: str) -> str:
+    """`benchmark.batches[2]` → `benchmark.batches[]`: the key a rule is written for."""
+    return re.sub(r"\[\d+\]", "[]", where)
+
+
+def _check_finite_inside(value: Any, where: str) -> None:
+    """NaN/inf anywhere in a free-form value (`compress.settings`) is refused too."""
+    if isinstance(value, float) and not math.isfinite(value):
+        if where not in NON_FINITE_ALLOWED:
+            raise ConfigError(f"{where} must be a finite number, got {value}")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_finite_inside(item, _join(where, key))
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            _check_finite_inside(item, f"{where}[{i}]")
+
+
+def _check_ranges(config: RunConfig) -> None:
+    raw = config.to_dict()
+    for key, rule in _RULES.items():
+        path = key.removesuffix("[]")
+        value: Any = raw
+        for part in path.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if key.endswith("[]"):
+            items = [(f"{path}[{i}]", v) for i, v in enumerate(value or [])]
+        else:
+            items = [(path, value)]
+        for where, v in items:
+            if isinstance(v, int | float) and not isinstance(v, bool) and not rule.holds(v):
+                raise ConfigError(rule.message(where, v))
+
+
 def _check_values(config: RunConfig) -> None:
     from ..bench import BACKENDS
     from ..budget import METRICS
     from ..strategies import STRATEGIES
 
+    _check_ranges(config)
     c, f, b = config.compress, config.finetune, config.benchmark
     if c.strategy not in STRATEGIES:
         raise ConfigError(
             f"compress.strategy: unknown {c.strategy!r} ({', '.join(sorted(STRATEGIES))})"
         )
-    if not 0.0 <= c.sparsity < 1.0:
-        raise ConfigError(f"compress.sparsity must lie in [0, 1), got {c.sparsity}")
-    if c.accuracy_budget is not None and not 0 <= c.accuracy_budget < float("inf"):
-        raise ConfigError(f"compress.accuracy_budget must be ≥ 0, got {c.accuracy_budget}")
     if c.budget_metric not in (*METRICS, "loader") and ":" not in c.budget_metric:
         raise ConfigError(
             f"compress.budget_metric: one of {', '.join(METRICS)}, loader (data.loader's own) or "
@@ -261,43 +422,48 @@ def _check_values(config: RunConfig) -> None:
         raise ConfigError(
             f"compress.targets: auto or deployments from {', '.join(DEPLOYMENTS)}, got {c.targets}"
         )
-    if c.device not in ("cpu", "cuda") and not c.device.startswith("cuda:"):
-        raise ConfigError(f"compress.device: cpu or cuda, got {c.device!r}")
-    for name, value in (
-        ("compress.batch", c.batch),
-        ("data.calib_images", config.data.calib_images),
-        ("finetune.batch_size", f.batch_size),
-        ("benchmark.runs", b.runs),
-    ):
-        if value <= 0:
-            raise ConfigError(f"{name} must be positive, got {value}")
-    for name, value in (
-        ("finetune.steps", f.steps),
-        ("data.val_images", config.data.val_images),
-        ("finetune.bn_recal_images", f.bn_recal_images),
-    ):
-        if value < 0:
-            raise ConfigError(f"{name} must be ≥ 0, got {value}")
-    for name in ("lr", "group_lasso", "l1", "l2"):
-        value = getattr(f, name)
-        if value is not None and not 0 <= value < float("inf"):
-            raise ConfigError(f"finetune.{name} must be a finite number ≥ 0, got {value}")
+    duplicated = _duplicates(c.targets)
+    if duplicated:
+        raise ConfigError(f"compress.targets: {', '.join(duplicated)} given twice")
+    if not DEVICE.match(c.device):
+        raise ConfigError(f"compress.device: cpu, cuda or cuda:N (N a GPU index), got {c.device!r}")
     if f.optimizer not in (None, "sgd", "adamw"):
         raise ConfigError(f"finetune.optimizer: sgd or adamw, got {f.optimizer!r}")
-    if not 0.0 <= f.distill_alpha <= 1.0:
-        raise ConfigError(f"finetune.distill_alpha must lie in [0, 1], got {f.distill_alpha}")
     unknown = [name for name in b.backends if name not in BACKENDS and name != "auto"]
     if unknown:
         raise ConfigError(
             f"benchmark.backends: unknown {', '.join(unknown)} (available: {', '.join(BACKENDS)})"
         )
-    if not b.batches or min(b.batches) <= 0:
-        raise ConfigError(f"benchmark.batches must be positive integers, got {b.batches}")
+    if not b.backends or ("auto" in b.backends and len(b.backends) > 1):
+        raise ConfigError(f"benchmark.backends: auto, or backends from the list, got {b.backends}")
+    duplicated = _duplicates(b.backends)
+    if duplicated:
+        raise ConfigError(f"benchmark.backends: {', '.join(duplicated)} given twice")
+    if not b.batches:
+        raise ConfigError("benchmark.batches: give at least one batch size, e.g. [1, 8]")
+    p = config.data.preprocess
+    if p.input_size is not None and len(p.input_size) not in (2, 3):
+        raise ConfigError(
+            f"data.preprocess.input_size: [height, width] or [channels, height, width], "
+            f"got {p.input_size}"
+        )
+    from ..models import INTERPOLATIONS
+
+    if p.interpolation is not None and p.interpolation not in INTERPOLATIONS:
+        raise ConfigError(
+            f"data.preprocess.interpolation: one of {', '.join(INTERPOLATIONS)}, "
+            f"got {p.interpolation!r}"
+        )
     if config.export.tensorrt is not None:
         from ..exporters.tensorrt_build import PRECISIONS, SPARSITY_MODES, BatchProfile
 
         t = config.export.tensorrt
-        BatchProfile.parse(t.batch)
+        try:
+            BatchProfile.parse(t.batch)
+        except RmtDeployError as exc:
+            raise ConfigError(
+                f"export.tensorrt.batch: {str(exc).removeprefix('--batch ')}"
+            ) from exc
         if t.precision not in PRECISIONS:
             raise ConfigError(
                 f"export.tensorrt.precision: one of {PRECISIONS}, got {t.precision!r}"
@@ -324,6 +490,11 @@ def _check_values(config: RunConfig) -> None:
         raise ConfigError("benchmark.backends has tensorrt but export.tensorrt is not configured")
     if any(name.startswith("onnxruntime") for name in b.backends) and not config.export.onnx:
         raise ConfigError("benchmark.backends has onnxruntime but export.onnx is false")
+
+
+def _duplicates(items: list[str]) -> list[str]:
+    seen: set[str] = set()
+    return sorted({item for item in items if item in seen or seen.add(item)})
 
 
 def _join(where: str, key: str) -> str:

@@ -9,6 +9,7 @@ place). Changing, say, `benchmark.batches` reruns the benchmark and the report o
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -17,9 +18,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import AssetsError, RmtDeployError
-from ..paths import assets_dir, ensure_output_dir, file_sha256, read_json, write_json_atomic
-from .config import RunConfig
+from ..errors import AssetsError, DataError, RmtDeployError
+from ..paths import (
+    assets_dir,
+    ensure_output_dir,
+    file_sha256,
+    is_dir,
+    is_file,
+    output_lock,
+    path_problem,
+    read_json,
+    write_json_atomic,
+)
+from .config import ConfigError, RunConfig
 from .isolate import run_isolated
 
 STAGES = ("analyze", "plan", "compress", "evaluate", "export", "benchmark", "report")
@@ -58,6 +69,27 @@ ISOLATED = ("plan",)
 
 class StageDependencyError(RmtDeployError):
     """A stage was asked for while a stage it needs has not run (with this config)."""
+
+
+class StageNameError(ConfigError):
+    """`--stages` names no stage, an unknown one, or one twice."""
+
+
+def check_stages(stages: list[str] | None) -> list[str] | None:
+    """The stages asked for, checked: None runs them all; an empty list (`--stages ,`), an
+    unknown name or a repeated one is an error listing the stages, not "run everything"."""
+    if stages is None:
+        return None
+    listing = f"stages: {', '.join(STAGES)} (comma-separated, e.g. --stages benchmark,report)"
+    if not stages:
+        raise StageNameError(f"no stage named; {listing}")
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        raise StageNameError(f"unknown stage(s) {', '.join(unknown)}; {listing}")
+    repeated = sorted({s for s in stages if stages.count(s) > 1})
+    if repeated:
+        raise StageNameError(f"stage(s) {', '.join(repeated)} named twice; {listing}")
+    return list(stages)
 
 
 @dataclass
@@ -110,7 +142,7 @@ def stage_keys(config: RunConfig, assets: Path | None = None) -> dict[str, str]:
     also hashes the checkpoint file and the assets folder that models and data come from)."""
     raw = config.to_dict()
     checkpoint = config.checkpoint
-    model_id = file_sha256(checkpoint) if checkpoint and Path(checkpoint).is_file() else ""
+    model_id = file_sha256(checkpoint) if checkpoint and is_file(checkpoint) else ""
     keys: dict[str, str] = {}
     for stage in STAGES:
         payload = {
@@ -149,13 +181,36 @@ def run(
     log: Callable[[str], None] = print,
 ) -> RunResult:
     """Run the pipeline; `stages` limits it to some stages, whose dependencies must already be
-    done in the output folder (with this config); `force` reruns them even if up to date."""
+    done in the output folder (with this config); `force` reruns them even if up to date.
+
+    Everything that can be checked without running a stage is checked first — the config, the
+    stage names, the data folders and their labels, the model on a batch — so bad input fails
+    in one line with nothing written. The output folder is locked while the run lasts
+    (`.rmt-deploy.lock`): a second run into it is refused instead of mixing the results."""
+    config = RunConfig.from_dict(config.to_dict())  # edited in place since loading? checked again
+    stages = check_stages(stages)
+    out_path = Path(config.output)
+    existed = is_dir(out_path)
+    out = ensure_output_dir(out_path)
+    try:
+        with output_lock(out):
+            return _run_locked(config, out, stages, force, progress, log)
+    finally:
+        if not existed:  # refused before anything was written: leave no empty folder behind
+            with contextlib.suppress(OSError):
+                out.rmdir()
+
+
+def _run_locked(
+    config: RunConfig,
+    out: Path,
+    stages: list[str] | None,
+    force: bool,
+    progress: bool,
+    log: Callable[[str], None],
+) -> RunResult:
     from .stages import STAGE_FUNCTIONS, RunContext
 
-    unknown = [s for s in stages or [] if s not in STAGES]
-    if unknown:
-        raise RmtDeployError(f"unknown stage(s) {', '.join(unknown)}; stages: {', '.join(STAGES)}")
-    out = ensure_output_dir(config.output)
     manifest = Manifest(out)
     try:
         assets = assets_dir(config.assets)
@@ -173,6 +228,7 @@ def run(
                     )
     ctx = RunContext(config, out, assets, progress, log)
     if any(not manifest.done(s, keys[s], out) or force for s in selected if s != "report"):
+        check_data(ctx)  # missing folders, labels that would be wrong: before any stage runs
         ctx.validate()  # bad data, split or budget: one clear error before any stage runs
     write_json_atomic(out / "config.json", config.to_dict())
     result = RunResult(out)
@@ -206,3 +262,73 @@ def run(
         name: entry.get("summary", {}) for name, entry in manifest.data["stages"].items()
     }
     return result
+
+
+def _data_folders(config: RunConfig) -> dict[str, tuple[str, bool]]:
+    """The data folders this run reads: config key → (value, whether its labels are used)."""
+    d, c = config.data, config.compress
+    folders: dict[str, tuple[str, bool]] = {}
+    trains = config.finetune.steps > 0 or c.strategy in ("ser", "hybrid")
+    if d.train is not None and (trains or d.calib == "train"):
+        folders["data.train"] = (d.train, trains)
+    if d.loader is None and d.test is not None:
+        folders["data.test"] = (d.test, True)
+    if d.calib not in ("train", "test"):
+        folders["data.calib"] = (d.calib, False)
+    return folders
+
+
+def check_data(ctx) -> None:
+    """Every data folder the run reads exists, and its class labels are the model's.
+
+    The stages label class sub-folders by sorted position (pipeline/stages.py loads them
+    without a class list), which is right only when a folder holds exactly the reference
+    classes in order: the training folder's classes for the test folder, the model's
+    `label_names` for the training folder. A test folder with only some of the classes would
+    be scored against shifted labels (0 % top-1), so it is refused here, with the fix."""
+    from ..data import (
+        class_folders,
+        class_index,
+        load_image_dataset,
+        model_label_names,
+        model_num_outputs,
+    )
+
+    folders = _data_folders(ctx.config)
+    paths = {}
+    for key, (value, _) in folders.items():
+        problem = path_problem(value)
+        if problem:
+            raise DataError(f"{key}: {value}: {problem}")
+        path = ctx.data_path(value)
+        if not is_dir(path):
+            where = "" if Path(value).is_absolute() else f" (nor inside the assets {ctx.assets})"
+            raise DataError(
+                f"{key}: folder {value} not found{where}: fix the path, or set "
+                "RMT_DEPLOY_ASSETS / --assets to the folder that holds it"
+            )
+        paths[key] = path
+    labelled = {key: paths[key] for key, (_, used) in folders.items() if used}
+    if not labelled:
+        return
+    label_names = model_label_names(ctx.dense)
+    outputs = model_num_outputs(ctx.dense, ctx.input_shape)
+    train_classes = class_folders(paths["data.train"]) if "data.train" in paths else None
+    for key, path in labelled.items():
+        names = class_folders(path)
+        if names is None:  # labels.csv (checked against the outputs) or unlabelled images
+            if (path / "labels.csv").is_file():
+                load_image_dataset(path, num_outputs=len(label_names or []) or outputs)
+            continue
+        reference, source = label_names, "the model's label_names"
+        if key == "data.test" and train_classes is not None:
+            reference, source = train_classes, f"data.train ({paths['data.train']})"
+        _, index = class_index(names, reference, outputs, f"{key} ({path})")
+        if any(index[name] != i for i, name in enumerate(names)):
+            missing = [c for c in (reference or []) if c not in index]
+            raise DataError(
+                f"{key} ({path}) holds {len(names)} class folders, not the {len(reference or [])} "
+                f"classes of {source} (missing: {', '.join(missing[:5]) or 'none'}"
+                f"{', …' if len(missing) > 5 else ''}): labelled by position its labels would be "
+                "wrong; give the full folder (one sub-folder per class) or a labels.csv"
+            )
