@@ -29,7 +29,8 @@ def test_registry_lists_every_strategy():
         "lowrank",
         "nm24",
     }
-    assert {n for n, s in STRATEGIES.items() if s.needs_data} == {"ser", "hybrid", "lowrank", "latency"}
+    needs_data = {n for n, s in STRATEGIES.items() if s.needs_data}
+    assert needs_data == {"ser", "hybrid", "lowrank", "latency"}
 
 
 def test_json_round_trip_and_recompute(tmp_path):
