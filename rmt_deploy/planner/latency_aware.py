@@ -238,7 +238,7 @@ def latency_plan(
     nm24: bool | None = None,
     min_gain: float = 0.02,
     min_speedup: float = 1.03,
-    plan_within: float = 1.15,
+    plan_within: float = 1.5,
     calib_images: int = 512,
     sensitivity_images: int = 32,
     rank_multiple: int = 8,
@@ -505,7 +505,10 @@ def latency_plan(
 
         # 2–3. Per-layer tables and allocations for every deployment whose dense model fits.
         # A deployment whose dense model is much slower than the best dense one would need a
-        # plan that speeds it up by that much just to tie: it is not planned for.
+        # plan that speeds it up by that much just to tie: it is not planned for. The limit is
+        # loose (×1.5) because this early timing is noisy and forms rank differently once
+        # factorized: with ×1.15 a ViT run dropped ORT fp32 as ×1.18 the INT8 model (×0.97
+        # when timed again) and shipped ×1.29 where fp32 low rank gives ×2.2.
         fastest = min(e.measured_ms for e in report.baselines if e.within_budget)
         plannable = []
         for d, e in zip(deployments, report.baselines, strict=True):

@@ -14,7 +14,7 @@ from .base import PlanContext, StrategyError, register_strategy
     finalists=2,  # per deployment, timed whole
     latency_target=0.0,  # > 0: the least damaging plan predicted this much faster
     min_speedup=1.03,  # a plan must beat the best dense deployment by this, measured
-    plan_within=1.15,  # plan only for deployments whose dense model is within this of the best
+    plan_within=1.5,  # plan only for deployments whose dense model is within this of the best
     rounds=5,
     runs=10,
     sensitivity_images=32,
