@@ -452,3 +452,41 @@ def test_loader_callable_with_its_metric_and_bad_loaders(tmp_path):
         UserCodeError, match=r"broken raised ValueError: no such bucket \(at .*loaders.py"
     ):
         run(raising, **quiet)
+
+
+def test_speed_headline_takes_the_predictions_own_ratio():
+    # The planner predicted 40 ms against a dense 48 ms (×1.20) while the machine was slow; the
+    # baselines were timed again later at 30 ms. The headline must say ×1.20, not 30/40.
+    from rmt_deploy.pipeline.report import speed_headline
+
+    def row(ms):
+        return {"latency": {"median_ms": ms}}
+
+    rows = {
+        ("dense", "onnxruntime", 8): row(30.0),
+        ("dense", "onnxruntime-int8", 8): row(31.0),
+        ("compressed", "onnxruntime-int8", 8): row(25.0),
+    }
+    planner = {
+        "chosen_deployment": "onnxruntime-int8",
+        "chosen": "plan 2 / onnxruntime-int8",
+        "baselines": [
+            {"deployment": "onnxruntime", "measured_ms": 29.0, "within_budget": True},
+            {"deployment": "onnxruntime-int8", "measured_ms": 30.0, "within_budget": True},
+        ],
+        "finalists": [
+            {
+                "label": "plan 2 / onnxruntime-int8",
+                "deployment": "onnxruntime-int8",
+                "candidate": 1,
+                "predicted_ms": 40.0,
+                "measured_ms": 24.0,
+            }
+        ],
+        "candidates": [{"predicted_speedup": 1.05}, {"predicted_speedup": 1.2}],
+    }
+    head = speed_headline(rows, planner, 8)
+    assert head["predicted_speedup"] == 1.2
+    assert head["planner_measured_speedup"] == 30.0 / 24.0
+    assert head["best_dense"] == "onnxruntime" and head["speedup_vs_best_dense"] == 30.0 / 25.0
+    assert head["measured_speedup_same_deployment"] == 31.0 / 25.0
