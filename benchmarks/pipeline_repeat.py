@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import shutil
 import statistics
 import sys
@@ -69,6 +70,34 @@ def one_run(config_path: str, out: Path, assets: str | None) -> dict:
         "plan_seconds": manifest["stages"]["plan"]["seconds"],
         "total_seconds": round(seconds, 1),
     }
+
+
+def _child(config_path: str, out: Path, assets: str | None, conn) -> None:
+    try:
+        conn.send(one_run(config_path, out, assets))
+    except BaseException as exc:
+        conn.send(f"{type(exc).__name__}: {exc}")
+    finally:
+        conn.close()
+
+
+def in_fresh_process(config_path: str, out: Path, assets: str | None) -> dict:
+    """One repetition in a spawned process, as `rmt-deploy run` would be: the benchmark stage
+    leaves OpenVINO and ONNX Runtime loaded, and the next run's training in the same process
+    died here with a segmentation fault."""
+    context = multiprocessing.get_context("spawn")
+    parent, child = context.Pipe(duplex=False)
+    process = context.Process(target=_child, args=(config_path, out, assets, child))
+    process.start()
+    child.close()
+    try:
+        answer = parent.recv()
+    except EOFError:
+        answer = f"the run's process died (exit code {process.exitcode})"
+    process.join()
+    if isinstance(answer, str):
+        raise SystemExit(f"run into {out} failed: {answer}")
+    return answer
 
 
 def summarize(runs: list[dict]) -> dict:
@@ -137,7 +166,9 @@ def main() -> int:
     runs = []
     for i in range(args.repeats):
         print(f"== {args.model} run {i + 1}/{args.repeats}", flush=True)
-        runs.append(one_run(CONFIGS[args.model], args.workdir / f"{args.model}{i}", args.assets))
+        runs.append(
+            in_fresh_process(CONFIGS[args.model], args.workdir / f"{args.model}{i}", args.assets)
+        )
         print("  ", json.dumps(runs[-1]), flush=True)
         write(args.model, env, runs, summarize(runs))  # after every run: partial results survive
     return 0
