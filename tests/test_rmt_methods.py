@@ -104,38 +104,13 @@ def test_regularizers_from_the_cli_and_the_config(tmp_path, capsys):
     from rmt_deploy.cli import main
     from rmt_deploy.pipeline import ConfigError, RunConfig
 
-    assert (
-        main(
-            [
-                "compress",
-                "cifar_resnet20",
-                "--random-init",
-                "--strategy",
-                "magnitude",
-                "--out",
-                str(tmp_path),
-                "--seed-regularizers",
-            ]
-        )
-        == 2
-    )
+    def compress(*extra):
+        argv = ["compress", "cifar_resnet20", "--random-init", "--strategy", "magnitude"]
+        return main([*argv, "--out", str(tmp_path), *extra])
+
+    assert compress("--seed-regularizers") == 2
     assert "add --finetune-steps" in capsys.readouterr().err
-    assert (
-        main(
-            [
-                "compress",
-                "cifar_resnet20",
-                "--random-init",
-                "--strategy",
-                "magnitude",
-                "--out",
-                str(tmp_path),
-                "--l1",
-                "-1",
-            ]
-        )
-        == 2
-    )
+    assert compress("--l1", "-1") == 2
     assert "--l1 must be a finite number ≥ 0" in capsys.readouterr().err
     config = RunConfig.from_dict({"model": "x", "finetune": {"seed_regularizers": True}})
     assert config.finetune.seed_regularizers is True
