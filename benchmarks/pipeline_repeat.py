@@ -36,6 +36,7 @@ FIGURES = (
     "speedup_vs_onnxruntime_fp32",
     "predicted_speedup",
     "planner_measured_speedup",
+    "planner_confirmed_speedup",
     "measured_speedup_same_deployment",
     "loss_pp",
     "plan_seconds",

@@ -2,11 +2,12 @@
 
     python benchmarks/prediction_check.py runs/repeat/vit0 runs/repeat/vit1 ... --name vit
 
-Reads each run's `plan/planner.json`: for every finalist, the speedup the per-layer table
-predicted (its own ratio: the dense time it was predicted from over its predicted time) and the
-speedup measured whole, interleaved with the dense model on the same deployment. Prints and
-saves, per deployment, the median and range of measured / predicted over every finalist of
-every run (1.00 = exact; the issue's goal: within ±15 %).
+Reads each run's `plan/planner.json`: for every finalist, the speedup the planner predicted (its
+own ratio: the dense time it was predicted from over its predicted time; the per-layer table's
+savings scaled by the deployment's whole-model probe), the table's uncalibrated prediction, and
+the speedup measured whole, interleaved with the dense model on the same deployment. Prints
+and saves, per deployment, the median and range of measured / predicted over every finalist of
+every run (1.00 = exact; the issue's goal: within ±15 %), calibrated and uncalibrated.
 """
 
 from __future__ import annotations
@@ -25,8 +26,11 @@ def ratios(run: Path) -> list[dict]:
     dense = {b["deployment"]: b["measured_ms"] for b in planner["baselines"]}
     out = []
     for f in planner["finalists"]:
-        predicted = planner["candidates"][f["candidate"]]["predicted_speedup"]
+        cand = planner["candidates"][f["candidate"]]
+        predicted = cand["predicted_speedup"]
         measured = dense[f["deployment"]] / f["measured_ms"]
+        table_ms = cand.get("table_ms")  # absent in runs before the probe calibration
+        table = None if table_ms is None else predicted * cand["predicted_ms"] / table_ms
         out.append(
             {
                 "run": run.name,
@@ -35,6 +39,8 @@ def ratios(run: Path) -> list[dict]:
                 "predicted_speedup": predicted,
                 "measured_speedup": measured,
                 "measured_over_predicted": measured / predicted,
+                "table_speedup": table,
+                "measured_over_table": None if table is None else measured / table,
                 "chosen": f["label"] == planner.get("chosen"),
             }
         )
@@ -47,22 +53,34 @@ def main() -> int:
     parser.add_argument("--name", required=True, help="the result file's name")
     args = parser.parse_args()
     rows = [r for run in args.runs for r in ratios(run)]
-    by = {}
+    by, by_table = {}, {}
     for r in rows:
         by.setdefault(r["deployment"], []).append(r["measured_over_predicted"])
+        if r["measured_over_table"] is not None:
+            by_table.setdefault(r["deployment"], []).append(r["measured_over_table"])
     lines = [
         f"# {args.name}: predicted vs measured speedup of every finalist",
         "",
         f"{len(args.runs)} runs; CPU: {environment()['cpu']}. measured / predicted (1.00 = exact).",
         "",
-        "| deployment | finalists | median | min | max | within ±15 % |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| deployment | finalists | median | min | max | within ±15 % | uncalibrated: "
+        "median | min | max | within ±15 % |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for deployment, values in sorted(by.items()):
+
+    def cells(values):
+        if not values:
+            return "– | – | – | –"
         inside = sum(0.85 <= v <= 1.15 for v in values)
+        return (
+            f"{statistics.median(values):.2f} | {min(values):.2f} | {max(values):.2f} | "
+            f"{inside} of {len(values)}"
+        )
+
+    for deployment, values in sorted(by.items()):
         lines.append(
-            f"| {deployment} | {len(values)} | {statistics.median(values):.2f} | "
-            f"{min(values):.2f} | {max(values):.2f} | {inside} of {len(values)} |"
+            f"| {deployment} | {len(values)} | {cells(values)} | "
+            f"{cells(by_table.get(deployment, []))} |"
         )
     chosen = [r for r in rows if r["chosen"]]
     lines += ["", "Chosen plans:", ""]

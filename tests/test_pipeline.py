@@ -23,6 +23,8 @@ from rmt_deploy.plan import CompressionPlan
 from rmt_deploy.planner import BudgetNotMetError, latency_plan
 from rmt_deploy.usercode import UserCodeError
 
+run_module = importlib.import_module("rmt_deploy.pipeline.run")  # `pipeline.run` is the function
+
 TINY = {
     "model": "cifar_resnet20",
     "analyze": {"plots": False},
@@ -185,6 +187,7 @@ def test_rerun_skips_and_changes_rerun_only_what_depends(finished_run, monkeypat
         raise RuntimeError("killed")
 
     monkeypatch.setitem(stage_module.STAGE_FUNCTIONS, "benchmark", crash)
+    monkeypatch.setattr(run_module, "ISOLATED", ())  # the crash is patched into this process
     with pytest.raises(RuntimeError, match="killed"):
         run(changed, **quiet)
     monkeypatch.undo()
@@ -324,6 +327,44 @@ def test_fixed_strategy_reuses_the_analysis(finished_run, tmp_path):
     plan = json.loads((again.output / "plan" / "plan.json").read_text())
     assert plan["strategy"] == "nm24" and plan["summary"]["nm24_layers"] > 0
     assert "at sparsity 0.5" in (again.output / "report.md").read_text()
+
+
+# What the caller's process holds after export and benchmark, printed by a fresh interpreter.
+_RUNTIMES_PROBE = """
+import json, sys
+import rmt_deploy as rd
+config = rd.load_config(sys.argv[1])
+result = rd.run(config, stages=["export", "benchmark"], force=True, progress=False,
+                log=lambda _: None)
+loaded = [m for m in ("onnxruntime", "openvino", "onnx", "tensorrt") if m in sys.modules]
+print(json.dumps({"ran": result.ran, "loaded": loaded}))
+"""
+
+
+def test_export_and_benchmark_leave_the_runtimes_out_of_the_callers_process(
+    finished_run, tmp_path, assets
+):
+    """A second `rd.run` in one process died after a benchmark had loaded OpenVINO: the
+    stages that load runtimes run in a child, and the caller never imports them."""
+    import subprocess
+    import sys
+
+    _, config, result = finished_run
+    shutil.copytree(result.output, tmp_path / "run")
+    raw = config.to_dict() | {"output": str(tmp_path / "run"), "assets": str(assets)}
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    done = subprocess.run(
+        [sys.executable, "-c", _RUNTIMES_PROBE, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    answer = json.loads(done.stdout.strip().splitlines()[-1])
+    assert answer == {"ran": ["export", "benchmark"], "loaded": []}
+    bench = json.loads((tmp_path / "run" / "bench" / "bench.json").read_text())
+    assert {r["backend"] for r in bench["results"]} == {"torch", "onnxruntime"}
 
 
 def _flat_unlabelled(folder, cifar_test, n=90):

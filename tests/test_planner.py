@@ -4,6 +4,7 @@ on a saved table, latency targets, INT8 quantization and the OpenVINO backend.""
 import copy
 import importlib.util
 import itertools
+import json
 
 import numpy as np
 import onnx
@@ -14,7 +15,14 @@ from torch.utils.data import TensorDataset
 
 from rmt_deploy.calibration import InputStats, whitened_factors
 from rmt_deploy.layers import layer_view
-from rmt_deploy.planner import LayerEntry, LayerOption, allocate, latency_plan, refine_sensitivity
+from rmt_deploy.planner import (
+    BudgetNotMetError,
+    LayerEntry,
+    LayerOption,
+    allocate,
+    latency_plan,
+    refine_sensitivity,
+)
 
 
 def _entry(name, dense_ms, options, sensitivity):
@@ -156,6 +164,116 @@ def test_an_unreachable_latency_target_says_so_and_ships_the_fastest(tmp_path):
     chosen = report.engine(report.chosen)
     pool = [e for e in [*report.baselines, *report.finalists] if e.within_budget]
     assert chosen.measured_ms <= min(e.measured_ms for e in pool) * 1.03 + 1e-9
+
+
+def test_paired_speedup_is_the_median_of_per_sweep_ratios():
+    from rmt_deploy.errors import RmtDeployError
+    from rmt_deploy.planner.timing import paired_speedup
+
+    # The machine slows down threefold halfway: per-sweep pairs cancel it (every ratio is 2),
+    # where the ratio of the two medians would not (median 20 / median 7.5 = 2.67).
+    reference = [10.0, 10.0, 10.0, 30.0, 30.0, 30.0]
+    candidate = [5.0, 5.0, 5.0, 15.0, 15.0, 15.0]
+    est = paired_speedup(reference, candidate)
+    assert (est.median, est.low, est.high, est.pairs) == (2.0, 2.0, 2.0, 6)
+    # Ratios 2, 2, 1, 1: median 1.5, the bounds inside [1, 2] and around it; seeded.
+    est = paired_speedup([10.0] * 4, [5.0, 5.0, 10.0, 10.0])
+    assert est.median == 1.5 and 1.0 <= est.low < 1.5 < est.high <= 2.0
+    assert paired_speedup([10.0] * 4, [5.0, 5.0, 10.0, 10.0]) == est
+    with pytest.raises(RmtDeployError, match="equally many samples, got 2 and 1"):
+        paired_speedup([1.0, 2.0], [1.0])
+
+
+DENSE_MS = 10.0  # the fake clock's whole dense model
+
+
+def _fake_clocks(monkeypatch, *, probe_ms, planned_ms, head_to_head_ms, layer_ms=0.5):
+    """Deterministic timings: every layer 1 ms dense and `layer_ms` in any low-rank form; the
+    whole dense model DENSE_MS, the probe `probe_ms`, a plan `planned_ms` among all engines
+    and `head_to_head_ms` timed alone with the best dense engine. Returns the calls seen."""
+    calls = []
+
+    def layers(entries, *args, **kwargs):
+        for entry in entries:
+            for option in entry.options:
+                ms = 1.0 if option.form == "dense" else layer_ms
+                option.ms = option.q1_ms = option.q3_ms = ms
+
+    timed = set()
+
+    def whole(runners, inputs, rounds=5, runs=10, cuda=False):
+        calls.append(sorted(runners))
+
+        def ms(key):
+            if key == "dense" or key.startswith("dense /"):
+                return DENSE_MS
+            if key == "probe":
+                return probe_ms
+            again = key in timed  # a plan's second timing: alone with the best dense engine
+            timed.add(key)
+            return head_to_head_ms if again else planned_ms
+
+        return {key: [ms(key)] * (rounds * runs) for key in runners}
+
+    monkeypatch.setattr("rmt_deploy.planner.latency_aware.measure_options", layers)
+    monkeypatch.setattr("rmt_deploy.planner.latency_aware.time_interleaved", whole)
+    return calls
+
+
+def _plan_toy(tmp_path, **kwargs):
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    model, data = _toy()
+    return latency_plan(
+        model,
+        data,
+        heldout=data,
+        targets=["onnxruntime"],
+        accuracy_budget=100.0,
+        budget_metric="agreement",
+        table=tmp_path / "tables.json",
+        **(QUICK | kwargs),
+    )
+
+
+def test_predictions_are_scaled_by_the_whole_model_probe(tmp_path, monkeypatch):
+    # The probe measures a 2 % saving (10 → 9.8 ms) wherever the table promises more.
+    _fake_clocks(monkeypatch, probe_ms=9.8, planned_ms=9.0, head_to_head_ms=9.0)
+    _, report = _plan_toy(tmp_path)
+    tables = json.loads((tmp_path / "tables.json").read_text())["tables"]["onnxruntime"]
+    factorizable = sum(len(e["options"]) > 1 for e in tables["layers"])
+    assert factorizable >= 1
+    promised = 0.5 * factorizable  # the probe factorizes every such layer, 0.5 ms saved each
+    kappa = 0.2 / promised  # 0.2 ms measured of `promised` predicted
+    calibration = report.calibrations["onnxruntime"]
+    assert calibration["probe_layers"] == factorizable
+    assert calibration["kappa"] == pytest.approx(kappa)
+    assert calibration["measured_share"] == pytest.approx(0.02)
+    assert report.candidates
+    for cand in report.candidates:
+        assert cand.table_ms == pytest.approx(DENSE_MS - 0.5 * cand.lowrank_layers)
+        assert cand.predicted_ms == pytest.approx(DENSE_MS - kappa * 0.5 * cand.lowrank_layers)
+        assert cand.predicted_speedup == pytest.approx(DENSE_MS / cand.predicted_ms)
+
+
+def test_a_plan_ships_only_when_it_wins_head_to_head(tmp_path, monkeypatch):
+    # ×1.11 among all engines, ×1.11 alone with the best dense one: the plan ships.
+    calls = _fake_clocks(monkeypatch, probe_ms=9.0, planned_ms=9.0, head_to_head_ms=9.0)
+    plan, report = _plan_toy(tmp_path / "a")
+    chosen = report.engine(report.chosen)
+    assert chosen.candidate is not None and plan.compressed
+    assert chosen.confirmed["against"] == "dense / onnxruntime"
+    assert chosen.confirmed["median"] == pytest.approx(DENSE_MS / 9.0)
+    assert chosen.confirmed["low"] == pytest.approx(DENSE_MS / 9.0)
+    assert chosen.confirmed["pairs"] == 2 * QUICK["rounds"] * QUICK["runs"]  # twice as long
+    assert ["dense / onnxruntime", chosen.label] in calls
+    # ×1.11 among all engines but ×1.00 alone: not surely faster, the dense model ships.
+    _fake_clocks(monkeypatch, probe_ms=9.0, planned_ms=9.0, head_to_head_ms=DENSE_MS)
+    with pytest.raises(BudgetNotMetError, match=r"timed head to head: plan \d+ .*×1\.000") as e:
+        _plan_toy(tmp_path / "b")
+    report = e.value.report
+    assert report.chosen == "dense / onnxruntime" and not e.value.fallback.compressed
+    tried = [f for f in report.finalists if f.confirmed]
+    assert tried and all(f.confirmed["median"] == pytest.approx(1.0) for f in tried)
 
 
 @pytest.mark.slow

@@ -1,12 +1,13 @@
 """Run a stage in a process of its own.
 
-Planning loads every runtime it measures — OpenVINO with its TBB thread pool, ONNX Runtime
-sessions, INT8 quantizers — and they stay loaded. Fine-tuning in the same process afterwards
-died once here with a segmentation fault (ResNet-56: plan, then BatchNorm re-estimation and
-the first training step); runtimes also keep threads that slow PyTorch. Stages read what they
-need from the output folder, so the plan stage runs in a fresh child process and the parent,
-which trains, never loads those runtimes. Log lines, the result and the user's errors come
-back through a pipe; a crash of the child is reported, not hidden.
+Planning, export and benchmarking load the runtimes they measure — OpenVINO with its TBB
+thread pool, ONNX Runtime sessions, INT8 quantizers, TensorRT — and they stay loaded.
+Training in the same process afterwards died here with a segmentation fault (ResNet-56: plan,
+then BatchNorm re-estimation and the first training step; and a second `rd.run` in one
+process after a benchmark stage had loaded OpenVINO); runtimes also keep threads that slow
+PyTorch. Stages read what they need from the output folder, so these stages run in a fresh
+child process and the parent, which trains, never loads those runtimes. Log lines, the result
+and the user's errors come back through a pipe; a crash of the child is reported, not hidden.
 """
 
 from __future__ import annotations

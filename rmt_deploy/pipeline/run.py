@@ -63,8 +63,10 @@ READS: dict[str, tuple[str, ...]] = {
 }
 
 
-# Stages run in a process of their own (pipeline/isolate.py): planning loads every runtime.
-ISOLATED = ("plan",)
+# Stages that load the runtimes (ONNX Runtime, OpenVINO, quantizers, TensorRT) run in a process
+# of their own (pipeline/isolate.py), so the caller's process never loads them: a second
+# `rd.run` in one process died in its training after an earlier benchmark had loaded OpenVINO.
+ISOLATED = ("plan", "export", "benchmark")
 
 
 class StageDependencyError(RmtDeployError):

@@ -354,13 +354,49 @@ def _write_planner(folder: Path, report, outcome: str | None = None) -> list[Pat
             if e.note:
                 lines.append(f"| ↳ {e.note} | | | | | | |")
         lines.append("")
+    confirmed = [e for e in report.finalists if e.confirmed]
+    if confirmed:
+        lines += [
+            "## Head to head with the best dense engine",
+            "",
+            "A plan ships only when the one-sided 95 % lower bound of its speedup, timed alone "
+            "with the best dense engine (paired per-call ratios, bootstrap), reaches "
+            "`min_speedup`.",
+            "",
+            "| plan | against | × median | 95 % bounds | pairs |",
+            "|---|---|---:|---:|---:|",
+        ]
+        for e in confirmed:
+            c = e.confirmed
+            lines.append(
+                f"| {e.label} | {c['against']} | ×{c['median']:.3f} | "
+                f"×{c['low']:.3f}–×{c['high']:.3f} | {c['pairs']} |"
+            )
+        lines.append("")
+    if report.calibrations:
+        lines += [
+            "## Prediction calibration",
+            "",
+            "Predicted ms = dense ms − κ · (the table's summed per-layer savings); κ is measured "
+            "on a whole-model probe (the most aggressive allocation) timed with the dense model.",
+            "",
+            "| deployment | probe layers | predicted saving | measured saving | κ |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for name, c in report.calibrations.items():
+            measured = "–" if c["measured_share"] is None else f"{100 * c['measured_share']:.1f} %"
+            lines.append(
+                f"| {name} | {c['probe_layers']} | {100 * c['predicted_share']:.1f} % | "
+                f"{measured} | {c['kappa']:.2f} |"
+            )
+        lines.append("")
     if report.candidates:
         lines += [
             "## Plans validated",
             "",
-            "| deployment | low-rank layers | params | predicted damage | predicted ms | "
-            "predicted × | held-out loss ± se | 95 % bound |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|",
+            "| deployment | low-rank layers | params | predicted damage | table ms | "
+            "predicted ms | predicted × | held-out loss ± se | 95 % bound |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for cand in report.candidates:
             loss = (
@@ -369,10 +405,11 @@ def _write_planner(folder: Path, report, outcome: str | None = None) -> list[Pat
                 else f"{cand.heldout_loss:.3g} ± {cand.heldout_loss_se:.2g}"
             )
             bound = "–" if cand.heldout_loss_upper is None else f"{cand.heldout_loss_upper:.3g}"
+            table = "–" if cand.table_ms is None else f"{cand.table_ms:.2f}"
             lines.append(
                 f"| {cand.deployment} | {cand.lowrank_layers} | {cand.params_after:,} | "
-                f"{cand.damage:.2e} | {cand.predicted_ms:.2f} | ×{cand.predicted_speedup:.2f} | "
-                f"{loss} | {bound} |"
+                f"{cand.damage:.2e} | {table} | {cand.predicted_ms:.2f} | "
+                f"×{cand.predicted_speedup:.2f} | {loss} | {bound} |"
             )
         lines.append("")
     for note in report.notes:

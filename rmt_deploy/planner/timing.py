@@ -8,6 +8,7 @@ import statistics
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -107,3 +108,35 @@ def spread(samples: list[float]) -> dict[str, float]:
     """Median and the interquartile range of a list of timings."""
     q1, median, q3 = np.percentile(samples, [25, 50, 75])
     return {"median_ms": float(median), "q1_ms": float(q1), "q3_ms": float(q3)}
+
+
+@dataclass
+class SpeedupEstimate:
+    """The speedup of a candidate over a reference timed interleaved: the median of the paired
+    per-sweep ratios (reference ms / candidate ms of the same sweep, so a slow spell of the
+    machine cancels) with a bootstrap interval of that median."""
+
+    median: float
+    low: float  # one-sided 95 % lower bound
+    high: float  # one-sided 95 % upper bound
+    pairs: int
+
+    def to_dict(self) -> dict:
+        return {"median": self.median, "low": self.low, "high": self.high, "pairs": self.pairs}
+
+
+def paired_speedup(
+    reference: list[float], candidate: list[float], resamples: int = 2000, seed: int = 0
+) -> SpeedupEstimate:
+    """`reference` and `candidate` are samples from `time_interleaved` (same sweeps, same
+    order). Seeded, so the same samples give the same bounds."""
+    if len(reference) != len(candidate) or not reference:
+        raise RmtDeployError(
+            f"paired timings need equally many samples, got {len(reference)} and {len(candidate)}"
+        )
+    ratios = np.asarray(reference, dtype=float) / np.asarray(candidate, dtype=float)
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(ratios), size=(resamples, len(ratios)))
+    medians = np.median(ratios[picks], axis=1)
+    low, high = np.percentile(medians, [5, 95])
+    return SpeedupEstimate(float(np.median(ratios)), float(low), float(high), len(ratios))
