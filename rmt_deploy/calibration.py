@@ -167,11 +167,31 @@ def _svd_via_gram(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Te
     return (a @ vectors) * inv[None, :], sigma, vectors.T
 
 
+# Relative damping (× the mean eigenvalue) tried in turn until the covariance factors.
+DAMPING = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2)
+
+
+def _cholesky(cov: torch.Tensor) -> torch.Tensor:
+    """Lower Cholesky factor S of the damped second moment. The per-batch products are float32,
+    so a covariance with dead input channels and a wide spectrum can come out slightly
+    indefinite (EfficientNet-Lite1 on a Xeon: the leading minor of order 133): the damping
+    grows tenfold until it factors, and past the last step the eigenvalues are clamped."""
+    d = cov.shape[0]
+    cov = (cov + cov.T) / 2
+    mean = float(torch.trace(cov)) / d
+    eye = torch.eye(d, dtype=cov.dtype)
+    for rel in DAMPING:
+        chol, info = torch.linalg.cholesky_ex(cov + (rel * mean + 1e-12) * eye)
+        if int(info) == 0:
+            return chol
+    values, vectors = torch.linalg.eigh(cov)
+    values = values.clamp_min(DAMPING[-1] * mean + 1e-12)
+    return torch.linalg.cholesky((vectors * values) @ vectors.T)
+
+
 def _whiten(matrix: torch.Tensor, cov: torch.Tensor):
     """(U, σ, G) with W·S = U diag(σ) Vᵀ and G = Vᵀ S⁻¹, so that W = U diag(σ) G."""
-    d = cov.shape[0]
-    damp = 1e-6 * float(torch.trace(cov)) / d + 1e-12
-    chol = torch.linalg.cholesky(cov + damp * torch.eye(d, dtype=cov.dtype))
+    chol = _cholesky(cov)
     u, sigma, vh = _svd_via_gram(matrix @ chol)
     right_all = torch.linalg.solve_triangular(chol, vh, upper=False, left=False)  # G·S = Vᵀ
     return u, sigma, right_all

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import errno
 import json
 import math
@@ -278,7 +279,10 @@ def _parser_compress(sub) -> None:
         help="recovery fine-tune steps after compression (with --data)",
     )
     compress.add_argument(
-        "--lr", type=_number("--lr", 0.0), default=0.01, help="fine-tune learning rate"
+        "--lr",
+        type=_number("--lr", 0.0),
+        default=None,
+        help="fine-tune learning rate (default 0.01 with SGD, 1e-4 with the seed's AdamW)",
     )
     compress.add_argument(
         "--device",
@@ -552,7 +556,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     from .models import save_checkpoint
     from .models.checkpoint import PLAN_METADATA_KEY
     from .paths import ensure_output_dir
-    from .recovery import FinetuneConfig, bn_recalibrate, finetune
+    from .recovery import FinetuneConfig, bn_recalibrate, default_lr, finetune
     from .strategies import Target, plan
 
     _resolve_model_arg(args)
@@ -598,9 +602,9 @@ def _cmd_compress(args: argparse.Namespace) -> int:
             k: getattr(args, k) for k in ("group_lasso", "l1", "l2") if getattr(args, k) is not None
         }
         make = FinetuneConfig.seed_regularizers if args.seed_regularizers else FinetuneConfig
-        recipe = make(
-            max_steps=args.finetune_steps, lr=args.lr, distill_alpha=args.distill_alpha, **regs
-        )
+        recipe = make(max_steps=args.finetune_steps, distill_alpha=args.distill_alpha, **regs)
+        lr = args.lr if args.lr is not None else default_lr(recipe.optimizer)
+        recipe = dataclasses.replace(recipe, lr=lr)
         scales = None
         if recipe.group_lasso or recipe.scale_gradients:
             from .analysis import analyze

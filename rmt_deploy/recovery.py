@@ -142,6 +142,12 @@ class FinetuneConfig:
 SEED_GROUP_LASSO, SEED_L1, SEED_L2 = 1e-6, 5e-7, 2e-7
 
 
+def default_lr(optimizer: str) -> float:
+    """The recovery learning rate when none is given: 0.01 for SGD, 1e-4 for AdamW (a warm
+    restart of a trained model at AdamW's usual 1e-3 undoes its training)."""
+    return 1e-4 if optimizer == "adamw" else 0.01
+
+
 @dataclass
 class FinetuneResult:
     steps: int

@@ -44,6 +44,23 @@ def test_whitened_svd_error_is_the_output_error():
     assert float(f.fitted[0]) == pytest.approx(1.0) and float(f.fitted[-1]) == 0.0
 
 
+def test_a_slightly_indefinite_covariance_still_whitens():
+    """Float32 per-batch products can leave a covariance with dead input channels slightly
+    indefinite (seen on EfficientNet-Lite1): the factors are still exact for W."""
+    from rmt_deploy.calibration import _whiten
+
+    torch.manual_seed(0)
+    basis, _ = torch.linalg.qr(torch.randn(12, 12, dtype=torch.float64))
+    values = torch.tensor([1e3] + [1.0] * 9 + [0.0, 0.0], dtype=torch.float64)
+    values[-1] = -1e-3  # below −1e-6 × the mean eigenvalue (≈ 84): one damping step too few
+    cov = (basis * values) @ basis.T
+    with pytest.raises(torch.linalg.LinAlgError):
+        torch.linalg.cholesky(cov + 1e-6 * float(torch.trace(cov)) / 12 * torch.eye(12))
+    w = torch.randn(5, 12, dtype=torch.float64)
+    u, sigma, right = _whiten(w, cov)
+    assert torch.allclose((u * sigma) @ right, w, atol=1e-8)
+
+
 def test_ledoit_wolf_shrinkage():
     torch.manual_seed(0)
     d = 64

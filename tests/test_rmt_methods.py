@@ -118,6 +118,37 @@ def test_regularizers_from_the_cli_and_the_config(tmp_path, capsys):
         RunConfig.from_dict({"model": "x", "finetune": {"group_lasso": -0.1}})
 
 
+def test_seed_recovery_is_adamw_at_a_restart_learning_rate(tmp_path, monkeypatch, assets):
+    """The seed trains with AdamW: under SGD its gradient scaling by s_ℓ ≈ 1e-3 would cut the
+    pruned layers' learning rate a thousandfold, and AdamW at SGD's 0.01 wrecks a trained model."""
+    from rmt_deploy.cli import main
+    from rmt_deploy.pipeline import RunConfig
+    from rmt_deploy.pipeline.stages import RunContext, _recipe
+
+    cnn = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))  # no LayerNorm: SGD by default
+
+    def recipe(**finetune):
+        raw = {"model": "x", "finetune": {"steps": 1, **finetune}}
+        r = _recipe(RunContext(RunConfig.from_dict(raw), tmp_path, tmp_path), cnn)
+        return r.optimizer, r.lr, r.group_lasso, r.scale_gradients
+
+    assert recipe() == ("sgd", 0.01, 0.0, False)
+    assert recipe(seed_regularizers=True) == ("adamw", 1e-4, 1e-6, True)
+    assert recipe(seed_regularizers=True, optimizer="sgd", lr=0.05)[:2] == ("sgd", 0.05)
+    seen = []
+    monkeypatch.setattr("rmt_deploy.recovery.finetune", lambda m, d, cfg, **kw: seen.append(cfg))
+    argv = ["compress", "cifar_resnet20", "--random-init", "--strategy", "magnitude"]
+    argv += ["--data", str(assets / "cifar10" / "train"), "--bn-recal-images", "0"]
+    for extra, want in [
+        ([], ("sgd", 0.01)),
+        (["--seed-regularizers"], ("adamw", 1e-4)),
+        (["--seed-regularizers", "--lr", "3e-5"], ("adamw", 3e-5)),
+    ]:
+        out = tmp_path / f"run{len(seen)}"
+        assert main([*argv, "--finetune-steps", "1", "--out", str(out), *extra]) == 0
+        assert (seen[-1].optimizer, seen[-1].lr) == want
+
+
 def test_drop_threshold_against_the_sampling_error():
     reference = torch.tensor([1.0, 1.0, 0.0, 0.0])
     trial = torch.tensor([1.0, 0.0, 0.0, 0.0])

@@ -431,12 +431,14 @@ def _write_planner(folder: Path, report, outcome: str | None = None) -> list[Pat
 
 
 def _recipe(ctx: RunContext, model: nn.Module):
-    from ..recovery import SEED_GROUP_LASSO, SEED_L1, SEED_L2, FinetuneConfig
+    from ..recovery import SEED_GROUP_LASSO, SEED_L1, SEED_L2, FinetuneConfig, default_lr
 
     f = ctx.config.finetune
     transformer = any(isinstance(m, nn.LayerNorm) for m in model.modules())
-    optimizer = f.optimizer or ("adamw" if transformer else "sgd")
     seed = f.seed_regularizers
+    # The seed's recovery is AdamW: under SGD its gradient scaling by s_ℓ (≈ 1e-3) would cut
+    # the pruned layers' learning rate a thousandfold, where Adam's update ignores the scale.
+    optimizer = f.optimizer or ("adamw" if transformer or seed else "sgd")
 
     def pick(value, seed_value):
         return value if value is not None else (seed_value if seed else 0.0)
@@ -445,7 +447,7 @@ def _recipe(ctx: RunContext, model: nn.Module):
         max_steps=f.steps,
         batch_size=f.batch_size,
         optimizer=optimizer,
-        lr=f.lr if f.lr is not None else (1e-4 if optimizer == "adamw" else 0.01),
+        lr=f.lr if f.lr is not None else default_lr(optimizer),
         weight_decay=0.01 if optimizer == "adamw" else 1e-6,
         distill_alpha=f.distill_alpha,
         group_lasso=pick(f.group_lasso, SEED_GROUP_LASSO),

@@ -15,7 +15,7 @@ Cycles i = 1, 2, … each do, per layer:
 then regularized training with the zeros frozen: group lasso s_ℓ/1e6·‖θ‖₂ with
 s_ℓ = 1/(1 + 1e4·L∞_ℓ/i), L1 5e-7, L2 2e-7, gradients scaled by s_ℓ, AdamW at 5e-8 — the seed
 runs it on the regularizer alone; `data_steps` adds cross-entropy on training images.
-t_i = 0.06·1.02^i (the seed's schedule, 35 cycles). Cycles stop at the target sparsity.
+t_i = 0.06·1.02^i (the seed's schedule, 34 cycles). Cycles stop at the target sparsity.
 """
 
 from __future__ import annotations
@@ -110,6 +110,8 @@ def _regularize(model: nn.Module, names: list[str], scales: dict[str, float], cf
         loss = torch.zeros(())
         for name in names:
             w = model.get_submodule(name).masked_weight()
+            # A layer without an MP fit has no s_ℓ: no group lasso, gradients unscaled (the seed
+            # fits every layer it trains; freezing the unfitted ones would be our invention).
             loss = loss + scales.get(name, 0.0) / 1e6 * w.norm()
             loss = loss + float(cfg["l1"]) * w.abs().sum() + float(cfg["l2"]) * w.pow(2).sum()
         if batches is not None and step >= int(cfg["reg_steps"]):
@@ -123,14 +125,14 @@ def _regularize(model: nn.Module, names: list[str], scales: dict[str, float], cf
         for name in names:  # gradients scaled by s_ℓ, as the seed's training does
             for p in model.get_submodule(name).parameters(recurse=False):
                 if p.grad is not None:
-                    p.grad.mul_(scales.get(name, 0.0))
+                    p.grad.mul_(scales.get(name, 1.0))
         opt.step()
     model.eval()
 
 
 @register_strategy(
     "classic_rmt",
-    cycles=35,  # the most cycles (the seed's n_prune_cycles); they stop at the target
+    cycles=34,  # the most cycles (the seed's range(1, 35)); they stop at the target
     reg_steps=100,  # regularizer steps per cycle (the seed: 5000, then +1000 each cycle)
     reg_lr=SEED_LR,
     l1=5e-7,
