@@ -2,7 +2,7 @@
 
     python benchmarks/pipeline_repeat.py --model vit --repeats 5
     python benchmarks/pipeline_repeat.py --model resnet56 --repeats 5
-    python benchmarks/pipeline_repeat.py --model effnet --repeats 5
+    python benchmarks/pipeline_repeat.py --model effnet --repeats 5 --tag xeon_amx
 
 Each repetition runs `rmt-deploy run` on the model's example config (planning, timing and
 benchmarking from scratch) and reads its report.json. The result file keeps every run and
@@ -117,8 +117,8 @@ def summarize(runs: list[dict]) -> dict:
     return summary
 
 
-def write(model: str, env: dict, runs: list[dict], summary: dict) -> None:
-    stem = RESULTS / f"pipeline_repeat_{model}"
+def write(model: str, env: dict, runs: list[dict], summary: dict, tag: str = "") -> None:
+    stem = RESULTS / f"pipeline_repeat_{model}{'_' + tag if tag else ''}"
     stem.with_suffix(".json").write_text(
         json.dumps({"environment": env, "runs": runs, "summary": summary}, indent=2) + "\n"
     )
@@ -162,6 +162,9 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--assets", default=None)
     parser.add_argument("--workdir", type=Path, default=ROOT / "runs" / "repeat")
+    parser.add_argument(
+        "--tag", default="", help="result file suffix, e.g. the machine (keeps machines apart)"
+    )
     args = parser.parse_args()
     env = environment()
     runs = []
@@ -171,7 +174,8 @@ def main() -> int:
             in_fresh_process(CONFIGS[args.model], args.workdir / f"{args.model}{i}", args.assets)
         )
         print("  ", json.dumps(runs[-1]), flush=True)
-        write(args.model, env, runs, summarize(runs))  # after every run: partial results survive
+        # after every run: partial results survive
+        write(args.model, env, runs, summarize(runs), args.tag)
     return 0
 
 
