@@ -158,6 +158,20 @@ def test_drop_threshold_against_the_sampling_error():
     assert drop_allowed(same, same, 0.7, 2.0) == 0.7  # no spread: the successor's floor
 
 
+def test_hybrid_judges_on_the_callers_validation_images_when_given():
+    from rmt_deploy.strategies.base import PlanContext
+    from rmt_deploy.strategies.hybrid import held_out_parts
+
+    train = TensorDataset(torch.randn(50, 3), torch.zeros(50, dtype=torch.long))
+    val = TensorDataset(torch.randn(7, 3), torch.zeros(7, dtype=torch.long))
+    ctx = PlanContext(nn.Linear(3, 2), [], 0.5, {}, data=train, heldout=val)
+    assert held_out_parts(ctx, 10) == (train, val)  # all training images train
+    ctx.heldout = None
+    rest, held = held_out_parts(ctx, 10)
+    assert (len(rest), len(held)) == (40, 10)
+    assert not set(rest.indices) & set(held.indices)
+
+
 def test_hybrid_fixed_hands_off_at_020_then_ser():
     model = model20()
     p = plan(

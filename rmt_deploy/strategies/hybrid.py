@@ -4,8 +4,9 @@ both of its variants:
 - `fixed`: exact global magnitude pruning up to the hand-off sparsity 0.20 (all of it when the
   target is at most 0.20), one fine-tune, then SER to the target;
 - `threshold`: magnitude cycles from 0.20 in steps of 0.05, each followed by a fine-tune on
-  fresh batches, while top-1 on held-out images — split off the training data, never trained
-  on — stays within the drop threshold of the dense model's; at the first level that falls
+  fresh batches, while top-1 on held-out images — the caller's validation images, or else
+  images split off the training data, never trained on — stays within the drop threshold of
+  the dense model's; at the first level that falls
   further, SER takes that model to the target. The threshold is the successor's 0.7 pp or
   `z` standard errors of the paired per-image difference, whichever is larger: on 1,000
   images 0.7 pp is 7 images, inside the sampling error.
@@ -27,6 +28,15 @@ from ..plan import CompressionPlan
 from ..recovery import FinetuneConfig, bn_recalibrate, finetune
 from .base import PlanContext, StrategyError, global_masks, mask_entry, register_strategy
 from .ser import SER_DEFAULTS, ser_masks
+
+
+def held_out_parts(ctx: PlanContext, holdout: int, seed: int = 0):
+    """(training images, held-out images). The caller's validation images when it gives
+    labelled ones (the pipeline's: eval transforms, never trained on, never the test part);
+    else `holdout` images split off the training data."""
+    if ctx.heldout is not None and getattr(ctx.heldout, "labelled", True):
+        return ctx.data, ctx.heldout
+    return _split(ctx.data, holdout, seed)
 
 
 def _split(data, holdout: int, seed: int = 0):
@@ -82,7 +92,7 @@ def hybrid(ctx: PlanContext):
         raise StrategyError(f"hybrid step must lie in [0.001, 1), got {step}")
     if not 0 < float(cfg["handoff"]) < 1:
         raise StrategyError(f"hybrid handoff must lie in (0, 1), got {cfg['handoff']}")
-    train, holdout = _split(ctx.data, int(cfg["holdout_images"]))
+    train, holdout = held_out_parts(ctx, int(cfg["holdout_images"]))
     names = [n for n, _ in ctx.targets]
     reference = _correct(ctx.model, holdout)
     current = copy.deepcopy(ctx.model)
