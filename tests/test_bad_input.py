@@ -471,7 +471,7 @@ def test_every_verb_has_its_own_parser_function():
     for verb in ("analyze", "compress", "export", "build", "bench", "run", "report", "eval"):
         assert callable(getattr(cli_module, f"_parser_{verb}"))
     args = parser.parse_args(["compress", "m", "--strategy", "seb", "--out", "o"])
-    assert args.device == "cpu" and args.lr == 0.01 and args.sparsity == 0.5
+    assert args.device == "cpu" and args.lr is None and args.sparsity == 0.5  # lr: by optimizer
     args = parser.parse_args(["export", "m", "--out", "o", "--atol", "0", "--opset", "18"])
     assert (args.atol, args.rtol, args.opset) == (0.0, 1e-3, 18)
 
