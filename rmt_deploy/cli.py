@@ -369,8 +369,16 @@ def _parser_bench(sub) -> None:
     bench.add_argument(
         "--backends",
         default="torch,onnxruntime",
-        help="comma list: torch, torch-compile, onnxruntime, onnxruntime-cuda, onnxruntime-trt, "
-        "tensorrt",
+        help="comma list of backends (torch, torch-compile, onnxruntime, onnxruntime-int8, "
+        "openvino, openvino-f32, openvino-bf16, openvino-int8, onnxruntime-cuda, "
+        "onnxruntime-trt, tensorrt, torch-cuda-fp16, torch-cuda-bf16), or auto: every "
+        "deployment this device runs",
+    )
+    bench.add_argument(
+        "--calib",
+        type=Path,
+        help="image folder (labels not needed) the INT8 backends are calibrated on; keep it "
+        "apart from --data",
     )
     bench.add_argument(
         "--engine",
@@ -811,10 +819,59 @@ def _int_list(text: str, what: str) -> list[int]:
     return values
 
 
+INT8_BACKENDS = ("onnxruntime-int8", "openvino-int8")
+
+
+def _bench_backends(args: argparse.Namespace, known) -> tuple[list[str], dict[str, str]]:
+    """The backends `--backends` names (auto: every deployment this device runs) and, for
+    auto, the ones left out with the reason; checked before any model is loaded."""
+    from .deploy import resolve
+
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    skipped: dict[str, str] = {}
+    if backends == ["auto"]:
+        chosen, skipped = resolve("auto", args.device)
+        backends = [d.name for d in chosen]
+        if args.calib is None:  # auto never fails for want of calibration images
+            for b in [b for b in backends if b in INT8_BACKENDS]:
+                skipped[b] = "INT8 needs --calib images to calibrate on"
+            backends = [b for b in backends if b not in INT8_BACKENDS]
+    if not backends:
+        raise RmtDeployError(
+            f"--backends names no backend; available: auto, {', '.join(known)}"
+            if not skipped
+            else "no backend can run here: " + "; ".join(f"{n}: {w}" for n, w in skipped.items())
+        )
+    unknown = [b for b in backends if b not in known]
+    if unknown:
+        raise RmtDeployError(
+            f"unknown backend(s) {', '.join(unknown)}; available: auto, {', '.join(known)}"
+        )
+    int8 = [b for b in backends if b in INT8_BACKENDS]
+    if int8 and args.calib is None:
+        raise RmtDeployError(
+            f"{', '.join(int8)} needs calibration images: add --calib FOLDER (not the --data "
+            "images top-1 is measured on)"
+        )
+    if args.calib is not None and not Path(args.calib).is_dir():
+        raise RmtDeployError(f"--calib folder not found: {args.calib}")
+    return backends, skipped
+
+
+def _calibration_batches(args: argparse.Namespace, config) -> list:
+    """128 evenly spaced `--calib` images as the INT8 calibration batches."""
+    from .data import eval_transform, evenly_spaced, load_image_dataset
+    from .exporters.quantize import calibration_batches
+
+    images = load_image_dataset(args.calib, eval_transform(config))
+    return calibration_batches(evenly_spaced(images, 128), 128)
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from .bench import BACKENDS, benchmark, write_report
     from .data import eval_transform
     from .exporters import export
+    from .exporters.quantize import quantize_int8
     from .models import load_model
     from .paths import ensure_output_dir
 
@@ -824,14 +881,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     names = [spec.partition("=")[0] for spec in args.variant]
     if len(set(names)) < len(names) or not all(names):
         raise RmtDeployError(f"--variant names must be distinct and non-empty, got {names}")
-    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
-    if not backends:
-        raise RmtDeployError(f"--backends names no backend; available: {', '.join(BACKENDS)}")
-    unknown = [b for b in backends if b not in BACKENDS]
-    if unknown:
-        raise RmtDeployError(
-            f"unknown backend(s) {', '.join(unknown)}; available: {', '.join(BACKENDS)}"
-        )
+    backends, skipped = _bench_backends(args, BACKENDS)
     batches = _int_list(args.batches, "--batches")
     out = ensure_output_dir(args.out)
     variants: dict[str, dict] = {}
@@ -854,11 +904,18 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if args.data is not None:
         first = next(iter(variants.values()))["model"]
         data = _labelled_folder(args, first, eval_transform(config), args.limit)
-    if any(b.startswith("onnxruntime") for b in backends):
+    if any(b.startswith(("onnxruntime", "openvino")) for b in backends):
+        calib = None
+        if any(b in INT8_BACKENDS for b in backends):
+            calib = _calibration_batches(args, config)
         for name, spec in variants.items():
             spec["onnx"] = export(
                 spec["model"], out / "onnx" / name, tuple(config.input_size), n_verify=8, name=name
             ).onnx_path
+            if calib is not None:
+                int8 = spec["onnx"].with_name("model.int8.onnx")
+                quantize_int8(spec["onnx"], int8, calib)
+                spec["onnx_int8"] = int8
     suite = benchmark(
         variants,
         backends,
@@ -882,6 +939,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         )
     for s in suite.skipped:
         print(f"not run: {s['variant']} / {s['backend']}: {s['reason']}")
+    for name, why in skipped.items():
+        print(f"not run: {name}: {why}")
     print(f"wrote {out / 'bench.md'}, bench.json, bench.csv and plots")
     return 0
 

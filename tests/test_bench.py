@@ -1,6 +1,7 @@
 """Benchmark harness: statistics, tegrastats parsing, backends, reports, bad input."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -151,6 +152,13 @@ def test_bench_cli_bad_input(capsys, tmp_path, assets):
     assert "not an image folder" in capsys.readouterr().err
     assert main(["--quiet", "report", str(tmp_path)]) == 2
     assert "cannot read benchmark results" in capsys.readouterr().err
+    fresh = str(tmp_path / "int8")
+    int8 = ["--quiet", "bench", "cifar_resnet20", "--backends", "onnxruntime-int8", "--out", fresh]
+    assert main(int8) == 2
+    assert "onnxruntime-int8 needs calibration images: add --calib" in capsys.readouterr().err
+    assert main([*int8, "--calib", str(tmp_path / "nowhere")]) == 2
+    assert "--calib folder not found" in capsys.readouterr().err
+    assert not Path(fresh).exists()  # refused before anything was written
 
 
 def test_bench_cli_real_model(capsys, tmp_path, assets, cifar_test):
@@ -267,3 +275,38 @@ def test_variant_memory_is_not_the_parents_peak():
     del ballast
     assert why is None and cuda is None
     assert 0 < rss < parent_mb
+
+
+def test_bench_cli_auto_runs_every_deployment_here(capsys, tmp_path, assets, cifar_test):
+    """`--backends auto` is every deployment this CPU runs, INT8 included when --calib is given
+    (calibrated on those images, not on the --data images top-1 is read on)."""
+    from rmt_deploy.deploy import resolve
+
+    expected = {d.name for d in resolve("auto")[0]}
+    common = ["--quiet", "--assets", str(assets), "bench", "cifar_resnet20", "--backends", "auto"]
+    timing = ["--batches", "2", "--runs", "3", "--warmup", "0.05"]
+    data = ["--data", str(cifar_test), "--limit", "64"]
+    code = main(
+        [
+            *common,
+            *timing,
+            *data,
+            "--calib",
+            str(assets / "cifar10" / "train"),
+            "--out",
+            str(tmp_path / "a"),
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    results = json.loads((tmp_path / "a" / "bench.json").read_text())["results"]
+    assert {r["backend"] for r in results} == expected
+    assert (tmp_path / "a" / "onnx" / "dense" / "model.int8.onnx").is_file()
+    by = {r["backend"]: r for r in results}
+    assert by["onnxruntime-int8"]["top1"] > 60 and by["onnxruntime"]["top1"] > 60
+    # without --calib, auto leaves INT8 out and says why
+    capsys.readouterr()
+    assert main([*common, *timing, "--out", str(tmp_path / "b")]) == 0
+    printed = capsys.readouterr().out
+    assert "not run: onnxruntime-int8: INT8 needs --calib images" in printed
+    results = json.loads((tmp_path / "b" / "bench.json").read_text())["results"]
+    assert {r["backend"] for r in results} == expected - {"onnxruntime-int8", "openvino-int8"}
