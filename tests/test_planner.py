@@ -272,6 +272,8 @@ def test_a_plan_ships_only_when_it_wins_head_to_head(tmp_path, monkeypatch):
         _plan_toy(tmp_path / "b")
     report = e.value.report
     assert report.chosen == "dense / onnxruntime" and not e.value.fallback.compressed
+    reasons = e.value.fallback.summary()["dense_by_reason"]  # not "budget": it was within it
+    assert set(reasons) <= {"not_faster", "grouped_conv"} and reasons["not_faster"] >= 1
     tried = [f for f in report.finalists if f.confirmed]
     assert tried and all(f.confirmed["median"] == pytest.approx(1.0) for f in tried)
 

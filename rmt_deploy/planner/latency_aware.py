@@ -416,7 +416,9 @@ def latency_plan(
     tables: dict[str, LayerTable] = {}
     whole_cache: dict[str, dict] = saved.get("whole", {})
 
-    def build_plan(allocation: Allocation | None, label: str, deployment: str | None):
+    def build_plan(
+        allocation: Allocation | None, label: str, deployment: str | None, category: str = ""
+    ):
         table_ = tables.get(deployment or "")
         dense_ms = {e.name: e.dense.ms for e in table_.layers} if table_ else {}
         return _to_plan(
@@ -430,6 +432,7 @@ def latency_plan(
             name,
             rank_multiple,
             dense_ms,
+            category,
         )
 
     with tempfile.TemporaryDirectory(prefix="rmt-plan-") as tmp:
@@ -666,6 +669,7 @@ def latency_plan(
     report.chosen, report.chosen_deployment = chosen.label, chosen.deployment
     if chosen.candidate is None:
         tried = [c for c in report.candidates if c.heldout_loss_upper is not None]
+        category = "not_faster"  # why every layer stays dense, as the plan counts it
         if not report.finalists:
             why = (
                 "no layer is measurably faster in a compressed form on "
@@ -673,6 +677,7 @@ def latency_plan(
                 if not tried
                 else _over_budget_why(metric, accuracy_budget, tried)
             )
+            category = "budget" if tried else "not_faster"
         elif any(e.confirmed for e in report.finalists):
             first = next(e for e in report.finalists if e.confirmed)
             c = first.confirmed
@@ -689,7 +694,7 @@ def latency_plan(
                 f"plan ({fastest.label}) {fastest.measured_ms:.2f} ms"
             )
         report.outcome = why
-        fallback = build_plan(None, why, chosen.deployment)
+        fallback = build_plan(None, why, chosen.deployment, category)
         raise BudgetNotMetError(why, report, fallback)
     allocation = next(
         a for d, i, a in finalist_pool if i == chosen.candidate and d.name == chosen.deployment
@@ -970,24 +975,32 @@ def _over_budget_why(metric, budget, tried) -> str:
 
 
 def _to_plan(
-    allocation, targets, found, factors, label, deployment, batch, name, multiple, dense_times
+    allocation,
+    targets,
+    found,
+    factors,
+    label,
+    deployment,
+    batch,
+    name,
+    multiple,
+    dense_times,
+    category="budget",
 ):
-    """The CompressionPlan of an allocation (None: every layer dense, `label` the reason)."""
+    """The CompressionPlan of an allocation (None: every layer dense, `label` the reason and
+    `category` its class: budget or not_faster; grouped convolutions are counted as such)."""
     layers: list[LayerPlan] = []
     for lname, module in targets.items():
         option = allocation.choices.get(lname) if allocation else None
         dense_ms = dense_times.get(lname) or 0.0
         if option is None or option.form == "dense":
-            if allocation is None:
-                reason, category = f"kept dense: {label}", "budget"
-            elif lname not in factors:
-                reason, category = "kept dense: grouped convolution", "grouped_conv"
+            if lname not in factors:
+                reason, why = "kept dense: grouped convolution", "grouped_conv"
+            elif allocation is None:
+                reason, why = f"kept dense: {label}", category or "budget"
             else:
-                reason, category = (
-                    "kept dense: no option saves latency within the budget",
-                    ("not_chosen"),
-                )
-            layers.append(dense_entry(lname, module, reason, category, dense_ms=dense_ms))
+                reason, why = "kept dense: no option saves latency within the budget", "not_chosen"
+            layers.append(dense_entry(lname, module, reason, why, dense_ms=dense_ms))
             continue
         stats = {
             "chosen_ms": option.ms or 0.0,
