@@ -59,6 +59,8 @@ def one_run(config_path: str, out: Path, assets: str | None) -> dict:
     headline = report.get("headline", {})
     accuracy = report.get("accuracy", {})
     manifest = json.loads((out / "manifest.json").read_text())
+    planner_path = out / "plan" / "planner.json"  # absent when the config plans otherwise
+    planner = json.loads(planner_path.read_text()) if planner_path.is_file() else {}
     return {
         **{k: headline.get(k) for k in FIGURES if k in headline},
         "shipped": headline.get("shipped"),
@@ -70,6 +72,13 @@ def one_run(config_path: str, out: Path, assets: str | None) -> dict:
         "plan": result.summaries.get("plan", {}).get("coverage"),
         "plan_seconds": manifest["stages"]["plan"]["seconds"],
         "total_seconds": round(seconds, 1),
+        # why the plan is what it is: each deployment's probe κ, the outcome, the baselines'
+        # notes (INT8 losses), kept so the README's explanations have a committed source
+        "kappa": {d: c.get("kappa") for d, c in planner.get("calibrations", {}).items()},
+        "outcome": planner.get("outcome"),
+        "baseline_notes": {
+            b.get("label"): b.get("note") for b in planner.get("baselines", []) if b.get("note")
+        },
     }
 
 
