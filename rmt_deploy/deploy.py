@@ -1,7 +1,8 @@
 """Deployments: a runtime and a precision on a device — what a model finally runs as.
 
 Which one is fastest is a property of the model *and* the machine, settled only by measuring:
-on an Intel Xeon with AMX OpenVINO's bf16 ran ResNet-56 ×3.85 over ONNX Runtime fp32; on this
+on an Intel Xeon with AMX OpenVINO's bf16 ran ResNet-56 ×2.9 (median of 5 runs) over ONNX
+Runtime fp32; on this
 project's AVX2 AMD EPYC the same CPU plugin has no bf16 at all, and INT8 of EfficientNet-Lite1
 agrees with fp32 on fewer than 90 % of images. So every run measures the dense model in every
 deployment this machine offers (the baselines) and plans for those that keep the budget.

@@ -2,7 +2,8 @@
 # The main job, end to end on the real defaults: set up, then the whole pipeline
 # (analyze → latency-aware plan → compress → recover → evaluate → export ONNX + verify →
 # benchmark → report) on the pretrained CIFAR-10 ResNet-56 and on the CIFAR-10 ViT trained
-# here, for ONNX Runtime on this CPU. Results land in runs/<model>_cpu/ (report.md first).
+# here, for every CPU deployment this machine offers (ONNX Runtime and OpenVINO, each
+# precision). Results land in runs/<model>_cpu/ (report.md first).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh

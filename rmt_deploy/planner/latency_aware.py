@@ -255,7 +255,7 @@ def latency_plan(
     calib_images: int = 512,
     sensitivity_images: int = 32,
     rank_multiple: int = 8,
-    finalists: int = 3,
+    finalists: int = 2,  # per deployment (as strategy latency)
     rounds: int = 5,
     runs: int = 10,
     table: str | Path | None = None,
