@@ -25,6 +25,8 @@ from pathlib import Path
 
 from _common import RESULTS, environment
 
+from rmt_deploy.paths import write_json_atomic, write_text_atomic
+
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = {
     "vit": "examples/cpu_onnxruntime.yaml",
@@ -128,8 +130,8 @@ def summarize(runs: list[dict]) -> dict:
 
 def write(model: str, env: dict, runs: list[dict], summary: dict, tag: str = "") -> None:
     stem = RESULTS / f"pipeline_repeat_{model}{'_' + tag if tag else ''}"
-    stem.with_suffix(".json").write_text(
-        json.dumps({"environment": env, "runs": runs, "summary": summary}, indent=2) + "\n"
+    write_json_atomic(
+        stem.with_suffix(".json"), {"environment": env, "runs": runs, "summary": summary}
     )
     lines = [
         f"# {model}: the pipeline {len(runs)} times into fresh folders",
@@ -161,7 +163,7 @@ def write(model: str, env: dict, runs: list[dict], summary: dict, tag: str = "")
             f"{fmt('speedup_vs_onnxruntime_fp32')} | {fmt('predicted_speedup')} | "
             f"{fmt('loss_pp')} | {r.get('plan')} |"
         )
-    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    write_text_atomic(stem.with_suffix(".md"), "\n".join(lines) + "\n")
     print(f"wrote {stem}.md and .json")
 
 
