@@ -1,6 +1,8 @@
 """Benchmark harness: statistics, tegrastats parsing, backends, reports, bad input."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -277,36 +279,41 @@ def test_variant_memory_is_not_the_parents_peak():
     assert 0 < rss < parent_mb
 
 
-def test_bench_cli_auto_runs_every_deployment_here(capsys, tmp_path, assets, cifar_test):
+def test_bench_cli_auto_runs_every_deployment_here(tmp_path, assets, cifar_test):
     """`--backends auto` is every deployment this CPU runs, INT8 included when --calib is given
-    (calibrated on those images, not on the --data images top-1 is read on)."""
+    (calibrated on those images, not on the --data images top-1 is read on). Run as a user
+    runs it, one process per command: OpenVINO loaded into a process that has already run
+    other tests' runtimes can crash it (the pipeline isolates these stages the same way)."""
     from rmt_deploy.deploy import resolve
 
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "rmt_deploy", "--quiet", "--assets", str(assets)]
+        return subprocess.run([*command, *args], capture_output=True, text=True, timeout=600)
+
     expected = {d.name for d in resolve("auto")[0]}
-    common = ["--quiet", "--assets", str(assets), "bench", "cifar_resnet20", "--backends", "auto"]
-    timing = ["--batches", "2", "--runs", "3", "--warmup", "0.05"]
-    data = ["--data", str(cifar_test), "--limit", "64"]
-    code = main(
-        [
-            *common,
-            *timing,
-            *data,
-            "--calib",
-            str(assets / "cifar10" / "train"),
-            "--out",
-            str(tmp_path / "a"),
-        ]
+    common = ["bench", "cifar_resnet20", "--backends", "auto", "--batches", "2", "--runs", "3"]
+    common += ["--warmup", "0.05"]
+    calib = str(assets / "cifar10" / "train")
+    done = cli(
+        *common,
+        "--data",
+        str(cifar_test),
+        "--limit",
+        "64",
+        "--calib",
+        calib,
+        "--out",
+        str(tmp_path / "a"),
     )
-    assert code == 0, capsys.readouterr().err
+    assert done.returncode == 0, done.stderr[-2000:]
     results = json.loads((tmp_path / "a" / "bench.json").read_text())["results"]
     assert {r["backend"] for r in results} == expected
     assert (tmp_path / "a" / "onnx" / "dense" / "model.int8.onnx").is_file()
     by = {r["backend"]: r for r in results}
     assert by["onnxruntime-int8"]["top1"] > 60 and by["onnxruntime"]["top1"] > 60
     # without --calib, auto leaves INT8 out and says why
-    capsys.readouterr()
-    assert main([*common, *timing, "--out", str(tmp_path / "b")]) == 0
-    printed = capsys.readouterr().out
-    assert "not run: onnxruntime-int8: INT8 needs --calib images" in printed
+    done = cli(*common, "--out", str(tmp_path / "b"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "not run: onnxruntime-int8: INT8 needs --calib images" in done.stdout
     results = json.loads((tmp_path / "b" / "bench.json").read_text())["results"]
     assert {r["backend"] for r in results} == expected - {"onnxruntime-int8", "openvino-int8"}
