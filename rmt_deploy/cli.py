@@ -819,7 +819,11 @@ def _int_list(text: str, what: str) -> list[int]:
     return values
 
 
-INT8_BACKENDS = ("onnxruntime-int8", "openvino-int8")
+def _quantized(backend: str) -> bool:
+    """Whether `backend` runs the INT8 (QDQ) file, as its deployment says."""
+    from .deploy import DEPLOYMENTS
+
+    return backend in DEPLOYMENTS and DEPLOYMENTS[backend].quantized
 
 
 def _bench_backends(args: argparse.Namespace, known) -> tuple[list[str], dict[str, str]]:
@@ -833,9 +837,9 @@ def _bench_backends(args: argparse.Namespace, known) -> tuple[list[str], dict[st
         chosen, skipped = resolve("auto", args.device)
         backends = [d.name for d in chosen]
         if args.calib is None:  # auto never fails for want of calibration images
-            for b in [b for b in backends if b in INT8_BACKENDS]:
+            for b in [b for b in backends if _quantized(b)]:
                 skipped[b] = "INT8 needs --calib images to calibrate on"
-            backends = [b for b in backends if b not in INT8_BACKENDS]
+            backends = [b for b in backends if not _quantized(b)]
     if not backends:
         raise RmtDeployError(
             f"--backends names no backend; available: auto, {', '.join(known)}"
@@ -847,7 +851,7 @@ def _bench_backends(args: argparse.Namespace, known) -> tuple[list[str], dict[st
         raise RmtDeployError(
             f"unknown backend(s) {', '.join(unknown)}; available: auto, {', '.join(known)}"
         )
-    int8 = [b for b in backends if b in INT8_BACKENDS]
+    int8 = [b for b in backends if _quantized(b)]
     if int8 and args.calib is None:
         raise RmtDeployError(
             f"{', '.join(int8)} needs calibration images: add --calib FOLDER (not the --data "
@@ -906,7 +910,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         data = _labelled_folder(args, first, eval_transform(config), args.limit)
     if any(b.startswith(("onnxruntime", "openvino")) for b in backends):
         calib = None
-        if any(b in INT8_BACKENDS for b in backends):
+        if any(_quantized(b) for b in backends):
             calib = _calibration_batches(args, config)
         for name, spec in variants.items():
             spec["onnx"] = export(
