@@ -2,10 +2,10 @@
 
 Which one is fastest is a property of the model *and* the machine, settled only by measuring:
 on an Intel Xeon with AMX OpenVINO's bf16 ran ResNet-56 ×2.9 (median of 5 runs) over ONNX
-Runtime fp32; on this
-project's AVX2 AMD EPYC the same CPU plugin has no bf16 at all, and INT8 of EfficientNet-Lite1
-agrees with fp32 on fewer than 90 % of images. So every run measures the dense model in every
-deployment this machine offers (the baselines) and plans for those that keep the budget.
+Runtime fp32; on this project's AVX2 AMD EPYC the same CPU plugin has no bf16 at all, and INT8 of
+EfficientNet-Lite1 agrees with fp32 on fewer than 90 % of images. So every run measures the
+dense model in every deployment this machine offers (the baselines) and plans for those that
+keep the budget.
 
 A deployment's name is the benchmark backend that runs it (`bench/backends.py`); `artifact`
 says which file of a variant it runs (the fp32 ONNX, the INT8 QDQ ONNX, the PyTorch model or a

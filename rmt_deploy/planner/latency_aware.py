@@ -417,7 +417,7 @@ def latency_plan(
     whole_cache: dict[str, dict] = saved.get("whole", {})
 
     def build_plan(
-        allocation: Allocation | None, label: str, deployment: str | None, category: str = ""
+        allocation: Allocation | None, label: str, deployment: str | None, category: str = "budget"
     ):
         table_ = tables.get(deployment or "")
         dense_ms = {e.name: e.dense.ms for e in table_.layers} if table_ else {}
@@ -669,7 +669,8 @@ def latency_plan(
     report.chosen, report.chosen_deployment = chosen.label, chosen.deployment
     if chosen.candidate is None:
         tried = [c for c in report.candidates if c.heldout_loss_upper is not None]
-        category = "not_faster"  # why every layer stays dense, as the plan counts it
+        # why every layer stays dense, as the plan counts it: over budget, or nothing faster
+        category = "budget" if tried and not report.finalists else "not_faster"
         if not report.finalists:
             why = (
                 "no layer is measurably faster in a compressed form on "
@@ -677,7 +678,6 @@ def latency_plan(
                 if not tried
                 else _over_budget_why(metric, accuracy_budget, tried)
             )
-            category = "budget" if tried else "not_faster"
         elif any(e.confirmed for e in report.finalists):
             first = next(e for e in report.finalists if e.confirmed)
             c = first.confirmed
@@ -997,7 +997,7 @@ def _to_plan(
             if lname not in factors:
                 reason, why = "kept dense: grouped convolution", "grouped_conv"
             elif allocation is None:
-                reason, why = f"kept dense: {label}", category or "budget"
+                reason, why = f"kept dense: {label}", category
             else:
                 reason, why = "kept dense: no option saves latency within the budget", "not_chosen"
             layers.append(dense_entry(lname, module, reason, why, dense_ms=dense_ms))
