@@ -117,3 +117,23 @@ def test_semi_structured_needs_a_gpu_or_runs_on_one():
     assert semi_structured_(model, torch.float16) == 1
     got = model(x.cuda().half()).float().cpu()
     assert torch.allclose(got, expected, atol=5e-2, rtol=5e-2)
+
+
+def test_semi_structured_shapes_by_backend():
+    from torch import nn
+
+    from rmt_deploy.layers.semi_structured import semi_structured_incompatibility as why
+
+    # torch's fp16/bf16 constraints: cuSPARSELt rows and cols multiples of 16, CUTLASS 32 × 64.
+    assert why(nn.Linear(48, 32), "cusparselt") is None
+    assert why(nn.Linear(48, 32), "cutlass") == (
+        "32×48: cutlass needs out % 32 == 0 and in % 64 == 0"
+    )
+    assert why(nn.Linear(40, 32), "cusparselt") == (
+        "32×40: cusparselt needs out % 16 == 0 and in % 16 == 0"
+    )
+    assert why(nn.Conv2d(64, 128, 1), "cusparselt") is None  # a 1×1 conv is a matmul
+    for conv in (nn.Conv2d(64, 128, 3), nn.Conv2d(64, 128, 1, stride=2),
+                 nn.Conv2d(64, 128, 1, groups=2)):  # fmt: skip
+        assert why(conv, "cusparselt").startswith("only 1×1 convolutions with stride 1")
+    assert why(nn.LayerNorm(8), "cusparselt") == "only Linear layers and 1×1 convolutions"

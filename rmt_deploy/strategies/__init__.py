@@ -21,6 +21,7 @@ from . import (  # noqa: F401  (registry)
     nm24,
     seb,
     ser,
+    svd,
 )
 from .base import (
     STRATEGIES,
