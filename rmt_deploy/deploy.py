@@ -32,12 +32,12 @@ class Deployment:
     runtime: str  # onnxruntime | openvino | torch | tensorrt
     precision: str  # fp32 | f32 | bf16 | fp16 | int8 | default
     device: str  # cpu | cuda
-    artifact: str  # onnx | onnx_int8 | model | engine
+    artifact: str  # onnx | onnx_int8 | openvino_int8 | model | engine
     summary: str = ""
 
     @property
     def quantized(self) -> bool:
-        return self.artifact == "onnx_int8"
+        return self.artifact in ("onnx_int8", "openvino_int8")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -59,6 +59,14 @@ DEPLOYMENTS: dict[str, Deployment] = {
         Deployment("openvino-f32", "openvino", "f32", "cpu", "onnx", "OpenVINO f32"),
         Deployment("openvino-bf16", "openvino", "bf16", "cpu", "onnx", "OpenVINO bf16"),
         Deployment("openvino-int8", "openvino", "int8", "cpu", "onnx_int8", "OpenVINO INT8 (QDQ)"),
+        Deployment(
+            "openvino-nncf-int8",
+            "openvino",
+            "int8",
+            "cpu",
+            "openvino_int8",
+            "OpenVINO INT8 by NNCF (nncf.quantize, default preset)",
+        ),
         Deployment("torch", "torch", "fp32", "cpu", "model", "PyTorch eager"),
         Deployment("torch-cuda-fp16", "torch", "fp16", "cuda", "model", "PyTorch CUDA fp16"),
         Deployment("torch-cuda-bf16", "torch", "bf16", "cuda", "model", "PyTorch CUDA bf16"),
@@ -74,6 +82,7 @@ AUTO = {
         "openvino-f32",
         "openvino-bf16",
         "openvino-int8",
+        "openvino-nncf-int8",
     ),
     "cuda": ("torch-cuda-fp16", "torch-cuda-bf16", "tensorrt"),
 }
@@ -101,6 +110,8 @@ def unavailable(deployment: Deployment) -> str | None:
             return "OpenVINO is not installed (pip install openvino)"
         if deployment.precision == "bf16" and default != "bf16":
             return "this CPU has no bf16 in OpenVINO (it needs AVX512_BF16 or AMX)"
+        if deployment.artifact == "openvino_int8" and importlib.util.find_spec("nncf") is None:
+            return "NNCF is not installed (pip install nncf)"
     if deployment.runtime == "tensorrt" and importlib.util.find_spec("tensorrt") is None:
         return "TensorRT is not installed"
     return None

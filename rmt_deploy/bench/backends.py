@@ -249,6 +249,17 @@ def openvino_int8(model=None, onnx_path=None, onnx_int8=None, **options) -> Prep
     return _openvino(_need_int8(onnx_int8, "openvino-int8"), None, options, " int8")
 
 
+@register_backend("openvino-nncf-int8")
+def openvino_nncf_int8(model=None, onnx_path=None, openvino_int8=None, **options) -> Prepared:
+    """OpenVINO on the CPU running NNCF's INT8 model (OpenVINO IR, model.nncf.xml)."""
+    if openvino_int8 is None or not Path(openvino_int8).is_file():
+        raise BackendUnavailable(
+            "backend openvino-nncf-int8 needs the NNCF INT8 model (model.nncf.xml: the export "
+            "stage writes it when that deployment is benchmarked)"
+        )
+    return _openvino(Path(openvino_int8), None, options, " int8 (NNCF)")
+
+
 @dataclass
 class OpenedEngine:
     """A deserialized TensorRT engine and what the runner needs from it: found without CUDA

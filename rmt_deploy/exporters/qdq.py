@@ -1,0 +1,136 @@
+"""Mixed precision on a QDQ model without re-quantizing: a node is put back in float by wiring
+its inputs past their DequantizeLinear (to the float activation before the QuantizeLinear, or
+to the float weight the quantized one was made from). Calibrated ranges of every other node
+stay as they were, so toggling one node measures that node's effect alone, and a mixed model
+costs a graph edit instead of a calibration.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..paths import write_with_atomic
+
+QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+
+
+def quantized_nodes(qdq_path: Path) -> list[str]:
+    """The compute nodes that read a dequantized input, in graph order."""
+    import onnx
+
+    graph = onnx.load(str(qdq_path)).graph
+    dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    return [
+        n.name
+        for n in graph.node
+        if n.op_type not in QDQ_OPS and any(i in dequantized for i in n.input)
+    ]
+
+
+def _dequantized(init, scale, zero_point, axis: int) -> np.ndarray:
+    from onnx import numpy_helper
+
+    q = numpy_helper.to_array(init).astype(np.float64)
+    s = numpy_helper.to_array(scale).astype(np.float64)
+    z = numpy_helper.to_array(zero_point).astype(np.float64) if zero_point is not None else 0.0
+    if np.ndim(s) == 1 and q.ndim > 1:
+        shape = [1] * q.ndim
+        shape[axis] = -1
+        s = s.reshape(shape)
+        z = np.reshape(z, shape) if np.ndim(z) == 1 else z
+    return ((q - z) * s).astype(np.float32)
+
+
+def _float_input(dq, producers, inits, float_inits, added) -> str:
+    """The float tensor `dq` dequantizes: an activation, or a float initializer (added)."""
+    from onnx import numpy_helper
+
+    source = dq.input[0]
+    quantize = producers.get(source)
+    if quantize is not None and quantize.op_type == "QuantizeLinear":
+        return quantize.input[0]
+    name = source.removesuffix("_quantized")
+    if name in float_inits:
+        added.setdefault(name, float_inits[name])
+        return name
+    axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
+    zero = inits.get(dq.input[2]) if len(dq.input) > 2 and dq.input[2] else None
+    value = _dequantized(inits[source], inits[dq.input[1]], zero, axis)
+    name = f"{source}_float"
+    added.setdefault(name, numpy_helper.from_array(value, name))
+    return name
+
+
+def _prune(graph) -> None:
+    """Drop nodes and initializers nothing reads any more (the bypassed Q/DQ)."""
+    while True:
+        used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+        dead = [n for n in graph.node if not any(o in used for o in n.output)]
+        if not dead:
+            break
+        for n in dead:
+            graph.node.remove(n)
+    used = {i for n in graph.node for i in n.input}
+    for init in [i for i in graph.initializer if i.name not in used]:
+        graph.initializer.remove(init)
+
+
+def keep_float(qdq_path: Path, float_path: Path, nodes: list[str], out_path: Path) -> Path:
+    """Write `qdq_path` with `nodes` computing in float to `out_path`, atomically. `float_path`
+    is the float model the QDQ one was quantized from (its weights are taken back)."""
+    import onnx
+
+    model = onnx.load(str(qdq_path))
+    graph = model.graph
+    producers = {o: n for n in graph.node for o in n.output}
+    inits = {i.name: i for i in graph.initializer}
+    float_inits = {i.name: i for i in onnx.load(str(float_path)).graph.initializer}
+    wanted, added = set(nodes), {}
+    unknown = wanted - {n.name for n in graph.node}
+    if unknown:
+        raise ValueError(f"nodes not in {qdq_path.name}: {sorted(unknown)[:5]}")
+    for node in graph.node:
+        if node.name not in wanted:
+            continue
+        for k, name in enumerate(node.input):
+            dq = producers.get(name)
+            if dq is not None and dq.op_type == "DequantizeLinear":
+                node.input[k] = _float_input(dq, producers, inits, float_inits, added)
+    graph.initializer.extend(i for n, i in added.items() if n not in inits)
+    _prune(graph)
+    return write_with_atomic(out_path, lambda target: onnx.save(model, str(target)))
+
+
+@dataclass
+class NodeEffect:
+    node: str
+    error: float  # output error with this node alone in float
+    gain: float  # full-INT8 error minus that: what keeping it in float buys
+
+    def to_dict(self) -> dict:
+        return {"node": self.node, "error": self.error, "gain": self.gain}
+
+
+def float_effects(
+    qdq_path: Path, float_path: Path, check: list[np.ndarray], progress: bool = False
+) -> tuple[float, list[NodeEffect]]:
+    """(full-INT8 output error, each quantized node's effect), the largest gain first: each
+    node in float alone, every other node as calibrated, on the `check` images."""
+    from tqdm.auto import tqdm
+
+    from .quantize import onnx_outputs, output_error
+
+    reference = onnx_outputs(float_path, check)
+    full = output_error(reference, onnx_outputs(qdq_path, check))
+    effects = []
+    with tempfile.TemporaryDirectory() as tmp:
+        trial = Path(tmp) / "trial.onnx"
+        for node in tqdm(quantized_nodes(qdq_path), desc="int8 layers", disable=not progress):
+            keep_float(qdq_path, float_path, [node], trial)
+            error = output_error(reference, onnx_outputs(trial, check))
+            effects.append(NodeEffect(node, error, full - error))
+    return full, sorted(effects, key=lambda e: -e.gain)
