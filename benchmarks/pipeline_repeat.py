@@ -41,6 +41,8 @@ FIGURES = (
     "planner_confirmed_speedup",
     "measured_speedup_same_deployment",
     "loss_pp",
+    "shipped_top1",
+    "shipped_loss_pp",
     "plan_seconds",
     "total_seconds",
 )
@@ -81,6 +83,28 @@ def one_run(config_path: str, out: Path, assets: str | None) -> dict:
         "baseline_notes": {
             b.get("label"): b.get("note") for b in planner.get("baselines", []) if b.get("note")
         },
+        "shipped_top1": headline.get("shipped_top1"),
+        # every engine of the benchmark stage at the deployment batch: ms and top-1 on the
+        # test part in its own runtime (the baselines a user would pick, and the shipped one)
+        "engines": _engines(out, headline.get("batch")),
+        "int8_recipe": planner.get("int8_recipe", {}).get("label"),
+        "int8_float_nodes": planner.get("int8_float_nodes"),
+        "int8_mixed": [
+            {"float_layers": m["float_layers"], "loss_upper": m["loss_upper"]}
+            for m in planner.get("int8_mixed", [])
+        ],
+    }
+
+
+def _engines(out: Path, batch: int | None) -> dict:
+    bench = json.loads((out / "bench" / "bench.json").read_text())
+    return {
+        f"{r['variant']} / {r['backend']}": {
+            "ms": r["latency"]["median_ms"],
+            "top1": r.get("top1"),
+        }
+        for r in bench["results"]
+        if r["batch"] == batch
     }
 
 

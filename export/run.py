@@ -1,19 +1,22 @@
 #!/usr/bin/env python3
 """Run an exported model on the target: ONNX Runtime or OpenVINO (model.onnx, fp32 or the INT8
-model.int8.onnx), or TensorRT (*.engine).
+model.int8.onnx; NNCF's OpenVINO IR model.nncf.xml), or TensorRT (*.engine).
 
 Needs numpy, Pillow for image folders, and one runtime: onnxruntime (or onnxruntime-gpu),
 openvino, or tensorrt with cuda-python. No torch, no rmt_deploy. Prints latency percentiles
-after a time-based warm-up, and top-1 when the image folder has one sub-folder per class.
+after a time-based warm-up, and top-1 on a folder of class sub-folders or a labels.csv folder,
+labelled by the rules of `rmt-deploy eval` (class folders by the class names in the manifest).
 
-    python3 run.py --onnx model.onnx --manifest manifest.json --images cifar10/test --limit 1000
-    python3 run.py --onnx model.int8.onnx --openvino --manifest manifest.json --batch 8
+    python3 run.py --model model.onnx --images cifar10/test --limit 1000
+    python3 run.py --model model.int8.onnx --openvino --batch 8
+    python3 run.py --model model.nncf.xml --images imagenet --split split.json --batch 8
     python3 run.py --engine model_fp16_b8.engine --manifest manifest.json --batch 8 --iterations 200
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import sys
 import time
@@ -24,28 +27,93 @@ import numpy as np
 SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
-def load_preprocessing(manifest: Path | None) -> dict:
-    if manifest is None:
-        return {
-            "input_size": [3, 224, 224],
-            "mean": [0.485, 0.456, 0.406],
-            "std": [0.229, 0.224, 0.225],
-            "crop_pct": 0.875,
-            "interpolation": "bicubic",
-        }
-    return json.loads(manifest.read_text())["preprocessing"]
+def fail(message: str) -> None:
+    """One line on stderr and exit status 2: the kit's answer to every bad argument."""
+    sys.exit(f"error: {message}")
 
 
-def image_folder(root: Path, limit: int | None) -> list[tuple[Path, int]]:
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    samples = [
-        (f, i)
-        for i, c in enumerate(classes)
-        for f in sorted((root / c).iterdir())
-        if f.suffix.lower() in SUFFIXES
-    ]
-    if not samples:
-        sys.exit(f"error: {root} has no class sub-folders with images")
+def load_manifest(manifest: Path | None, model: Path) -> dict:
+    """The export's manifest.json (default: beside the model); the preprocessing is required."""
+    path = manifest or model.parent / "manifest.json"
+    if not path.is_file():
+        fail(f"no manifest at {path}: pass --manifest (the manifest.json rmt-deploy export wrote)")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        fail(f"cannot read the manifest {path}: {exc}")
+    if not isinstance(data, dict) or "preprocessing" not in data:
+        fail(f"{path} has no preprocessing: re-export with rmt-deploy export (or rmt-deploy run)")
+    return data
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in SUFFIXES)
+
+
+def _from_csv(root: Path, num_outputs: int | None) -> list[tuple[Path, int]]:
+    samples = []
+    with open(root / "labels.csv", newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        if not reader.fieldnames or not {"file", "label"} <= set(reader.fieldnames):
+            fail(f"{root / 'labels.csv'} must have the columns file,label")
+        for row in reader:
+            try:
+                label = int(row["label"])
+            except (TypeError, ValueError):
+                fail(f"labels.csv line {reader.line_num}: label {row['label']!r} is not an integer")
+            if label < 0 or (num_outputs is not None and label >= num_outputs):
+                fail(f"labels.csv line {reader.line_num}: label {label} is not a class index")
+            samples.append((root / row["file"], label))
+    return samples
+
+
+def _folder_labels(names: list[str], classes: list[str] | None, count: int | None) -> dict:
+    """Folder name → label, by the rules of `rmt-deploy eval`: by class name when the manifest
+    lists the classes (unless no folder is named after one: then by position), by sorted
+    position only when there is one folder per output."""
+    if classes:
+        known = {name: i for i, name in enumerate(classes)}
+        unknown = [n for n in names if n not in known]
+        if len(unknown) < len(names):
+            if unknown:
+                fail(f"class folders {', '.join(unknown[:5])} are not among the model's classes")
+            return {n: known[n] for n in names}
+        count = len(classes)
+    if count is not None and len(names) != count:
+        fail(
+            f"{len(names)} class folders for {count} outputs and no class names in the manifest: "
+            "give the full folder (one sub-folder per class) or a labels.csv"
+        )
+    return {n: i for i, n in enumerate(names)}
+
+
+def labelled_images(root: Path, classes: list[str] | None, count: int | None):
+    """(image, label) for a labels.csv folder or a folder of class sub-folders."""
+    if not root.is_dir():
+        fail(f"image folder not found: {root}")
+    if (root / "labels.csv").is_file():
+        return _from_csv(root, count)
+    folders = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    found = {d.name: _images_in(d) for d in folders}
+    names = [n for n in found if found[n]] if classes else list(found)
+    if not any(found.values()):
+        fail(f"{root} has neither a labels.csv nor class sub-folders with images")
+    index = _folder_labels(names, classes, count)
+    return [(f, index[n]) for n in names for f in found[n]]
+
+
+def select(samples, root: Path, split: Path | None, part: str, limit: int | None):
+    """The images of one part of a run's evaluate/split.json, or an evenly spaced subset."""
+    if split is not None:
+        try:
+            names = json.loads(split.read_text())["parts"][part]["images"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            fail(f"{split} lists no images for the part {part!r} ({exc})")
+        by_name = {str(path.relative_to(root)): (path, y) for path, y in samples}
+        missing = [n for n in names if n not in by_name]
+        if missing:
+            fail(f"{len(missing)} images of {split} are not in {root}, e.g. {missing[0]}")
+        samples = [by_name[n] for n in names]
     if limit and limit < len(samples):
         step = len(samples) / limit
         samples = [samples[int(i * step)] for i in range(limit)]
@@ -198,10 +266,13 @@ def percentiles(samples_ms: list[float]) -> dict[str, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("--onnx", type=Path)
-    which.add_argument("--engine", type=Path)
-    parser.add_argument("--manifest", type=Path, help="manifest.json written by the export")
-    parser.add_argument("--images", type=Path, help="class sub-folders of images (top-1)")
+    which.add_argument("--model", type=Path, help="model.onnx, model.int8.onnx, model.nncf.xml")
+    which.add_argument("--onnx", type=Path, help="an ONNX model (as --model)")
+    which.add_argument("--engine", type=Path, help="a TensorRT engine")
+    parser.add_argument("--manifest", type=Path, help="manifest.json (default: beside the model)")
+    parser.add_argument("--images", type=Path, help="class sub-folders or a labels.csv folder")
+    parser.add_argument("--split", type=Path, help="a run's evaluate/split.json: its images only")
+    parser.add_argument("--part", default="test", help="the part of --split (default: test)")
     parser.add_argument("--limit", type=int, help="use an evenly spaced subset of the images")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--warmup-seconds", type=float, default=2.0)
@@ -212,18 +283,30 @@ def main() -> int:
         nargs="?",
         const="default",
         choices=("default", "f32", "bf16"),
-        help="run --onnx in OpenVINO (its default precision, or f32 / bf16)",
+        help="run an ONNX model in OpenVINO (its default precision, or f32 / bf16)",
     )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
 
-    cfg = load_preprocessing(args.manifest)
-    if args.engine:
-        runner = TrtRunner(args.engine)
-    elif args.openvino:
-        runner = OpenVinoRunner(args.onnx, args.threads, args.openvino)
+    model = args.model or args.onnx or args.engine
+    if not model.is_file():
+        fail(f"model file not found: {model}")
+    for name in ("batch", "iterations", "limit", "threads"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            fail(f"--{name} must be at least 1, got {value}")
+    manifest = load_manifest(args.manifest, model)
+    cfg = manifest["preprocessing"]
+    samples = []
+    if args.images:
+        samples = labelled_images(args.images, manifest.get("classes"), manifest.get("num_outputs"))
+        samples = select(samples, args.images, args.split, args.part, args.limit)
+    if args.engine or model.suffix == ".engine":
+        runner = TrtRunner(model)
+    elif args.openvino or model.suffix == ".xml":
+        runner = OpenVinoRunner(model, args.threads, args.openvino)
     else:
-        runner = OrtRunner(args.onnx, args.threads)
+        runner = OrtRunner(model, args.threads)
     shape = (args.batch, *cfg["input_size"])
     warm = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     end = time.perf_counter() + args.warmup_seconds
@@ -232,8 +315,7 @@ def main() -> int:
 
     latencies: list[float] = []
     correct = seen = 0
-    if args.images:
-        samples = image_folder(args.images, args.limit)
+    if samples:
         for start in range(0, len(samples), args.batch):
             chunk = samples[start : start + args.batch]
             batch = np.stack([preprocess(p, cfg) for p, _ in chunk])

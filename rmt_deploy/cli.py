@@ -703,6 +703,7 @@ def _resolve_model_arg(args: argparse.Namespace) -> Path | None:
 def _cmd_export(args: argparse.Namespace) -> int:
     from .data import eval_transform, load_image_dataset
     from .exporters import export
+    from .exporters.manifest import manifest_extra
     from .models.checkpoint import read_plan_metadata
     from .paths import ensure_output_dir
 
@@ -721,20 +722,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if args.data is not None:  # parity against PyTorch: the labels are not used
         data = load_image_dataset(args.data, eval_transform(config), args.verify_images)
     plan_json = read_plan_metadata(args.checkpoint) if args.checkpoint else None
-    extra = {
-        "source": {
-            "model": args.model,
-            "checkpoint": str(args.checkpoint) if args.checkpoint else None,
-        },
-        "preprocessing": {
-            "input_size": list(config.input_size),
-            "mean": list(config.mean),
-            "std": list(config.std),
-            "crop_pct": config.crop_pct,
-            "interpolation": config.interpolation,
-        },
-        "plan": json.loads(plan_json) if plan_json else None,
-    }
+    source = {"model": args.model, "checkpoint": str(args.checkpoint) if args.checkpoint else None}
+    extra = manifest_extra(model, config, source, json.loads(plan_json) if plan_json else None)
     artifact = export(
         model,
         out,
@@ -863,19 +852,23 @@ def _bench_backends(args: argparse.Namespace, known) -> tuple[list[str], dict[st
 
 
 def _calibration_batches(args: argparse.Namespace, config) -> list:
-    """128 evenly spaced `--calib` images as the INT8 calibration batches."""
-    from .data import eval_transform, evenly_spaced, load_image_dataset
-    from .exporters.quantize import calibration_batches
+    """The INT8 calibration batches from `--calib`: the range images the pipeline uses."""
+    from torch.utils.data import Subset
+
+    from .data import eval_transform, load_image_dataset
+    from .exporters.quantize import calibration_batches, int8_images
 
     images = load_image_dataset(args.calib, eval_transform(config))
-    return calibration_batches(evenly_spaced(images, 128), 128)
+    ranges, _ = int8_images(images)
+    return calibration_batches(Subset(images, ranges), len(ranges))
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     from .bench import BACKENDS, benchmark, write_report
     from .data import eval_transform
+    from .deploy import DEPLOYMENTS
     from .exporters import export
-    from .exporters.quantize import quantize_int8
+    from .exporters.quantize import INT8_FILES, int8_artifacts
     from .models import load_model
     from .paths import ensure_output_dir
 
@@ -909,17 +902,16 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         first = next(iter(variants.values()))["model"]
         data = _labelled_folder(args, first, eval_transform(config), args.limit)
     if any(b.startswith(("onnxruntime", "openvino")) for b in backends):
-        calib = None
-        if any(_quantized(b) for b in backends):
-            calib = _calibration_batches(args, config)
+        artifacts = {DEPLOYMENTS[b].artifact for b in backends if _quantized(b)}
+        calib = _calibration_batches(args, config) if artifacts else None
         for name, spec in variants.items():
             spec["onnx"] = export(
                 spec["model"], out / "onnx" / name, tuple(config.input_size), n_verify=8, name=name
             ).onnx_path
             if calib is not None:
-                int8 = spec["onnx"].with_name("model.int8.onnx")
-                quantize_int8(spec["onnx"], int8, calib)
-                spec["onnx_int8"] = int8
+                int8_artifacts(spec["onnx"], artifacts, calib)
+                folder = spec["onnx"].parent
+                spec.update({a: folder / INT8_FILES[a] for a in artifacts})
     suite = benchmark(
         variants,
         backends,

@@ -88,10 +88,14 @@ AUTO = {
 }
 
 
+def openvino_capabilities() -> list[str]:
+    from .bench.backends import openvino_capabilities as capabilities
+
+    return capabilities()
+
+
 def openvino_default_precision() -> str | None:
     """What OpenVINO's CPU plugin runs without a hint: bf16 where the CPU has it, else f32."""
-    from .bench.backends import openvino_capabilities
-
     caps = openvino_capabilities()
     if not caps:
         return None
@@ -110,6 +114,8 @@ def unavailable(deployment: Deployment) -> str | None:
             return "OpenVINO is not installed (pip install openvino)"
         if deployment.precision == "bf16" and default != "bf16":
             return "this CPU has no bf16 in OpenVINO (it needs AVX512_BF16 or AMX)"
+        if deployment.precision == "int8" and "INT8" not in openvino_capabilities():
+            return "OpenVINO reports no INT8 kernels on this CPU"
         if deployment.artifact == "openvino_int8" and importlib.util.find_spec("nncf") is None:
             return "NNCF is not installed (pip install nncf)"
     if deployment.runtime == "tensorrt" and importlib.util.find_spec("tensorrt") is None:

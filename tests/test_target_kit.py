@@ -104,3 +104,127 @@ def test_run_onnx_on_real_images_matches_eval(exported, tmp_path, cifar_test, as
 def test_run_random_input_latency(exported):
     done = run_kit(exported, "--batch", "4", "--iterations", "20")
     assert "batch 4, 20 runs" in done.stdout and "median" in done.stdout
+
+
+KIT_RUN = {
+    "model": "cifar_resnet20",
+    "analyze": {"plots": False},
+    "data": {"calib_images": 128, "val_images": 200, "test_images": 300},
+    "compress": {
+        "strategy": "latency",
+        "accuracy_budget": 100,  # every engine within: the kit, not the search, is under test
+        "batch": 8,
+        "targets": ["onnxruntime", "onnxruntime-int8", "openvino"],
+        "settings": {"rounds": 2, "runs": 3, "finalists": 1, "sensitivity_images": 8},
+    },
+    "finetune": {"steps": 0, "bn_recal_images": 0},
+    "export": {"verify_images": 8},
+    "benchmark": {"backends": ["onnxruntime", "onnxruntime-int8", "openvino"], "batches": [8],
+                  "runs": 3, "warmup_s": 0.05},  # fmt: skip
+}
+KIT_FILES = {  # backend → (the export file it runs, the kit's extra flags)
+    "onnxruntime": ("model.onnx", []),
+    "onnxruntime-int8": ("model.int8.onnx", []),
+    "openvino": ("model.onnx", ["--openvino"]),
+}
+
+
+@pytest.mark.slow
+def test_kit_reproduces_the_reports_top1_on_a_real_run(tmp_path, assets, cifar_test):
+    """`rmt-deploy run`, then the kit on its export folder and its test part: every engine's
+    top-1 within one image of what the report measured in that runtime."""
+    import yaml
+
+    config = {**KIT_RUN, "output": str(tmp_path / "run")}
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(config))
+    command = [sys.executable, "-m", "rmt_deploy", "--quiet", "--assets", str(assets), "run"]
+    done = subprocess.run([*command, str(path)], capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = tmp_path / "run"
+    split = out / "evaluate" / "split.json"
+    test_count = json.loads(split.read_text())["parts"]["test"]["count"]
+    rows = json.loads((out / "bench" / "bench.json").read_text())["results"]
+    report = json.loads((out / "report.json").read_text())
+    variant, _, shipped_backend = report["headline"]["shipped"].partition(" / ")
+    measured = {(r["variant"], r["backend"]): r["top1"] for r in rows if r["batch"] == 8}
+    assert report["headline"]["shipped_top1"] == measured[variant, shipped_backend]
+    checked = {("dense", b) for b in KIT_FILES} | {(variant, shipped_backend)}
+    for name, backend in sorted(checked):
+        folder = out / "export" / name
+        manifest = json.loads((folder / "manifest.json").read_text())
+        assert manifest["preprocessing"]["input_size"] == [3, 32, 32]
+        assert manifest["classes"][0] == "airplane" and manifest["num_outputs"] == 10
+        file, flags = KIT_FILES[backend]
+        kit = [sys.executable, str(KIT / "run.py"), "--model", str(folder / file), *flags,
+               "--images", str(cifar_test), "--split", str(split), "--batch", "50",
+               "--warmup-seconds", "0", "--json", str(tmp_path / "kit.json")]  # fmt: skip
+        ran = subprocess.run(kit, capture_output=True, text=True, timeout=600)
+        assert ran.returncode == 0, ran.stderr[-2000:]
+        result = json.loads((tmp_path / "kit.json").read_text())
+        assert result["images"] == test_count
+        one_image = 100.0 / test_count
+        assert abs(result["top1"] - measured[name, backend]) <= one_image + 1e-9, (name, backend)
+
+
+def _kit_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("kit_run", KIT / "run.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+CIFAR = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def _folder(tmp_path, cifar_test, classes, per_class=2):
+    import shutil
+
+    root = tmp_path / "images"
+    for name in classes:
+        (root / name).mkdir(parents=True)
+        for src in sorted((cifar_test / name).iterdir())[:per_class]:
+            shutil.copyfile(src, root / name / src.name)
+    return root
+
+
+@pytest.mark.parametrize("classes", [["truck"], ["cat", "truck"], CIFAR])
+def test_kit_labels_class_folders_as_eval_does(tmp_path, cifar_test, classes):
+    from rmt_deploy.data import load_image_dataset
+
+    root = _folder(tmp_path, cifar_test, classes)
+    kit = _kit_module().labelled_images(root, CIFAR, 10)
+    ours = load_image_dataset(root, classes=CIFAR).samples
+    assert [(Path(p), y) for p, y in kit] == [(Path(p), y) for p, y in ours]
+    assert kit[-1][1] == 9  # truck is class 9 even alone
+
+
+def test_kit_labels_csv_folders_as_eval_does(tmp_path, cifar_test):
+    from rmt_deploy.data import load_image_dataset
+
+    root = _folder(tmp_path, cifar_test, ["cat", "dog"])
+    rows = ["file,label", "cat/0000.jpg,3", "dog/0000.jpg,5", "dog/0001.jpg,5"]
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    kit = _kit_module().labelled_images(root, None, 10)
+    ours = load_image_dataset(root, num_outputs=10).samples
+    assert [(Path(p), y) for p, y in kit] == [(Path(p), y) for p, y in ours]
+    assert [y for _, y in kit] == [3, 5, 5]
+
+
+def test_kit_refuses_what_eval_refuses(tmp_path, cifar_test):
+    from rmt_deploy.data import load_image_dataset
+    from rmt_deploy.errors import DataError
+
+    root = _folder(tmp_path, cifar_test, ["cat", "dog"])
+    with pytest.raises(DataError, match="2 class sub-folders but the model has 10 outputs"):
+        load_image_dataset(root, num_outputs=10)
+    with pytest.raises(SystemExit, match="2 class folders for 10 outputs"):
+        _kit_module().labelled_images(root, None, 10)
+    (root / "zebra").mkdir()
+    (root / "zebra" / "a.jpg").write_bytes((root / "cat" / "0000.jpg").read_bytes())
+    with pytest.raises(DataError, match="zebra is not among the model's 10 classes"):
+        load_image_dataset(root, classes=CIFAR)
+    with pytest.raises(SystemExit, match="zebra are not among the model's classes"):
+        _kit_module().labelled_images(root, CIFAR, 10)

@@ -107,7 +107,11 @@ def _file_bytes(spec: dict, backend: str) -> int | None:
     """Size of the file the backend runs: the ONNX model (fp32 or INT8) or the engine."""
     path = spec.get("engine") if backend == "tensorrt" else None
     if backend.startswith(("onnxruntime", "openvino")):
-        path = spec.get("onnx_int8" if backend.endswith("int8") else "onnx")
+        from ..deploy import DEPLOYMENTS
+
+        path = spec.get(DEPLOYMENTS[backend].artifact if backend in DEPLOYMENTS else "onnx")
+        if path and str(path).endswith(".xml"):  # OpenVINO IR: the weights are in the .bin
+            path = Path(path).with_suffix(".bin")
     return Path(path).stat().st_size if path and Path(path).is_file() else None
 
 
@@ -208,6 +212,7 @@ def benchmark(
                     spec.get("onnx"),
                     spec.get("engine"),
                     spec.get("onnx_int8"),
+                    openvino_int8=spec.get("openvino_int8"),
                     **options,
                 )
             except BackendUnavailable as exc:

@@ -45,7 +45,9 @@ def save_ir(model, out_xml: Path) -> Path:
     return out_xml
 
 
-def _quantize(onnx_path: Path, make: Callable, out_xml: Path, count: int, ignored) -> QuantizeReport:
+def _quantize(
+    onnx_path: Path, make: Callable, out_xml: Path, count: int, ignored
+) -> QuantizeReport:
     why = nncf_unavailable()
     if why:
         raise QuantizationError(f"NNCF INT8: {why}")

@@ -52,17 +52,56 @@ def _float_input(dq, producers, inits, float_inits, added) -> str:
     source = dq.input[0]
     quantize = producers.get(source)
     if quantize is not None and quantize.op_type == "QuantizeLinear":
-        return quantize.input[0]
-    name = source.removesuffix("_quantized")
-    if name in float_inits:
-        added.setdefault(name, float_inits[name])
+        return _clipped(quantize, inits, added)
+    name = f"{source}_float"  # a new name: the DQ's output often carries the float one's
+    if name in added:
         return name
-    axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
-    zero = inits.get(dq.input[2]) if len(dq.input) > 2 and dq.input[2] else None
-    value = _dequantized(inits[source], inits[dq.input[1]], zero, axis)
-    name = f"{source}_float"
-    added.setdefault(name, numpy_helper.from_array(value, name))
+    original = float_inits.get(source.removesuffix("_quantized"))
+    if original is not None:
+        value = numpy_helper.to_array(original)
+    else:  # no float original to take back: the dequantized values
+        axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
+        zero = inits.get(dq.input[2]) if len(dq.input) > 2 and dq.input[2] else None
+        value = _dequantized(inits[source], inits[dq.input[1]], zero, axis)
+    added[name] = numpy_helper.from_array(value, name)
     return name
+
+
+def _clipped(quantize, inits, added) -> str:
+    """The float activation `quantize` reads, clamped to the range it represents: the quantizer
+    folds ReLU/ReLU6 into that range (an unsigned zero point of 0 is a ReLU), so the float path
+    keeps the clamp and loses only the rounding."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    name = f"{quantize.input[0]}_range"
+    if name in added:
+        return name
+    scale = float(numpy_helper.to_array(inits[quantize.input[1]]).reshape(-1)[0])
+    zero_init = inits.get(quantize.input[2]) if len(quantize.input) > 2 else None
+    zero = 0 if zero_init is None else int(numpy_helper.to_array(zero_init).reshape(-1)[0])
+    signed = zero_init is not None and zero_init.data_type == TensorProto.INT8
+    low, high = (-128, 127) if signed else (0, 255)
+    bounds = [np.array((q - zero) * scale, np.float32) for q in (low, high)]
+    for suffix, value in zip(("_low", "_high"), bounds, strict=True):
+        added[name + suffix] = numpy_helper.from_array(value, name + suffix)
+    added[name] = helper.make_node(
+        "Clip", [quantize.input[0], name + "_low", name + "_high"], [name], name=name
+    )
+    return name
+
+
+def _unquantize_graph_outputs(node, graph, producers) -> None:
+    """A model output that is only Q/DQ of `node`'s output: `node` writes it directly."""
+    outputs = {o.name for o in graph.output}
+    for k, tensor in enumerate(node.output):
+        readers = [n for n in graph.node if tensor in n.input]
+        if len(readers) != 1 or readers[0].op_type != "QuantizeLinear":
+            continue
+        dq = [n for n in graph.node if readers[0].output[0] in n.input]
+        if len(dq) == 1 and dq[0].op_type == "DequantizeLinear" and dq[0].output[0] in outputs:
+            final = dq[0].output[0]
+            graph.node.remove(dq[0])
+            node.output[k] = final
 
 
 def _prune(graph) -> None:
@@ -100,7 +139,14 @@ def keep_float(qdq_path: Path, float_path: Path, nodes: list[str], out_path: Pat
             dq = producers.get(name)
             if dq is not None and dq.op_type == "DequantizeLinear":
                 node.input[k] = _float_input(dq, producers, inits, float_inits, added)
-    graph.initializer.extend(i for n, i in added.items() if n not in inits)
+        _unquantize_graph_outputs(node, graph, producers)
+    clips = [v for v in added.values() if isinstance(v, onnx.NodeProto)]
+    graph.initializer.extend(v for v in added.values() if isinstance(v, onnx.TensorProto))
+    for clip in clips:  # right after the tensor it clamps: the graph stays in topological order
+        position = next(
+            (i + 1 for i, n in enumerate(graph.node) if clip.input[0] in n.output), 0
+        )
+        graph.node.insert(position, clip)
     _prune(graph)
     return write_with_atomic(out_path, lambda target: onnx.save(model, str(target)))
 

@@ -292,5 +292,79 @@ def choose_recipe(
     return RecipeChoice(best, paths[best], {r.label: e for r, e in errors.items()})
 
 
+# INT8 images out of a calibration set: ranges are fitted on 128 (as ONNX Runtime's examples),
+# and recipes and layers are judged on 64 others, all evenly spaced (a folder sorted by class
+# keeps every class in both).
+RANGE_IMAGES, CHECK_IMAGES = 128, 64
+
+
+def int8_images(calib: Dataset) -> tuple[list[int], list[int]]:
+    """(range indices, check indices) into `calib`: disjoint, evenly spaced, every third image
+    of 192 for the checks; with fewer images the checks shrink first."""
+    count = min(len(calib), RANGE_IMAGES + CHECK_IMAGES)
+    step = len(calib) / max(count, 1)
+    picked = [int(i * step) for i in range(count)]
+    checks = max(0, min(CHECK_IMAGES, count - RANGE_IMAGES))
+    every = count // checks if checks else 0
+    check = [picked[i] for i in range(every - 1, count, every)][:checks] if checks else []
+    return [i for i in picked if i not in set(check)], check
+
+
+def int8_model(
+    onnx_path: Path,
+    out_path: Path,
+    batches: list[np.ndarray],
+    recipe: Int8Recipe = DEFAULT_RECIPE,
+    float_nodes: list[str] | tuple[str, ...] = (),
+) -> QuantizeReport:
+    """The QDQ model the planner chose: `recipe`, then `float_nodes` (those the graph has) put
+    back in float by a graph edit, exactly as they were measured (`qdq.keep_float`)."""
+    from .qdq import keep_float, quantized_nodes
+
+    out_path = Path(out_path)
+    if not float_nodes:
+        return quantize_int8(onnx_path, out_path, batches, recipe=recipe)
+    with tempfile.TemporaryDirectory(dir=out_path.parent) as tmp:
+        full, prepared = Path(tmp) / "full.onnx", Path(tmp) / "prepared.onnx"
+        report = quantize_int8(onnx_path, full, batches, recipe=recipe)
+        preprocess(Path(onnx_path), prepared)
+        wanted = set(float_nodes)
+        nodes = [n for n in quantized_nodes(full) if n in wanted]
+        keep_float(full, prepared, nodes, out_path)
+    report.output, report.excluded = str(out_path), nodes
+    return report
+
+
+# The INT8 files of a variant, by the artifact a deployment runs (deploy.Deployment.artifact).
+INT8_FILES = {"onnx_int8": "model.int8.onnx", "openvino_int8": "model.nncf.xml"}
+
+
+def int8_artifacts(
+    onnx_path: Path,
+    artifacts: set[str],
+    batches: list[np.ndarray],
+    recipe: Int8Recipe = DEFAULT_RECIPE,
+    float_nodes: list[str] | tuple[str, ...] = (),
+) -> dict[str, QuantizeReport]:
+    """Write beside `onnx_path` the INT8 files `artifacts` name (QDQ by `recipe`, NNCF's IR),
+    the same `float_nodes` in float in both; stale ones of the others are removed."""
+    from .nncf_int8 import nncf_int8
+
+    folder = Path(onnx_path).parent
+    reports = {}
+    for artifact, name in INT8_FILES.items():
+        path = folder / name
+        path.unlink(missing_ok=True)
+        if name.endswith(".xml"):
+            path.with_suffix(".bin").unlink(missing_ok=True)
+        if artifact not in artifacts:
+            continue
+        if artifact == "onnx_int8":
+            reports[artifact] = int8_model(onnx_path, path, batches, recipe, float_nodes)
+        else:
+            reports[artifact] = nncf_int8(onnx_path, path, batches, ignored=float_nodes)
+    return reports
+
+
 def to_batches(images: torch.Tensor, batch: int = 16) -> list[np.ndarray]:
     return [images[i : i + batch].numpy().astype(np.float32) for i in range(0, len(images), batch)]

@@ -114,7 +114,9 @@ class BenchmarkSection:
     batches: list[int] = field(default_factory=lambda: [1, 8, 64])
     runs: int = 60
     warmup_s: float = 1.0
-    agreement_images: int = 1000
+    # top-1 and agreement of every engine: on this many evenly spaced test images (None: the
+    # whole test part, so the report's top-1 is the shipped engine's on the test part)
+    agreement_images: int | None = None
     power: bool = False  # Jetson: tegrastats / jtop
 
 

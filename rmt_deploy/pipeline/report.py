@@ -126,8 +126,13 @@ def write_run_report(ctx) -> list[Path]:
         lines.append("")
     rows = {(r["variant"], r["backend"], r["batch"]): r for r in bench["results"]}
     headline = speed_headline(rows, planner, config.compress.batch)
+    top1 = accuracy.get("top1") or {}
+    if "shipped_top1" in headline and config.benchmark.agreement_images is None and top1:
+        # the shipped engine in its runtime against the reference model, same test images
+        headline["shipped_loss_pp"] = top1[accuracy["reference"]] - headline["shipped_top1"]
     if rows:
         lines += speed_lines(rows, headline, config.compress.batch)
+        lines += baseline_lines(rows, planner, headline, config.compress.batch, split)
         lines += ["", "![latency vs accuracy](bench/pareto.png)", ""]
         lines += ["![latency by batch](bench/latency_by_batch.png)", ""]
         for s in bench.get("skipped", []):
@@ -179,6 +184,8 @@ def speed_headline(rows: dict, planner: dict | None, batch: int) -> dict:
         "best_dense_ms": dense[best]["latency"]["median_ms"],
         "speedup_vs_best_dense": dense[best]["latency"]["median_ms"] / mine,
     }
+    if shipped.get("top1") is not None:  # in its own runtime and precision, on the test part
+        out["shipped_top1"] = shipped["top1"]
     if ("dense", "onnxruntime", batch) in rows:
         ort = rows["dense", "onnxruntime", batch]["latency"]["median_ms"]
         out["speedup_vs_onnxruntime_fp32"] = ort / mine
@@ -270,4 +277,54 @@ def speed_lines(rows: dict, headline: dict, batch: int) -> list[str]:
                 lines.append(
                     f"| {backend} | {n} | {dense:.3f} | {mine:.3f} | ×{dense / mine:.2f} |"
                 )
+    return lines
+
+
+def baseline_lines(rows: dict, planner: dict | None, headline: dict, batch: int, split) -> list:
+    """Each baseline a user would deploy instead, named, with its time, top-1 and budget
+    verdict (and why a deployment was dropped)."""
+    from ..deploy import DEPLOYMENTS
+
+    verdicts = {e["deployment"]: e for e in (planner or {}).get("baselines", [])}
+    count = (split or {}).get("parts", {}).get("test", {}).get("count")
+    where = f" on the {count} test images" if count else ""
+    lines = [
+        "",
+        "## Baselines",
+        "",
+        "The dense model in every deployment a user would pick instead; the headline is the "
+        f"speedup over the fastest of them within budget. Top-1 in each engine's own runtime and "
+        f"precision{where}.",
+        "",
+        "| deployment | what it is | median ms | top-1 % | within budget |",
+        "|---|---|---:|---:|---|",
+    ]
+    for (variant, backend, n), r in sorted(rows.items(), key=lambda kv: kv[0][1]):
+        if variant != "dense" or n != batch:
+            continue
+        verdict = verdicts.get(backend, {})
+        budget = {True: "yes", False: "no"}.get(verdict.get("within_budget"), "–")
+        if verdict.get("note"):
+            budget += f" ({verdict['note']})"
+        what = DEPLOYMENTS[backend].summary if backend in DEPLOYMENTS else backend
+        top1 = "–" if r.get("top1") is None else f"{r['top1']:.2f}"
+        lines.append(
+            f"| {backend} | {what} | {r['latency']['median_ms']:.3f} | {top1} | {budget} |"
+        )
+    for name, why in ((planner or {}).get("skipped_deployments") or {}).items():
+        lines.append(f"| {name} | not run here | – | – | {why} |")
+    if headline.get("shipped_top1") is not None:
+        lines += [
+            "",
+            f"The shipped engine ({headline['shipped']}) scores **{headline['shipped_top1']:.2f} %"
+            f"** top-1{where}, measured in its own runtime"
+            + (
+                f" ({headline['shipped_loss_pp']:+.2f} pp lost against the reference model)"
+                if "shipped_loss_pp" in headline
+                else ""
+            )
+            + "; the target kit reproduces it with "
+            "`python export/run.py --model export/<variant>/<file> --images <test folder> "
+            "--split evaluate/split.json`.",
+        ]
     return lines

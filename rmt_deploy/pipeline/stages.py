@@ -171,6 +171,7 @@ class RunContext:
                 f"fine-tuning needs labelled training images, and data.train "
                 f"({self.data_path(d.train)}) has none: use a labelled folder or finetune.steps: 0"
             )
+        self._check_int8_calibration()
         probe = example_batch(self.calib)
         try:
             with torch.inference_mode():
@@ -185,6 +186,25 @@ class RunContext:
             if not isinstance(outputs, torch.Tensor):
                 model_outputs(self.dense, val.subset([0]))  # raises the clear error
             check_metric(self.budget_metric, val.labelled, tuple(outputs.shape))
+
+    def _check_int8_calibration(self) -> None:
+        """INT8 deployments need calibration images: too few is an error before any stage."""
+        from ..deploy import AUTO, DEPLOYMENTS
+        from ..exporters.quantize import MIN_CALIBRATION_IMAGES
+
+        # by name: resolving here would load the runtimes into the caller's process
+        auto = AUTO["cuda" if self.config.compress.device.startswith("cuda") else "cpu"]
+        names = set()
+        for listed in (self.config.compress.targets, self.config.benchmark.backends):
+            names |= set(auto) if listed == ["auto"] else set(listed)
+        int8 = sorted(n for n in names if n in DEPLOYMENTS and DEPLOYMENTS[n].quantized)
+        count = min(len(self.calib), self.config.data.calib_images)
+        if int8 and count < MIN_CALIBRATION_IMAGES:
+            raise RmtDeployError(
+                f"INT8 ({', '.join(int8)}) needs at least {MIN_CALIBRATION_IMAGES} calibration "
+                f"images and data.calib_images gives {count}: raise it, or name "
+                "compress.targets and benchmark.backends without the int8 deployments"
+            )
 
     def deployments(self, benchmark: bool = False) -> list:
         """The deployments this run plans for (compress.targets), or with `benchmark` those the
@@ -606,6 +626,7 @@ def stage_evaluate(ctx: RunContext):
 
 def stage_export(ctx: RunContext):
     from ..exporters import export
+    from ..exporters.manifest import manifest_extra
 
     e = ctx.config.export
     written: list[Path] = []
@@ -616,6 +637,13 @@ def stage_export(ctx: RunContext):
     for stale in {"dense", "compressed"} - {name for name, _ in variants}:
         shutil.rmtree(ctx.out / "export" / stale, ignore_errors=True)  # an earlier run's model
     for name, model in variants:
+        checkpoint = None if name == "dense" else ctx.out / "compress" / "model.safetensors"
+        source = {
+            "model": ctx.config.model,
+            "checkpoint": str(checkpoint or ctx.config.checkpoint or "") or None,
+            "variant": name,
+        }
+        plan = None if name == "dense" else read_json(ctx.out / "plan" / "plan.json", "plan")
         artifact = export(
             model,
             ctx.folder(f"export/{name}"),
@@ -624,32 +652,47 @@ def stage_export(ctx: RunContext):
             verify_data=ctx.test,
             n_verify=e.verify_images,
             name=name,
+            manifest_extra=manifest_extra(model, ctx.data_config, source, plan),
         )
         written += [artifact.onnx_path, artifact.manifest_path]
         summary[name] = {"max_abs_diff": artifact.parity.max_abs_diff}
-        int8 = artifact.onnx_path.with_name("model.int8.onnx")
-        int8.unlink(missing_ok=True)
-        if any(d.quantized for d in [*ctx.deployments(), *ctx.deployments(benchmark=True)]):
-            summary[name]["int8"] = _quantize(ctx, artifact.onnx_path, int8)
-            written.append(int8)
+        deployments = [*ctx.deployments(), *ctx.deployments(benchmark=True)]
+        quantized = _quantize(ctx, artifact.onnx_path, {d.artifact for d in deployments})
+        if quantized:
+            summary[name]["int8"] = quantized
+            written += [artifact.onnx_path.with_name(n) for n in quantized]
         if e.tensorrt is not None:
             summary[name]["tensorrt"] = _build_engine(ctx, artifact.onnx_path, written)
     return written, summary
 
 
-def _quantize(ctx: RunContext, onnx_path: Path, out: Path) -> dict:
-    """The INT8 (QDQ) model for the int8 deployments: calibrated on 128 evenly spaced
-    calibration images, the layers the planner found too costly in INT8 kept in float."""
-    from ..exporters.quantize import calibration_batches, quantize_int8
+def _quantize(ctx: RunContext, onnx_path: Path, artifacts: set[str]) -> dict:
+    """The INT8 models the int8 deployments run, made as the planner made and measured them:
+    its recipe and its layers in float, calibrated on the same images (`int8_images`)."""
+    from torch.utils.data import Subset
 
-    planner = ctx.out / "plan" / "planner.json"
-    exclude = (
-        read_json(planner, "planner report").get("int8_excluded", []) if planner.is_file() else []
+    from ..exporters.quantize import (
+        DEFAULT_RECIPE,
+        INT8_FILES,
+        Int8Recipe,
+        calibration_batches,
+        int8_artifacts,
+        int8_images,
     )
-    report = quantize_int8(
-        onnx_path, out, calibration_batches(evenly_spaced(ctx.calib, 128), 128), exclude=exclude
+
+    planner_file = ctx.out / "plan" / "planner.json"
+    planner = read_json(planner_file, "planner report") if planner_file.is_file() else {}
+    chosen = planner.get("int8_recipe", {}).get("recipe")
+    recipe = Int8Recipe.from_dict(chosen) if chosen else DEFAULT_RECIPE
+    ranges, _ = int8_images(ctx.calib)
+    batches = calibration_batches(Subset(ctx.calib, ranges), len(ranges))
+    reports = int8_artifacts(
+        onnx_path, artifacts, batches, recipe, planner.get("int8_float_nodes", [])
     )
-    return {"excluded": len(report.excluded), "seconds": round(report.seconds, 1)}
+    return {
+        INT8_FILES[a]: {"float_layers": len(r.excluded), "seconds": round(r.seconds, 1)}
+        for a, r in reports.items()
+    }
 
 
 def _build_engine(ctx: RunContext, onnx_path: Path, written: list[Path]) -> str:
@@ -688,6 +731,7 @@ def _build_engine(ctx: RunContext, onnx_path: Path, written: list[Path]) -> str:
 
 def stage_benchmark(ctx: RunContext):
     from ..bench import benchmark, write_report
+    from ..exporters.quantize import INT8_FILES
 
     b = ctx.config.benchmark
     variants = {}
@@ -696,14 +740,13 @@ def stage_benchmark(ctx: RunContext):
         onnx_path = folder / "model.onnx"
         trt = ctx.config.export.tensorrt
         engine = engine_path(folder, trt.precision) if trt is not None else None
-        int8 = folder / "model.int8.onnx"
         variants[name] = {
             "model": model,
             "onnx": onnx_path if onnx_path.is_file() else None,
-            "onnx_int8": int8 if int8.is_file() else None,
+            **{a: folder / f for a, f in INT8_FILES.items() if (folder / f).is_file()},
             "engine": engine if engine is not None and engine.is_file() else None,
         }
-    agree = evenly_spaced(ctx.test, b.agreement_images)
+    agree = evenly_spaced(ctx.test, b.agreement_images)  # None: the whole test part
     backends = b.backends
     if backends == ["auto"]:  # the dense model in every deployment here: the baselines
         backends = [d.name for d in ctx.deployments(benchmark=True)]
@@ -714,7 +757,7 @@ def stage_benchmark(ctx: RunContext):
         backends,
         batches,
         ctx.input_shape,
-        data=agree if b.agreement_images > 0 else None,
+        data=agree if b.agreement_images != 0 else None,
         reference="dense",
         warmup_s=b.warmup_s,
         runs=b.runs,

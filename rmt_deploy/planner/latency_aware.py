@@ -26,6 +26,7 @@ compilation saves less than its small graphs promise).
 from __future__ import annotations
 
 import copy
+import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from ..analysis import analyze
@@ -51,6 +52,7 @@ from ..compress import compress_
 from ..deploy import DEPLOYMENTS, Deployment, resolve
 from ..devices import resolve_device
 from ..errors import RmtDeployError
+from ..exporters.quantize import RecipeChoice
 from ..layers import nm_mask, unfuse_attention_
 from ..layers.semi_structured import semi_structured_incompatibility
 from ..plan import CompressionPlan, LayerPlan
@@ -147,7 +149,12 @@ class LatencyPlanReport:
     chosen_deployment: str | None = None
     outcome: str = "compressed"  # or why the dense model ships
     calibration: list[dict] = field(default_factory=list)
-    int8_excluded: list[str] = field(default_factory=list)
+    # INT8: the recipe chosen (and every recipe's output error), the layers kept in float, each
+    # step of the mixed-precision search, and each layer's measured effect.
+    int8_recipe: dict = field(default_factory=dict)
+    int8_float_nodes: list[str] = field(default_factory=list)
+    int8_mixed: list[dict] = field(default_factory=list)
+    int8_effects: dict = field(default_factory=dict)
     # Per deployment: the probe's predicted and measured share of the dense time, and κ.
     calibrations: dict[str, dict] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -179,17 +186,21 @@ def _images(data: Dataset) -> torch.Tensor:
 
 
 class _Engines:
-    """Builds and runs whole models on deployments: ONNX files (INT8 where asked) in a work
+    """Builds and runs whole models on deployments: ONNX files (and their INT8 models, made by
+    the recipe chosen on the dense model, with the layers chosen to stay in float) in a work
     folder, runners, held-out outputs."""
 
-    def __init__(self, folder: Path, input_shape, calib_images: torch.Tensor, threads: int):
+    def __init__(self, folder: Path, input_shape, calib: Dataset, threads: int):
+        from ..exporters.quantize import int8_images, to_batches
+
         self.folder, self.input_shape, self.threads = folder, tuple(input_shape), threads
-        self.calib = calib_images
-        self.int8_exclude: list[str] = []
+        ranges, check = int8_images(calib)
+        self.calib = to_batches(_images(Subset(calib, ranges)))
+        self.check = to_batches(_images(Subset(calib, check))) if check else self.calib[:4]
+        self.recipe: RecipeChoice | None = None
+        self.float_nodes: list[str] = []
 
-    def files(self, model: nn.Module, tag: str, quantized: bool) -> dict:
-        from ..exporters.quantize import quantize_int8, to_batches
-
+    def files(self, model: nn.Module, tag: str, deployments=()) -> dict:
         folder = self.folder / tag
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / "model.onnx"
@@ -198,12 +209,46 @@ class _Engines:
 
             export(copy.deepcopy(model), folder, self.input_shape, n_verify=4, name=tag)
         files = {"model": model, "onnx": path}
-        if quantized:
-            int8 = folder / "model.int8.onnx"
-            if not int8.is_file():
-                quantize_int8(path, int8, to_batches(self.calib), exclude=self.int8_exclude)
-            files["onnx_int8"] = int8
+        artifacts = {d.artifact for d in deployments}
+        if "onnx_int8" in artifacts:
+            files["onnx_int8"] = self._qdq(path, folder)
+        if "openvino_int8" in artifacts:
+            files["openvino_int8"] = self.nncf(path, folder)
         return files
+
+    def _qdq(self, path: Path, folder: Path) -> Path:
+        """model.int8.onnx: the full QDQ model (the recipe picked on the first model asked
+        for), with the float layers put back (model.int8.full.onnx keeps the full one)."""
+        from ..exporters.quantize import choose_recipe, preprocess, quantize_int8
+
+        target, full = folder / "model.int8.onnx", folder / "model.int8.full.onnx"
+        if target.is_file():
+            return target
+        if self.recipe is None:
+            self.recipe = choose_recipe(path, folder, self.calib, self.check)
+            shutil.copyfile(self.recipe.path, full)
+        else:
+            quantize_int8(path, full, self.calib, recipe=self.recipe.recipe)
+        preprocess(path, folder / "model.prepared.onnx")
+        self.apply_float(folder)
+        return target
+
+    def apply_float(self, folder: Path) -> None:
+        """Rewrite folder/model.int8.onnx with `float_nodes` (those it has) in float."""
+        from ..exporters.qdq import keep_float, quantized_nodes
+
+        full, target = folder / "model.int8.full.onnx", folder / "model.int8.onnx"
+        wanted = set(self.float_nodes)
+        nodes = [n for n in quantized_nodes(full) if n in wanted]
+        keep_float(full, folder / "model.prepared.onnx", nodes, target)
+
+    def nncf(self, path: Path, folder: Path, refresh: bool = False) -> Path:
+        from ..exporters.nncf_int8 import nncf_int8
+
+        xml = folder / "model.nncf.xml"
+        if refresh or not xml.is_file():
+            nncf_int8(path, xml, self.calib, ignored=self.float_nodes)
+        return xml
 
     def runner(self, deployment: Deployment, files: dict):
         from ..bench.backends import prepare
@@ -213,7 +258,12 @@ class _Engines:
             options.update(device=deployment.device, precision=deployment.precision)
             return prepare("torch", files["model"], None, **options).run
         return prepare(
-            deployment.name, None, files["onnx"], onnx_int8=files.get("onnx_int8"), **options
+            deployment.name,
+            None,
+            files["onnx"],
+            onnx_int8=files.get("onnx_int8"),
+            openvino_int8=files.get("openvino_int8"),
+            **options,
         ).run
 
     @staticmethod
@@ -298,6 +348,7 @@ def latency_plan(
     if latency_target is not None and not latency_target > 0:
         raise RmtDeployError(f"the latency target must be a speedup > 0, got {latency_target}")
     deployments, skipped = resolve(targets, device)
+    deployments = _enough_for_int8(deployments, skipped, calib, targets)
     on_gpu = any(d.device == "cuda" for d in deployments)
     nm24 = on_gpu if nm24 is None else nm24
     if nm24 and not on_gpu:
@@ -436,9 +487,10 @@ def latency_plan(
         )
 
     with tempfile.TemporaryDirectory(prefix="rmt-plan-") as tmp:
-        engines = _Engines(Path(tmp), example.shape[1:], calib_tensor, threads)
-        quantized = any(d.quantized for d in deployments)
-        dense_files = engines.files(model, "dense", quantized)
+        engines = _Engines(Path(tmp), example.shape[1:], calib, threads)
+        dense_files = engines.files(model, "dense", deployments)
+        if engines.recipe is not None:
+            report.int8_recipe = engines.recipe.to_dict()
 
         # Fixed per-layer error: no budget, no whole-model search.
         if metric is None:
@@ -492,31 +544,18 @@ def latency_plan(
             accuracy_budget,
         )
         over = [
-            e
+            d
             for d, e in zip(deployments, report.baselines, strict=True)
             if d.quantized and not e.within_budget
         ]
-        if over:  # INT8 costs too much: keep the layers it hurts most in float, then redo all
-            first = {e.label: e.heldout_loss_upper for e in over}
-            kept, total = _exclude_int8(engines, dense_files)
-            runners = _validate_baselines(
-                deployments,
-                report.baselines,
-                engines,
-                dense_files,
-                metric,
-                reference,
-                heldout_images,
-                accuracy_budget,
+        if over:  # INT8 costs too much: the layers whose float saves most go back to float
+            runners.update(
+                _mixed_precision(
+                    engines, dense_files, over, deployments, report, metric, reference,
+                    heldout_images, accuracy_budget, progress,
+                )  # fmt: skip
             )
-            for e in report.baselines:
-                if e.label in first:
-                    e.note = (
-                        f"full INT8 lost {first[e.label]:.3g} (95 % bound); with {kept} of "
-                        f"{total} layers in float: {e.heldout_loss_upper:.3g}"
-                    )
         inputs = {label: x for label in runners}
-        report.int8_excluded = list(engines.int8_exclude)
         _time_engines(report.baselines, runners, inputs, rounds, runs, whole_cache, progress)
 
         # 2–3. Per-layer tables and allocations for every deployment whose dense model fits.
@@ -528,7 +567,12 @@ def latency_plan(
         fastest = min(e.measured_ms for e in report.baselines if e.within_budget)
         plannable = []
         for d, e in zip(deployments, report.baselines, strict=True):
-            if e.within_budget and e.measured_ms <= plan_within * fastest:
+            if d.artifact == "openvino_int8":
+                report.notes.append(
+                    f"{d.name} is measured as a baseline, not planned for: NNCF quantizes a whole "
+                    "model; low rank in OpenVINO INT8 is planned on openvino-int8 (the QDQ file)"
+                )
+            elif e.within_budget and e.measured_ms <= plan_within * fastest:
                 plannable.append(d)
             elif e.within_budget:
                 report.notes.append(
@@ -612,7 +656,7 @@ def latency_plan(
             label = f"plan {index} / {deployment.name}"
             plan = build_plan(allocation, label, deployment.name)
             trial = compress_(copy.deepcopy(model), plan)
-            files = engines.files(trial, f"plan{index}", deployment.quantized)
+            files = engines.files(trial, f"plan{index}", [deployment])
             engine = Engine(label, deployment.name, index, cand.predicted_ms)
             engine.heldout_loss, engine.heldout_loss_se = cand.heldout_loss, cand.heldout_loss_se
             engine.heldout_loss_upper = cand.heldout_loss_upper
@@ -732,30 +776,80 @@ def _validate_baselines(
     return runners
 
 
-def _exclude_int8(engines, files) -> tuple[int, int]:
-    """Keep in float the quarter of the quantized layers that add the most quantization noise
-    (the largest drops of output SQNR along the graph) and requantize. Returns (kept, of)."""
-    from ..exporters.quantize import int8_sensitivity, preprocess, quantize_int8, to_batches
+def _enough_for_int8(deployments, skipped: dict, calib: Dataset, targets) -> list:
+    """The deployments minus the INT8 ones when the calibration set is too small for INT8:
+    an error when they were asked for by name, a reason in `skipped` under `auto`."""
+    from ..exporters.quantize import MIN_CALIBRATION_IMAGES
 
-    batches = to_batches(engines.calib[:16])
-    prepared = preprocess(files["onnx"], files["onnx"].with_name("prepared.onnx"))
-    ranked = int8_sensitivity(prepared, files["onnx_int8"], batches)
-    drops, previous = [], None
-    for node, sqnr in ranked_in_order(prepared, ranked):
-        drops.append((node, (previous if previous is not None else 60.0) - sqnr))
-        previous = sqnr
-    worst = [n for n, _ in sorted(drops, key=lambda item: -item[1])[: max(1, len(drops) // 4)]]
-    engines.int8_exclude = worst
-    quantize_int8(files["onnx"], files["onnx_int8"], to_batches(engines.calib), exclude=worst)
-    return len(worst), len(drops)
+    if len(calib) >= MIN_CALIBRATION_IMAGES:
+        return deployments
+    int8 = [d.name for d in deployments if d.quantized]
+    why = (
+        f"INT8 calibration needs at least {MIN_CALIBRATION_IMAGES} images and the calibration "
+        f"set has {len(calib)}"
+    )
+    if int8 and targets not in ("auto", ["auto"]):
+        raise RmtDeployError(f"{why}: give more (data.calib_images) or drop {', '.join(int8)}")
+    skipped.update(dict.fromkeys(int8, why))
+    return [d for d in deployments if not d.quantized]
 
 
-def ranked_in_order(onnx_path: Path, ranked: list[tuple[str, float]]):
-    """(node, SQNR) in graph order."""
-    import onnx
+def _ladder(count: int) -> list[int]:
+    """How many layers to try in float: 1, 2, 4, … and all of them."""
+    sizes, k = [], 1
+    while k < count:
+        sizes.append(k)
+        k *= 2
+    return [*sizes, count] if count else []
 
-    order = {n.name: i for i, n in enumerate(onnx.load(str(onnx_path)).graph.node)}
-    return sorted(ranked, key=lambda item: order.get(item[0], 0))
+
+def _mixed_precision(
+    engines, files, over, deployments, report, metric, reference, images, budget, progress
+) -> dict:
+    """INT8 deployments over budget get layers back in float, the ones whose float saves the
+    most output error first (each measured alone on the check images, by toggling its Q/DQ),
+    1, 2, 4, … of them until each fits; NNCF's model keeps the same layers in float (its
+    ignored scope). Returns the re-validated runners; the report keeps every step."""
+    from ..exporters.qdq import float_effects
+
+    folder = Path(files["onnx"]).parent
+    full_error, effects = float_effects(
+        folder / "model.int8.full.onnx", folder / "model.prepared.onnx", engines.check, progress
+    )
+    report.int8_effects = {"full_error": full_error, "layers": [e.to_dict() for e in effects]}
+    ranked = [e.node for e in effects if e.gain > 0]
+    baselines = {e.deployment: e for e in report.baselines}
+    first = {d.name: baselines[d.name].heldout_loss_upper for d in over}
+    runners, pending = {}, list(over)
+    for k in _ladder(len(ranked)):
+        engines.float_nodes = ranked[:k]
+        engines.apply_float(folder)
+        if any(d.artifact == "openvino_int8" for d in pending):
+            engines.nncf(Path(files["onnx"]), folder, refresh=True)
+        step = {"float_layers": k, "nodes": ranked[:k], "loss_upper": {}}
+        chosen = [d for d in deployments if d in pending]
+        runners.update(
+            _validate_baselines(
+                chosen, [baselines[d.name] for d in chosen], engines, files, metric,
+                reference, images, budget,
+            )  # fmt: skip
+        )
+        for d in chosen:
+            step["loss_upper"][d.name] = baselines[d.name].heldout_loss_upper
+        report.int8_mixed.append(step)
+        pending = [d for d in pending if not baselines[d.name].within_budget]
+        if not pending:
+            break
+    report.int8_float_nodes = list(engines.float_nodes)
+    for d in over:
+        e = baselines[d.name]
+        kept = len(engines.float_nodes)
+        e.note = (
+            f"full INT8 lost {first[d.name]:.3g} (95 % bound); with {kept} of "
+            f"{len(effects)} quantized layers in float: {e.heldout_loss_upper:.3g}"
+            + ("" if e.within_budget else " — still over budget: dropped")
+        )
+    return runners
 
 
 def _whole_key(engine: Engine, report: LatencyPlanReport) -> str:
@@ -841,7 +935,7 @@ def _calibrate(
     if key not in cache:
         plan = build_plan(probe, "probe", deployment.name)
         trial = compress_(copy.deepcopy(model), plan)
-        files = engines.files(trial, f"probe-{deployment.name}", deployment.quantized)
+        files = engines.files(trial, f"probe-{deployment.name}", [deployment])
         runner = engines.runner(deployment, files)
         samples = time_interleaved(
             {"dense": dense_runner, "probe": runner}, {"dense": x, "probe": x}, rounds, runs
@@ -918,7 +1012,7 @@ def _validate_search(
         if _exact(deployment):
             outputs, _ = model_outputs(trial, _TensorSet(images), workers=0, device=compute)
         else:
-            files = engines.files(trial, f"trial-{deployment.name}-{j}", deployment.quantized)
+            files = engines.files(trial, f"trial-{deployment.name}-{j}", [deployment])
             outputs = engines.outputs(engines.runner(deployment, files), images)
         loss = measure(metric, reference, outputs)
         cand.heldout_loss, cand.heldout_loss_se, cand.heldout_loss_upper = (
