@@ -220,3 +220,49 @@ def test_efficientnet_lite1_full_int8_within_1pp_of_fp32(assets, tmp_path):
     q = 100 * (onnx_outputs(int8, batches).argmax(1) == labels).mean()
     assert len(test) >= 400 and fp32 > 75
     assert q >= fp32 - 1.0, f"INT8 {q:.2f} % against fp32 {fp32:.2f} % on {len(test)} images"
+
+
+def test_ladder_sizes():
+    from rmt_deploy.planner.latency_aware import _ladder
+
+    assert _ladder(0) == [] and _ladder(1) == [1]
+    assert _ladder(4) == [1, 2, 4] and _ladder(81) == [1, 2, 4, 8, 16, 32, 64, 81]
+
+
+def test_float_ladder_keeps_the_smallest_set_that_fits(monkeypatch, tmp_path):
+    """Layers go back to float by measured gain; the ladder stops at the first size where a
+    QDQ deployment fits, and that set is what the export stage will apply."""
+    from rmt_deploy.deploy import DEPLOYMENTS
+    from rmt_deploy.exporters.qdq import NodeEffect
+    from rmt_deploy.planner import latency_aware as la
+
+    effects = [NodeEffect("c", 0.1, 0.5), NodeEffect("a", 0.2, 0.4), NodeEffect("b", 0.5, 0.1),
+               NodeEffect("d", 0.6, 0.0), NodeEffect("e", 0.6, -0.1)]  # fmt: skip
+    monkeypatch.setattr("rmt_deploy.exporters.qdq.float_effects", lambda *a, **k: (0.6, effects))
+    needs = {"onnxruntime-int8": {"c", "a", "b"}, "openvino-int8": {"c", "a"}}  # to fit
+
+    class Engines:
+        check, float_nodes, applied = [], [], []
+
+        def apply_float(self, folder):
+            self.applied.append(list(self.float_nodes))
+
+    def validate(chosen, baselines, engines, files, *checks):
+        for d, e in zip(chosen, baselines, strict=True):
+            e.within_budget = needs[d.name] <= set(engines.float_nodes)
+            e.heldout_loss_upper = 0.5 if e.within_budget else 2.0
+        return {e.label: None for e in baselines}
+
+    monkeypatch.setattr(la, "_validate_baselines", validate)
+    chosen = [DEPLOYMENTS["onnxruntime-int8"], DEPLOYMENTS["openvino-int8"]]
+    baselines = {d.name: la.Engine(f"dense / {d.name}", d.name, None) for d in chosen}
+    report = la.LatencyPlanReport([d.name for d in chosen], {}, 8, "top1", 1.0)
+    engines = Engines()
+    la._float_ladder(engines, {"onnx": tmp_path / "m.onnx"}, chosen, report, baselines, (), False)
+    assert engines.applied == [["c"], ["c", "a"]]  # 1, then 2: OpenVINO fits, "b" not tried
+    assert report.int8_float_nodes == ["c", "a"]
+    assert [s["float_layers"] for s in report.int8_mixed] == [1, 2]
+    assert report.int8_mixed[0]["loss_upper"] == {"onnxruntime-int8": 2.0, "openvino-int8": 2.0}
+    assert report.int8_mixed[1]["loss_upper"] == {"onnxruntime-int8": 2.0, "openvino-int8": 0.5}
+    assert not baselines["onnxruntime-int8"].within_budget  # dropped, not fitted at a cost
+    assert [e["node"] for e in report.int8_effects["layers"]] == ["c", "a", "b", "d", "e"]

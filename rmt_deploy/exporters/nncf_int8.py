@@ -7,7 +7,9 @@ the layers NNCF's own ranking says cost most, until the validation metric is wit
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import os
 import tempfile
 import time
@@ -60,7 +62,8 @@ def _quantize(
     began = time.perf_counter()
     model = ov.Core().read_model(str(onnx_path))
     scope = nncf.IgnoredScope(names=list(ignored), validate=False) if ignored else None
-    quantized = make(nncf, model, scope)
+    with contextlib.redirect_stdout(io.StringIO()):  # NNCF's progress bars
+        quantized = make(nncf, model, scope)
     save_ir(quantized, out_xml)
     return QuantizeReport(
         str(onnx_path),

@@ -14,6 +14,8 @@ OpenVINO alike.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import tempfile
 import time
@@ -219,6 +221,10 @@ def quantize_int8(
         reader = _reader(input_name(prepared), batches)
 
         def write(target: Path) -> None:
+            with contextlib.redirect_stdout(io.StringIO()):  # the calibrators print progress
+                _quantize_static(target)
+
+        def _quantize_static(target: Path) -> None:
             quantize_static(
                 str(prepared),
                 str(target),
@@ -345,10 +351,12 @@ def int8_artifacts(
     batches: list[np.ndarray],
     recipe: Int8Recipe = DEFAULT_RECIPE,
     float_nodes: list[str] | tuple[str, ...] = (),
+    nncf_within: tuple[list, float] | None = None,
 ) -> dict[str, QuantizeReport]:
-    """Write beside `onnx_path` the INT8 files `artifacts` name (QDQ by `recipe`, NNCF's IR),
-    the same `float_nodes` in float in both; stale ones of the others are removed."""
-    from .nncf_int8 import nncf_int8
+    """Write beside `onnx_path` the INT8 files `artifacts` name: QDQ by `recipe` with
+    `float_nodes` in float, NNCF's IR (by its accuracy control when `nncf_within` gives the
+    validation pairs and the allowed drop); stale ones of the others are removed."""
+    from .nncf_int8 import nncf_int8, nncf_int8_within
 
     folder = Path(onnx_path).parent
     reports = {}
@@ -361,8 +369,10 @@ def int8_artifacts(
             continue
         if artifact == "onnx_int8":
             reports[artifact] = int8_model(onnx_path, path, batches, recipe, float_nodes)
+        elif nncf_within is not None:
+            reports[artifact] = nncf_int8_within(onnx_path, path, batches, *nncf_within)
         else:
-            reports[artifact] = nncf_int8(onnx_path, path, batches, ignored=float_nodes)
+            reports[artifact] = nncf_int8(onnx_path, path, batches)
     return reports
 
 

@@ -686,8 +686,13 @@ def _quantize(ctx: RunContext, onnx_path: Path, artifacts: set[str]) -> dict:
     recipe = Int8Recipe.from_dict(chosen) if chosen else DEFAULT_RECIPE
     ranges, _ = int8_images(ctx.calib)
     batches = calibration_batches(Subset(ctx.calib, ranges), len(ranges))
+    nncf_within = None
+    if planner.get("nncf_max_drop") is not None:  # the planner's NNCF accuracy control, again
+        val = ctx.val
+        pairs = [(val[i][0].numpy(), int(val[i][1])) for i in range(len(val))]
+        nncf_within = (pairs, planner["nncf_max_drop"])
     reports = int8_artifacts(
-        onnx_path, artifacts, batches, recipe, planner.get("int8_float_nodes", [])
+        onnx_path, artifacts, batches, recipe, planner.get("int8_float_nodes", []), nncf_within
     )
     return {
         INT8_FILES[a]: {"float_layers": len(r.excluded), "seconds": round(r.seconds, 1)}
