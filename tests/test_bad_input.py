@@ -607,3 +607,41 @@ def test_user_model_factory_errors_are_theirs(tmp_path, capsys):
         out = tmp_path / fn
         code, _, err = cli(capsys, "analyze", f"{source}:{fn}", "--out", str(out))
         assert_one_line(code, err, *fragments)
+
+
+# INT8: too few calibration images, a runtime without INT8 or NNCF ------------------------
+
+
+def test_int8_with_too_few_calibration_images_is_refused_before_any_stage(tmp_path):
+    from rmt_deploy.errors import RmtDeployError
+
+    config = _config(tmp_path, compress={"strategy": "latency", "targets": ["onnxruntime-int8"],
+                                         "accuracy_budget": 1.0})  # fmt: skip
+    with pytest.raises(RmtDeployError, match=r"INT8 \(onnxruntime-int8\) needs at least 32 "
+                       r"calibration images and data.calib_images gives 16: raise it"):  # fmt: skip
+        run(config, **QUIET)
+    assert not (tmp_path / "run").exists()
+    # the benchmark's auto list holds INT8 too: the same refusal, naming every int8 deployment
+    config = _config(tmp_path, benchmark={"backends": ["auto"]})
+    with pytest.raises(RmtDeployError, match=r"INT8 \(onnxruntime-int8, openvino-int8"):
+        run(config, **QUIET)
+
+
+def test_int8_deployments_this_machine_cannot_run_are_named(monkeypatch):
+    from rmt_deploy import deploy
+    from rmt_deploy.deploy import DeploymentError, resolve
+
+    real = deploy.importlib.util.find_spec
+    monkeypatch.setattr(
+        deploy.importlib.util, "find_spec", lambda n: None if n == "nncf" else real(n)
+    )
+    with pytest.raises(DeploymentError, match="openvino-nncf-int8 cannot run here: NNCF is not "
+                       r"installed \(pip install nncf\)"):  # fmt: skip
+        resolve(["openvino-nncf-int8"])
+    chosen, skipped = resolve("auto")  # auto drops it and says why
+    assert "openvino-nncf-int8" not in {d.name for d in chosen}
+    assert skipped["openvino-nncf-int8"] == "NNCF is not installed (pip install nncf)"
+    monkeypatch.setattr(deploy, "openvino_capabilities", lambda: ["FP32"])
+    with pytest.raises(DeploymentError, match="openvino-int8 cannot run here: OpenVINO reports "
+                       "no INT8 kernels on this CPU"):  # fmt: skip
+        resolve(["openvino-int8"])

@@ -531,3 +531,39 @@ def test_speed_headline_takes_the_predictions_own_ratio():
     assert head["planner_measured_speedup"] == 30.0 / 24.0
     assert head["best_dense"] == "onnxruntime" and head["speedup_vs_best_dense"] == 30.0 / 25.0
     assert head["measured_speedup_same_deployment"] == 31.0 / 25.0
+
+
+def test_headline_names_the_best_of_the_fields_own_engines():
+    """Our mixed INT8 model is the tool's own engine, not a baseline: the headline measures
+    it against the fastest field engine within budget (OpenVINO here, NNCF being over it)."""
+    from rmt_deploy.exporters.quantize import DEFAULT_RECIPE, Int8Recipe
+    from rmt_deploy.pipeline.report import speed_headline
+
+    def row(ms):
+        return {"latency": {"median_ms": ms}}
+
+    rows = {
+        ("dense", "onnxruntime", 8): row(35.0),
+        ("dense", "onnxruntime-int8", 8): row(16.0),
+        ("dense", "openvino", 8): row(17.5),
+        ("dense", "openvino-int8", 8): row(12.5),
+        ("dense", "openvino-nncf-int8", 8): row(14.0),
+    }
+    within = {"onnxruntime": True, "onnxruntime-int8": True, "openvino": True,
+              "openvino-int8": True, "openvino-nncf-int8": False}  # fmt: skip
+    planner = {
+        "chosen_deployment": "openvino-int8",
+        "chosen": "dense / openvino-int8",
+        "baselines": [{"deployment": d, "within_budget": w} for d, w in within.items()],
+        "int8_recipe": {"recipe": Int8Recipe(method="percentile").to_dict()},
+        "int8_float_nodes": ["/conv_stem/Conv"],
+    }
+    head = speed_headline(rows, planner, 8)
+    assert head["shipped"] == "dense / openvino-int8" and head["speedup_vs_best_dense"] == 1.0
+    assert head["best_baseline"] == "openvino"
+    assert head["speedup_vs_best_baseline"] == 17.5 / 12.5
+    # ONNX Runtime's full INT8 by its default recipe is what a user gets: then it counts
+    planner.update(int8_recipe={"recipe": DEFAULT_RECIPE.to_dict()}, int8_float_nodes=[])
+    head = speed_headline(rows, planner, 8)
+    assert head["best_baseline"] == "onnxruntime-int8"
+    assert head["speedup_vs_best_baseline"] == 16.0 / 12.5

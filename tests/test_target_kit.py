@@ -114,18 +114,20 @@ KIT_RUN = {
         "strategy": "latency",
         "accuracy_budget": 100,  # every engine within: the kit, not the search, is under test
         "batch": 8,
-        "targets": ["onnxruntime", "onnxruntime-int8", "openvino"],
+        "targets": ["onnxruntime", "onnxruntime-int8", "openvino", "openvino-nncf-int8"],
         "settings": {"rounds": 2, "runs": 3, "finalists": 1, "sensitivity_images": 8},
     },
     "finetune": {"steps": 0, "bn_recal_images": 0},
     "export": {"verify_images": 8},
-    "benchmark": {"backends": ["onnxruntime", "onnxruntime-int8", "openvino"], "batches": [8],
-                  "runs": 3, "warmup_s": 0.05},  # fmt: skip
+    "benchmark": {"backends": ["onnxruntime", "onnxruntime-int8", "openvino",
+                               "openvino-nncf-int8"], "batches": [8], "runs": 3,
+                  "warmup_s": 0.05},  # fmt: skip
 }
 KIT_FILES = {  # backend → (the export file it runs, the kit's extra flags)
     "onnxruntime": ("model.onnx", []),
     "onnxruntime-int8": ("model.int8.onnx", []),
     "openvino": ("model.onnx", ["--openvino"]),
+    "openvino-nncf-int8": ("model.nncf.xml", []),  # NNCF's OpenVINO IR
 }
 
 
@@ -149,6 +151,15 @@ def test_kit_reproduces_the_reports_top1_on_a_real_run(tmp_path, assets, cifar_t
     variant, _, shipped_backend = report["headline"]["shipped"].partition(" / ")
     measured = {(r["variant"], r["backend"]): r["top1"] for r in rows if r["batch"] == 8}
     assert report["headline"]["shipped_top1"] == measured[variant, shipped_backend]
+    # the report's own command for the shipped engine, as a user would paste it
+    command = report["headline"]["kit_command"].split()
+    assert command[:2] == ["python", "export/run.py"]
+    kit = [sys.executable, str(KIT / "run.py"), *command[2:], "--warmup-seconds", "0",
+           "--json", str(tmp_path / "shipped.json")]  # fmt: skip
+    assert subprocess.run(kit, capture_output=True, text=True, timeout=600).returncode == 0
+    shipped = json.loads((tmp_path / "shipped.json").read_text())
+    assert shipped["images"] == test_count
+    assert abs(shipped["top1"] - report["headline"]["shipped_top1"]) <= 100.0 / test_count + 1e-9
     checked = {("dense", b) for b in KIT_FILES} | {(variant, shipped_backend)}
     for name, backend in sorted(checked):
         folder = out / "export" / name

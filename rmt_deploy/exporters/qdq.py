@@ -151,6 +151,17 @@ def keep_float(qdq_path: Path, float_path: Path, nodes: list[str], out_path: Pat
     return write_with_atomic(out_path, lambda target: onnx.save(model, str(target)))
 
 
+def keep_float_present(
+    qdq_path: Path, float_path: Path, wanted: list[str] | tuple[str, ...], out_path: Path
+) -> list[str]:
+    """`keep_float` with those of `wanted` this graph quantizes (a plan's graph lacks the
+    layers it factorized); returns them."""
+    names = set(wanted)
+    nodes = [n for n in quantized_nodes(qdq_path) if n in names]
+    keep_float(qdq_path, float_path, nodes, out_path)
+    return nodes
+
+
 @dataclass
 class NodeEffect:
     node: str

@@ -325,7 +325,7 @@ def int8_model(
 ) -> QuantizeReport:
     """The QDQ model the planner chose: `recipe`, then `float_nodes` (those the graph has) put
     back in float by a graph edit, exactly as they were measured (`qdq.keep_float`)."""
-    from .qdq import keep_float, quantized_nodes
+    from .qdq import keep_float_present
 
     out_path = Path(out_path)
     if not float_nodes:
@@ -334,9 +334,7 @@ def int8_model(
         full, prepared = Path(tmp) / "full.onnx", Path(tmp) / "prepared.onnx"
         report = quantize_int8(onnx_path, full, batches, recipe=recipe)
         preprocess(Path(onnx_path), prepared)
-        wanted = set(float_nodes)
-        nodes = [n for n in quantized_nodes(full) if n in wanted]
-        keep_float(full, prepared, nodes, out_path)
+        nodes = keep_float_present(full, prepared, float_nodes, out_path)
     report.output, report.excluded = str(out_path), nodes
     return report
 

@@ -187,6 +187,14 @@ class RunContext:
                 model_outputs(self.dense, val.subset([0]))  # raises the clear error
             check_metric(self.budget_metric, val.labelled, tuple(outputs.shape))
 
+    def listed_deployments(self) -> list[list[str]]:
+        """The deployment lists this run uses: the planner's targets (latency strategy only)
+        and the benchmark's backends."""
+        lists = [self.config.benchmark.backends]
+        if self.config.compress.strategy == "latency":
+            lists.append(self.config.compress.targets)
+        return lists
+
     def _check_int8_calibration(self) -> None:
         """INT8 deployments need calibration images: too few is an error before any stage."""
         from ..deploy import AUTO, DEPLOYMENTS
@@ -195,7 +203,7 @@ class RunContext:
         # by name: resolving here would load the runtimes into the caller's process
         auto = AUTO["cuda" if self.config.compress.device.startswith("cuda") else "cpu"]
         names = set()
-        for listed in (self.config.compress.targets, self.config.benchmark.backends):
+        for listed in self.listed_deployments():
             names |= set(auto) if listed == ["auto"] else set(listed)
         int8 = sorted(n for n in names if n in DEPLOYMENTS and DEPLOYMENTS[n].quantized)
         count = min(len(self.calib), self.config.data.calib_images)
@@ -656,7 +664,9 @@ def stage_export(ctx: RunContext):
         )
         written += [artifact.onnx_path, artifact.manifest_path]
         summary[name] = {"max_abs_diff": artifact.parity.max_abs_diff}
-        deployments = [*ctx.deployments(), *ctx.deployments(benchmark=True)]
+        deployments = ctx.deployments(benchmark=True)
+        if ctx.config.compress.strategy == "latency":
+            deployments += ctx.deployments()
         quantized = _quantize(ctx, artifact.onnx_path, {d.artifact for d in deployments})
         if quantized:
             summary[name]["int8"] = quantized

@@ -238,12 +238,10 @@ class _Engines:
 
     def apply_float(self, folder: Path) -> None:
         """Rewrite folder/model.int8.onnx with `float_nodes` (those it has) in float."""
-        from ..exporters.qdq import keep_float, quantized_nodes
+        from ..exporters.qdq import keep_float_present
 
         full, target = folder / "model.int8.full.onnx", folder / "model.int8.onnx"
-        wanted = set(self.float_nodes)
-        nodes = [n for n in quantized_nodes(full) if n in wanted]
-        keep_float(full, folder / "model.prepared.onnx", nodes, target)
+        keep_float_present(full, folder / "model.prepared.onnx", self.float_nodes, target)
 
     def nncf(self, path: Path, folder: Path) -> Path:
         from ..exporters.nncf_int8 import nncf_int8
