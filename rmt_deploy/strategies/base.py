@@ -170,8 +170,20 @@ def factorized_entry(
     stats: dict[str, float],
 ) -> LayerPlan:
     """A low-rank LayerPlan carrying the whitened factors truncated to `rank`."""
-    m, n = module.weight.shape[0], module.weight[0].numel()
     left, right = factors.factors(rank, module.weight.dtype)
+    return lowrank_entry(name, module, rank, reason, stats, {"left": left, "right": right})
+
+
+def lowrank_entry(
+    name: str,
+    module: nn.Module,
+    rank: int,
+    reason: str,
+    stats: dict[str, float] | None = None,
+    payload: dict[str, torch.Tensor] | None = None,
+) -> LayerPlan:
+    """A layer factorized at `rank` (factors in `payload`, or truncated SVD at compress time)."""
+    m, n = module.weight.shape[0], module.weight[0].numel()
     return LayerPlan(
         name,
         "lowrank",
@@ -180,8 +192,8 @@ def factorized_entry(
         rank * (m + n),
         rank=rank,
         reason=reason,
-        stats=stats,
-        payload={"left": left, "right": right},
+        stats=stats or {},
+        payload=payload or {},
     )
 
 

@@ -8,8 +8,7 @@ what timing a random-weight model needs (its spectrum is all noise, so RMT ranks
 
 from __future__ import annotations
 
-from ..plan import LayerPlan
-from .base import PlanContext, StrategyError, dense_entry, register_strategy
+from .base import PlanContext, StrategyError, dense_entry, lowrank_entry, register_strategy
 
 
 def uniform_rank(m: int, n: int, sparsity: float, multiple: int) -> int:
@@ -37,15 +36,6 @@ def svd(ctx: PlanContext):
             reason = f"kept dense: no rank multiple of {multiple} fits {1 - ctx.sparsity:.0%}"
             plans.append(dense_entry(name, module, reason, "break_even"))
             continue
-        plans.append(
-            LayerPlan(
-                name,
-                "lowrank",
-                tuple(module.weight.shape),
-                m * n,
-                rank * (m + n),
-                rank=rank,
-                reason=f"truncated SVD at rank {rank} ({1 - ctx.sparsity:.0%} of parameters)",
-            )  # fmt: skip
-        )
+        reason = f"truncated SVD at rank {rank} ({1 - ctx.sparsity:.0%} of parameters)"
+        plans.append(lowrank_entry(name, module, rank, reason))
     return plans
