@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import platform
 import sys
 from pathlib import Path
 
@@ -15,14 +14,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def environment() -> dict:
     """What a reader needs to compare numbers: machine, threads, library versions."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from rmt_deploy.machine import cpu_name
+
+    cpu = cpu_name()
     return {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "cpu": cpu,

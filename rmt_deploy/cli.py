@@ -14,8 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .errors import RmtDeployError
-
-DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
+from .machine import keep_large_allocations
 
 
 def _number(
@@ -91,7 +90,9 @@ def _int_at_least(minimum: int, name: str = ""):
 def _device(text: str) -> str:
     """cpu, cuda or cuda:N, refused while parsing: an unknown device found after the other
     stages ran wastes their time."""
-    if not DEVICE.match(text):
+    from .devices import DEVICE_PATTERN
+
+    if not DEVICE_PATTERN.match(text):
         raise argparse.ArgumentTypeError(
             f"--device must be cpu, cuda or cuda:N (N a GPU index), got {text!r}"
         )
@@ -565,7 +566,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     from .models.checkpoint import PLAN_METADATA_KEY
     from .paths import ensure_output_dir
     from .recovery import FinetuneConfig, bn_recalibrate, default_lr, finetune
-    from .strategies import Target, plan
+    from .strategies import Target, needs_training, plan
 
     _resolve_model_arg(args)
     if args.finetune_steps > 0 and args.data is None:  # say so before minutes of planning
@@ -589,7 +590,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     if args.data is not None:
         calib = _labelled_folder(args, model, eval_transform(config))
         train = _labelled_folder(args, model, train_transform(config))
-    data = train if args.strategy in ("ser", "hybrid") else calib
+    data = train if needs_training(args.strategy) else calib
     the_plan = plan(
         model,
         args.strategy,
@@ -1003,28 +1004,6 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             f"({result.n_images} images, {result.seconds:.1f} s)"
         )
     return 0
-
-
-def keep_large_allocations() -> bool:
-    """Let glibc reuse large freed blocks instead of returning them to the OS at once.
-
-    PyTorch's CPU allocator gets activations from malloc; above glibc's mmap threshold every
-    large tensor is a fresh mapping that page-faults in full on first touch. Measured here on
-    EfficientNet-Lite1 at 240×240, batch 8, 2 cores: 0.65 s → 0.43 s per forward, system time
-    5.4 s → 1.0 s. The CLI owns its process, so it sets this (as MALLOC_MMAP_THRESHOLD_ /
-    MALLOC_TRIM_THRESHOLD_ would); the library leaves a caller's process alone."""
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    if sys.platform != "linux" or not name:
-        return False
-    try:
-        libc = ctypes.CDLL(name)
-        mmap_threshold, trim_threshold = -3, -1  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
-        return bool(libc.mallopt(mmap_threshold, 1 << 30) and libc.mallopt(trim_threshold, 1 << 31))
-    except (OSError, AttributeError):  # not glibc
-        return False
 
 
 # Errors of the machine or the file system, not of rmt-deploy: one line, like bad input.

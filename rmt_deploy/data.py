@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 from torchvision import transforms
 
 from .errors import DataError
@@ -200,10 +200,11 @@ def evenly_spaced(dataset, count: int | None):
     smaller): in a folder sorted by class, every class stays represented."""
     if count is None or count >= len(dataset):
         return dataset
-    if count <= 0:
-        return dataset.subset([])
-    step = len(dataset) / count
-    return dataset.subset([int(i * step) for i in range(count)])
+    step = len(dataset) / count if count > 0 else 0
+    indices = [int(i * step) for i in range(max(count, 0))]
+    if hasattr(dataset, "subset"):
+        return dataset.subset(indices)
+    return Subset(dataset, indices)  # any other Dataset (a user's, a Subset)
 
 
 def _subfolders(root: Path) -> list[Path]:

@@ -4,10 +4,15 @@ config says — and say so clearly when it is not there."""
 
 from __future__ import annotations
 
+import re
+
 import torch
 from torch import nn
 
 from .errors import RmtDeployError
+
+# A device name as the CLI and configs take it: cpu, cuda or cuda:N.
+DEVICE_PATTERN = re.compile(r"^(cpu|cuda(:\d+)?)$")
 
 
 def resolve_device(device: str | torch.device | None, model: nn.Module | None = None):

@@ -31,6 +31,8 @@ def test_registry_lists_every_strategy():
     }
     needs_data = {n for n, s in STRATEGIES.items() if s.needs_data}
     assert needs_data == {"ser", "hybrid", "lowrank", "latency"}
+    # the strategies that train while planning get training images, the others calibration
+    assert {name for name, spec in STRATEGIES.items() if spec.needs_training} == {"ser", "hybrid"}
 
 
 def test_json_round_trip_and_recompute(tmp_path):

@@ -102,13 +102,12 @@ def needs_reduced_range() -> bool:
     EfficientNet-Lite1 in full-range INT8 agreed with fp32 on 77 % of top-1 predictions."""
     import platform
 
+    from ..machine import cpu_flags
+
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return False
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split("flags", 2)[1].split("\n", 1)[0]
-    except (OSError, IndexError):
-        return True
-    return not any(f in flags.split() for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
+    flags = cpu_flags()
+    return flags is None or not flags & {"avx512_vnni", "avx_vnni", "amx_int8"}
 
 
 def calibration_batches(data: Dataset, images: int, batch: int = 16) -> list[np.ndarray]:

@@ -348,7 +348,6 @@ _RULES: dict[str, _Range] = {
     "benchmark.warmup_s": _NONNEG,
     "benchmark.agreement_images": _AT_LEAST_0,
 }
-DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 
 
 def _generic(where: str) -> str:
@@ -427,7 +426,9 @@ def _check_values(config: RunConfig) -> None:
     duplicated = _duplicates(c.targets)
     if duplicated:
         raise ConfigError(f"compress.targets: {', '.join(duplicated)} given twice")
-    if not DEVICE.match(c.device):
+    from ..devices import DEVICE_PATTERN
+
+    if not DEVICE_PATTERN.match(c.device):
         raise ConfigError(f"compress.device: cpu, cuda or cuda:N (N a GPU index), got {c.device!r}")
     if f.optimizer not in (None, "sgd", "adamw"):
         raise ConfigError(f"finetune.optimizer: sgd or adamw, got {f.optimizer!r}")

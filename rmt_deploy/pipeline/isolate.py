@@ -74,7 +74,7 @@ def run_isolated(
 
 
 def _child(stage, config_dict, out, assets, progress, conn) -> None:
-    from ..cli import keep_large_allocations
+    from ..machine import keep_large_allocations
     from .config import RunConfig
     from .stages import STAGE_FUNCTIONS, RunContext
 

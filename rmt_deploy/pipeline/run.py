@@ -270,7 +270,9 @@ def _data_folders(config: RunConfig) -> dict[str, tuple[str, bool]]:
     """The data folders this run reads: config key → (value, whether its labels are used)."""
     d, c = config.data, config.compress
     folders: dict[str, tuple[str, bool]] = {}
-    trains = config.finetune.steps > 0 or c.strategy in ("ser", "hybrid")
+    from ..strategies import needs_training
+
+    trains = config.finetune.steps > 0 or needs_training(c.strategy)
     if d.train is not None and (trains or d.calib == "train"):
         folders["data.train"] = (d.train, trains)
     if d.loader is None and d.test is not None:

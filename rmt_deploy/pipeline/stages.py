@@ -289,7 +289,7 @@ def plan_inputs(ctx: RunContext) -> dict:
 def stage_plan(ctx: RunContext):
     from ..analysis import ModelSpectrum
     from ..planner import BudgetNotMetError
-    from ..strategies import plan
+    from ..strategies import needs_training, plan
 
     c = ctx.config.compress
     folder = ctx.folder("plan")
@@ -297,7 +297,7 @@ def stage_plan(ctx: RunContext):
     for stale in ("planner.json", "planner.md", "layer_tables.json"):  # an earlier search
         (folder / stale).unlink(missing_ok=True)
     spectrum = ModelSpectrum.load(ctx.out / "analyze" / "spectrum.json")
-    data = ctx.train if c.strategy in ("ser", "hybrid") else ctx.calib
+    data = ctx.train if needs_training(c.strategy) else ctx.calib
     try:
         the_plan = plan(
             ctx.dense,

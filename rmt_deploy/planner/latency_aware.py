@@ -49,6 +49,7 @@ from ..budget import (
 )
 from ..calibration import WhitenedFactors, collect_input_stats, output_error, whitened_factors
 from ..compress import compress_
+from ..data import TensorImages, evenly_spaced
 from ..deploy import DEPLOYMENTS, Deployment, resolve
 from ..devices import resolve_device
 from ..errors import RmtDeployError
@@ -420,7 +421,7 @@ def latency_plan(
     ]
     # Evenly spaced calibration images (a folder sorted by class keeps every class): INT8
     # calibration (128, as onnxruntime's examples) and the sensitivity probe.
-    calib_tensor = _images(_spaced(calib, max(sensitivity_images, 128)))
+    calib_tensor = _images(evenly_spaced(calib, max(sensitivity_images, 128)))
     from .timing import capture_input_shapes
 
     shapes = capture_input_shapes(model, targets_, example)
@@ -747,14 +748,6 @@ def latency_plan(
     return build_plan(allocation, chosen.label, chosen.deployment), report
 
 
-def _spaced(data: Dataset, count: int) -> Dataset:
-    from torch.utils.data import Subset
-
-    count = min(count, len(data))
-    step = len(data) / count
-    return Subset(data, [int(i * step) for i in range(count)])
-
-
 def _set_loss(engine: Engine, loss: Loss, budget: float) -> None:
     engine.heldout_loss, engine.heldout_loss_se = loss.mean, loss.se
     engine.heldout_loss_upper = loss.upper
@@ -1050,7 +1043,10 @@ def _validate_search(
         cand.damage_cap = allocation.damage
         trial = compress_(copy.deepcopy(model), build_plan(allocation, "trial", deployment.name))
         if _exact(deployment):
-            outputs, _ = model_outputs(trial, _TensorSet(images), workers=0, device=compute)
+            unlabelled = TensorImages(
+                images, torch.full((len(images),), -1), [str(i) for i in range(len(images))]
+            )
+            outputs, _ = model_outputs(trial, unlabelled, workers=0, device=compute)
         else:
             files = engines.files(trial, f"trial-{deployment.name}-{j}", [deployment])
             outputs = engines.outputs(engines.runner(deployment, files), images)
@@ -1085,17 +1081,6 @@ def _validate_search(
         if report.candidates[results[j]].heldout_loss_upper <= budget
     ]
     return sorted(passing, key=lambda item: report.candidates[item[0]].predicted_ms)
-
-
-class _TensorSet(Dataset):
-    def __init__(self, images: torch.Tensor):
-        self.images = images
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int):
-        return self.images[i], -1
 
 
 def _over_budget_why(metric, budget, tried) -> str:

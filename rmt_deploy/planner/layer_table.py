@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import platform
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -130,14 +129,9 @@ class LayerTable:
 
 def machine_signature(threads: int) -> dict:
     """What a latency measurement depends on besides the model."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from ..machine import cpu_name
+
+    cpu = cpu_name()
     import onnxruntime
 
     return {"cpu": cpu, "threads": threads, "onnxruntime": onnxruntime.__version__}

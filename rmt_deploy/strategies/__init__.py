@@ -35,6 +35,7 @@ from .base import (
 
 __all__ = [
     "STRATEGIES",
+    "needs_training",
     "Budget",
     "StrategyError",
     "Target",
@@ -115,6 +116,11 @@ def plan(
         extra_state,
         skipped=found.skipped,
     )
+
+
+def needs_training(strategy: str) -> bool:
+    """Whether `strategy` trains while planning: it gets the training images, not calibration."""
+    return strategy in STRATEGIES and STRATEGIES[strategy].needs_training
 
 
 def check_settings(strategy: str, settings: dict[str, Any]) -> dict[str, Any]:

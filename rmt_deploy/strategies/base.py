@@ -103,17 +103,24 @@ class Strategy:
     needs_data: bool
     defaults: dict[str, Any] = field(default_factory=dict)
     summary: str = ""
+    # It trains while planning (labelled training images with augmentation, not calibration)
+    needs_training: bool = False
 
 
 STRATEGIES: dict[str, Strategy] = {}
 
 
-def register_strategy(name: str, *, needs_data: bool = False, **defaults: Any):
+def register_strategy(
+    name: str, *, needs_data: bool = False, needs_training: bool = False, **defaults: Any
+):
     """Decorator: `@register_strategy("seb")` adds a strategy under that name."""
 
     def wrap(fn: Callable[[PlanContext], list[LayerPlan]]):
         doc = (fn.__doc__ or "").strip().splitlines()
-        STRATEGIES[name] = Strategy(name, fn, needs_data, dict(defaults), doc[0] if doc else "")
+        STRATEGIES[name] = Strategy(
+            name, fn, needs_data or needs_training, dict(defaults), doc[0] if doc else "",
+            needs_training,
+        )  # fmt: skip
         return fn
 
     return wrap

@@ -70,7 +70,7 @@ def drop_allowed(reference: torch.Tensor, trial: torch.Tensor, floor: float, z: 
 
 @register_strategy(
     "hybrid",
-    needs_data=True,
+    needs_training=True,
     variant="threshold",  # threshold | fixed
     handoff=0.20,
     step=0.05,

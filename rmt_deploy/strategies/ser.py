@@ -102,7 +102,7 @@ SER_DEFAULTS = {
 }
 
 
-@register_strategy("ser", needs_data=True, **SER_DEFAULTS)
+@register_strategy("ser", needs_training=True, **SER_DEFAULTS)
 def ser(ctx: PlanContext):
     """Sparsify–estimate–restore: over-prune with SEB, train the reservoir, restore the top."""
     weights = {name: module.weight.detach().clone() for name, module in ctx.targets}
