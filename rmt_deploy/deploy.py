@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from .errors import RmtDeployError
+from .machine import openvino_capabilities
 
 
 class DeploymentError(RmtDeployError):
@@ -86,12 +87,6 @@ AUTO = {
     ),
     "cuda": ("torch-cuda-fp16", "torch-cuda-bf16", "tensorrt"),
 }
-
-
-def openvino_capabilities() -> list[str]:
-    from .bench.backends import openvino_capabilities as capabilities
-
-    return capabilities()
 
 
 def openvino_default_precision() -> str | None:

@@ -1,9 +1,10 @@
 """Facts about this machine and this process that measurements depend on: the CPU's name and
-instruction-set flags (read once from /proc/cpuinfo), and the allocator setting the CLI and the
-pipeline's stage processes run with."""
+instruction-set flags (read once from /proc/cpuinfo), what OpenVINO's CPU plugin can do here,
+and the allocator setting the CLI and the pipeline's stage processes run with."""
 
 from __future__ import annotations
 
+import importlib.util
 import platform
 import sys
 from functools import lru_cache
@@ -55,3 +56,12 @@ def keep_large_allocations() -> bool:
         return bool(libc.mallopt(mmap_threshold, 1 << 30) and libc.mallopt(trim_threshold, 1 << 31))
     except (OSError, AttributeError):  # not glibc
         return False
+
+
+def openvino_capabilities() -> list[str]:
+    """What OpenVINO's CPU plugin says this CPU can do (FP32, BF16, INT8, …); [] without it."""
+    if importlib.util.find_spec("openvino") is None:
+        return []
+    import openvino as ov
+
+    return list(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))

@@ -12,13 +12,21 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
+from torch import nn
+from torch.utils.data import Dataset
 
 from .errors import RmtDeployError
 from .paths import read_json, write_json_atomic
 from .targets import SkippedLayer
+
+
+class Factorization(Protocol):
+    """What a low-rank entry takes its factors from (calibration.WhitenedFactors)."""
+
+    def factors(self, rank: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 ACTIONS = ("dense", "lowrank", "mask", "nm24")
 PLAN_SCHEMA = 1
@@ -214,3 +222,91 @@ class CompressionPlan:
                 raise PlanError(f"{path} holds tensors for layer {name!r}, which the plan lacks")
             by_name[name].payload[field_name] = value
         return self
+
+
+# What a strategy or the planner says about one layer: the LayerPlan builders.
+
+
+def example_batch(data: Dataset, size: int = 2) -> torch.Tensor:
+    """The first `size` images of `data`, stacked: the input that layers are checked on."""
+    if len(data) == 0:
+        raise PlanError("the calibration data is empty")
+    return torch.stack([data[i][0] for i in range(min(size, len(data)))])
+
+
+def weight_params(module: nn.Module) -> int:
+    return module.weight.numel()
+
+
+def dense_entry(
+    name: str, module: nn.Module, reason: str, category: str = "", **stats: float
+) -> LayerPlan:
+    """A layer kept as it is; `category` is the short code the summary counts it under."""
+    n = weight_params(module)
+    return LayerPlan(
+        name,
+        "dense",
+        tuple(module.weight.shape),
+        n,
+        n,
+        reason=reason,
+        stats=stats,
+        category=category,
+    )
+
+
+def mask_entry(
+    name: str,
+    module: nn.Module,
+    mask: torch.Tensor,
+    reason: str,
+    action: str = "mask",
+    **extra: torch.Tensor,
+) -> LayerPlan:
+    kept = int(mask.sum())
+    return LayerPlan(
+        name,
+        action,
+        tuple(module.weight.shape),
+        weight_params(module),
+        kept,
+        density=kept / mask.numel(),
+        reason=reason,
+        payload={"mask": mask, **extra},
+    )
+
+
+def factorized_entry(
+    name: str,
+    module: nn.Module,
+    factors: Factorization,
+    rank: int,
+    reason: str,
+    stats: dict[str, float],
+) -> LayerPlan:
+    """A low-rank LayerPlan carrying the whitened factors truncated to `rank`."""
+    left, right = factors.factors(rank, module.weight.dtype)
+    return lowrank_entry(name, module, rank, reason, stats, {"left": left, "right": right})
+
+
+def lowrank_entry(
+    name: str,
+    module: nn.Module,
+    rank: int,
+    reason: str,
+    stats: dict[str, float] | None = None,
+    payload: dict[str, torch.Tensor] | None = None,
+) -> LayerPlan:
+    """A layer factorized at `rank` (factors in `payload`, or truncated SVD at compress time)."""
+    m, n = module.weight.shape[0], module.weight[0].numel()
+    return LayerPlan(
+        name,
+        "lowrank",
+        tuple(module.weight.shape),
+        m * n,
+        rank * (m + n),
+        rank=rank,
+        reason=reason,
+        stats=stats or {},
+        payload=payload or {},
+    )

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..errors import RmtDeployError
+from ..machine import openvino_capabilities
 
 
 class BackendUnavailable(RmtDeployError):
@@ -187,15 +188,6 @@ def onnxruntime_int8(model=None, onnx_path=None, onnx_int8=None, **options) -> P
 
 
 OPENVINO_PRECISIONS = {"openvino": None, "openvino-f32": "f32", "openvino-bf16": "bf16"}
-
-
-def openvino_capabilities() -> list[str]:
-    """What OpenVINO's CPU plugin says this CPU can do (FP32, BF16, INT8, …); [] without it."""
-    if importlib.util.find_spec("openvino") is None:
-        return []
-    import openvino as ov
-
-    return list(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
 
 
 def _openvino(path: Path, hint: str | None, options, label: str) -> Prepared:

@@ -56,8 +56,14 @@ from ..errors import RmtDeployError
 from ..exporters.quantize import RecipeChoice
 from ..layers import nm_mask, unfuse_attention_
 from ..layers.semi_structured import semi_structured_incompatibility
-from ..plan import CompressionPlan, LayerPlan
-from ..strategies.base import dense_entry, example_batch, factorized_entry, mask_entry
+from ..plan import (
+    CompressionPlan,
+    LayerPlan,
+    dense_entry,
+    example_batch,
+    factorized_entry,
+    mask_entry,
+)
 from ..targets import find_targets
 from .allocate import Allocation, allocate, refine_sensitivity
 from .layer_table import (
@@ -397,7 +403,7 @@ def latency_plan(
     }
     prior = {}
     if sensitivity_prior == "seb":  # SEB's layer weights: the layers it prunes harder cost less
-        from ..strategies.seb import seb_weights
+        from ..scores import seb_weights
 
         prior = seb_weights(spectrum, list(eligible), 0.5)
     # Calibration, sensitivities and PyTorch validation run on `device`; exports from the CPU.

@@ -11,11 +11,18 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..analysis import ModelSpectrum, analyze
-from ..calibration import WhitenedFactors
 from ..errors import RmtDeployError
 from ..layers.sparsity import lowest_mask
 from ..layers.views import LayerView
-from ..plan import LayerPlan
+from ..plan import (  # noqa: F401  (the entry builders, re-exported for the strategies)
+    LayerPlan,
+    dense_entry,
+    example_batch,
+    factorized_entry,
+    lowrank_entry,
+    mask_entry,
+    weight_params,
+)
 
 FilterFn = Callable[[nn.Module, str], bool]
 
@@ -41,13 +48,6 @@ class Target:
     deployments: tuple[str, ...] | str = "auto"
     device: str = "cpu"
     batch: int = 8
-
-
-def example_batch(data: Dataset, size: int = 2) -> torch.Tensor:
-    """The first `size` images of `data`, stacked: the input that layers are checked on."""
-    if len(data) == 0:
-        raise StrategyError("the calibration data is empty")
-    return torch.stack([data[i][0] for i in range(min(size, len(data)))])
 
 
 @dataclass
@@ -124,84 +124,6 @@ def register_strategy(
         return fn
 
     return wrap
-
-
-def weight_params(module: nn.Module) -> int:
-    return module.weight.numel()
-
-
-def dense_entry(
-    name: str, module: nn.Module, reason: str, category: str = "", **stats: float
-) -> LayerPlan:
-    """A layer kept as it is; `category` is the short code the summary counts it under."""
-    n = weight_params(module)
-    return LayerPlan(
-        name,
-        "dense",
-        tuple(module.weight.shape),
-        n,
-        n,
-        reason=reason,
-        stats=stats,
-        category=category,
-    )
-
-
-def mask_entry(
-    name: str,
-    module: nn.Module,
-    mask: torch.Tensor,
-    reason: str,
-    action: str = "mask",
-    **extra: torch.Tensor,
-) -> LayerPlan:
-    kept = int(mask.sum())
-    return LayerPlan(
-        name,
-        action,
-        tuple(module.weight.shape),
-        weight_params(module),
-        kept,
-        density=kept / mask.numel(),
-        reason=reason,
-        payload={"mask": mask, **extra},
-    )
-
-
-def factorized_entry(
-    name: str,
-    module: nn.Module,
-    factors: WhitenedFactors,
-    rank: int,
-    reason: str,
-    stats: dict[str, float],
-) -> LayerPlan:
-    """A low-rank LayerPlan carrying the whitened factors truncated to `rank`."""
-    left, right = factors.factors(rank, module.weight.dtype)
-    return lowrank_entry(name, module, rank, reason, stats, {"left": left, "right": right})
-
-
-def lowrank_entry(
-    name: str,
-    module: nn.Module,
-    rank: int,
-    reason: str,
-    stats: dict[str, float] | None = None,
-    payload: dict[str, torch.Tensor] | None = None,
-) -> LayerPlan:
-    """A layer factorized at `rank` (factors in `payload`, or truncated SVD at compress time)."""
-    m, n = module.weight.shape[0], module.weight[0].numel()
-    return LayerPlan(
-        name,
-        "lowrank",
-        tuple(module.weight.shape),
-        m * n,
-        rank * (m + n),
-        rank=rank,
-        reason=reason,
-        stats=stats or {},
-        payload=payload or {},
-    )
 
 
 def global_masks(
