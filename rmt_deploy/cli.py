@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import dataclasses
 import errno
 import json
 import math
@@ -565,7 +564,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     from .models import save_checkpoint
     from .models.checkpoint import PLAN_METADATA_KEY
     from .paths import ensure_output_dir
-    from .recovery import FinetuneConfig, bn_recalibrate, default_lr, finetune
+    from .recovery import bn_recalibrate, finetune, recipe_for
     from .strategies import Target, needs_training, plan
 
     _resolve_model_arg(args)
@@ -607,13 +606,16 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     if args.finetune_steps > 0:
         if train is None:
             raise RmtDeployError("--finetune-steps needs --data (a training image folder)")
-        regs = {
-            k: getattr(args, k) for k in ("group_lasso", "l1", "l2") if getattr(args, k) is not None
-        }
-        make = FinetuneConfig.seed_regularizers if args.seed_regularizers else FinetuneConfig
-        recipe = make(max_steps=args.finetune_steps, distill_alpha=args.distill_alpha, **regs)
-        lr = args.lr if args.lr is not None else default_lr(recipe.optimizer)
-        recipe = dataclasses.replace(recipe, lr=lr)
+        recipe = recipe_for(
+            model,
+            args.finetune_steps,
+            lr=args.lr,
+            distill_alpha=args.distill_alpha,
+            seed_regularizers=args.seed_regularizers,
+            group_lasso=args.group_lasso,
+            l1=args.l1,
+            l2=args.l2,
+        )
         scales = None
         if recipe.group_lasso or recipe.scale_gradients:
             from .analysis import analyze

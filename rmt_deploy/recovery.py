@@ -148,6 +148,46 @@ def default_lr(optimizer: str) -> float:
     return 1e-4 if optimizer == "adamw" else 0.01
 
 
+def recipe_for(
+    model: nn.Module,
+    steps: int,
+    *,
+    batch_size: int = 128,
+    optimizer: str | None = None,
+    lr: float | None = None,
+    distill_alpha: float = 0.0,
+    seed_regularizers: bool = False,
+    group_lasso: float | None = None,
+    l1: float | None = None,
+    l2: float | None = None,
+    seed: int = 0,
+) -> FinetuneConfig:
+    """The recovery recipe for `model`, the one the CLI and the pipeline both use: AdamW
+    (decay 0.01) for LayerNorm models and for the seed's regularized recovery, SGD (decay
+    1e-6) for the others; each unset value takes its default for that optimizer."""
+    transformer = any(isinstance(m, nn.LayerNorm) for m in model.modules())
+    # The seed's recovery is AdamW: under SGD its gradient scaling by s_ℓ (≈ 1e-3) would cut
+    # the pruned layers' learning rate a thousandfold, where Adam's update ignores the scale.
+    optimizer = optimizer or ("adamw" if transformer or seed_regularizers else "sgd")
+
+    def pick(value: float | None, seed_value: float) -> float:
+        return value if value is not None else (seed_value if seed_regularizers else 0.0)
+
+    return FinetuneConfig(
+        max_steps=steps,
+        batch_size=batch_size,
+        optimizer=optimizer,
+        lr=lr if lr is not None else default_lr(optimizer),
+        weight_decay=0.01 if optimizer == "adamw" else 1e-6,
+        distill_alpha=distill_alpha,
+        group_lasso=pick(group_lasso, SEED_GROUP_LASSO),
+        l1=pick(l1, SEED_L1),
+        l2=pick(l2, SEED_L2),
+        scale_gradients=seed_regularizers,
+        seed=seed,
+    )
+
+
 @dataclass
 class FinetuneResult:
     steps: int

@@ -122,3 +122,43 @@ def test_bn_recalibration_rescues_24_resnet56(resnet56, assets):
     recal = evaluate(model, test, progress=False).top1
     assert raw < 60
     assert recal > 75 and recal > raw + 20
+
+
+def test_one_recipe_for_the_cli_and_the_pipeline(monkeypatch, tmp_path, cifar_test):
+    """The CLI once fine-tuned every model with SGD and the pipeline LayerNorm models with
+    AdamW: both now ask `recipe_for`, so the same model gets the same recipe from either."""
+    from torch import nn
+
+    from rmt_deploy import recovery
+    from rmt_deploy.cli import main
+    from rmt_deploy.pipeline import RunConfig
+    from rmt_deploy.pipeline.stages import RunContext, _recipe
+
+    vit = nn.Sequential(nn.Linear(8, 8), nn.LayerNorm(8))
+    cnn = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8))
+    for model, optimizer, lr, decay in ((vit, "adamw", 1e-4, 0.01), (cnn, "sgd", 0.01, 1e-6)):
+        made = recovery.recipe_for(model, 7)
+        assert (made.optimizer, made.lr, made.weight_decay, made.max_steps) == (
+            optimizer, lr, decay, 7,
+        )  # fmt: skip
+    seeded = recovery.recipe_for(cnn, 5, seed_regularizers=True)
+    assert (seeded.optimizer, seeded.group_lasso, seeded.l1, seeded.scale_gradients) == (
+        "adamw", 1e-6, 5e-7, True,
+    )  # fmt: skip
+    config = RunConfig.from_dict(
+        {"model": "cifar_resnet20", "output": str(tmp_path), "finetune": {"steps": 7}}
+    )
+    assert _recipe(RunContext(config, tmp_path, tmp_path), vit) == recovery.recipe_for(vit, 7)
+    # The CLI's compress asks the same function for the ViT: AdamW, as the pipeline would.
+    used = []
+    real = recovery.recipe_for
+
+    def spy(model, steps, **kw):
+        used.append(real(model, steps, **kw))
+        return recovery.FinetuneConfig(max_steps=1, batch_size=4, workers=0)
+
+    monkeypatch.setattr(recovery, "recipe_for", spy)
+    code = main(["--quiet", "compress", "cifar_vit_tiny", "--strategy", "magnitude", "--out",
+                 str(tmp_path / "c"), "--finetune-steps", "3", "--data", str(cifar_test),
+                 "--bn-recal-images", "0"])  # fmt: skip
+    assert code == 0 and used[0].optimizer == "adamw" and used[0].max_steps == 3

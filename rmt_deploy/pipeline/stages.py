@@ -459,29 +459,20 @@ def _write_planner(folder: Path, report, outcome: str | None = None) -> list[Pat
 
 
 def _recipe(ctx: RunContext, model: nn.Module):
-    from ..recovery import SEED_GROUP_LASSO, SEED_L1, SEED_L2, FinetuneConfig, default_lr
+    from ..recovery import recipe_for
 
     f = ctx.config.finetune
-    transformer = any(isinstance(m, nn.LayerNorm) for m in model.modules())
-    seed = f.seed_regularizers
-    # The seed's recovery is AdamW: under SGD its gradient scaling by s_ℓ (≈ 1e-3) would cut
-    # the pruned layers' learning rate a thousandfold, where Adam's update ignores the scale.
-    optimizer = f.optimizer or ("adamw" if transformer or seed else "sgd")
-
-    def pick(value, seed_value):
-        return value if value is not None else (seed_value if seed else 0.0)
-
-    return FinetuneConfig(
-        max_steps=f.steps,
+    return recipe_for(
+        model,
+        f.steps,
         batch_size=f.batch_size,
-        optimizer=optimizer,
-        lr=f.lr if f.lr is not None else default_lr(optimizer),
-        weight_decay=0.01 if optimizer == "adamw" else 1e-6,
+        optimizer=f.optimizer,
+        lr=f.lr,
         distill_alpha=f.distill_alpha,
-        group_lasso=pick(f.group_lasso, SEED_GROUP_LASSO),
-        l1=pick(f.l1, SEED_L1),
-        l2=pick(f.l2, SEED_L2),
-        scale_gradients=seed,
+        seed_regularizers=f.seed_regularizers,
+        group_lasso=f.group_lasso,
+        l1=f.l1,
+        l2=f.l2,
         seed=ctx.config.seed,
     )
 
