@@ -223,10 +223,10 @@ def test_efficientnet_lite1_full_int8_within_1pp_of_fp32(assets, tmp_path):
 
 
 def test_ladder_sizes():
-    from rmt_deploy.planner.latency_aware import _ladder
+    from rmt_deploy.planner.precision import ladder
 
-    assert _ladder(0) == [] and _ladder(1) == [1]
-    assert _ladder(4) == [1, 2, 4] and _ladder(81) == [1, 2, 4, 8, 16, 32, 64, 81]
+    assert ladder(0) == [] and ladder(1) == [1]
+    assert ladder(4) == [1, 2, 4] and ladder(81) == [1, 2, 4, 8, 16, 32, 64, 81]
 
 
 def test_float_ladder_keeps_the_smallest_set_that_fits(monkeypatch, tmp_path):
@@ -234,7 +234,7 @@ def test_float_ladder_keeps_the_smallest_set_that_fits(monkeypatch, tmp_path):
     QDQ deployment fits, and that set is what the export stage will apply."""
     from rmt_deploy.deploy import DEPLOYMENTS
     from rmt_deploy.exporters.qdq import NodeEffect
-    from rmt_deploy.planner import latency_aware as la
+    from rmt_deploy.planner import Engine, LatencyPlanReport, precision
 
     effects = [NodeEffect("c", 0.1, 0.5), NodeEffect("a", 0.2, 0.4), NodeEffect("b", 0.5, 0.1),
                NodeEffect("d", 0.6, 0.0), NodeEffect("e", 0.6, -0.1)]  # fmt: skip
@@ -253,12 +253,12 @@ def test_float_ladder_keeps_the_smallest_set_that_fits(monkeypatch, tmp_path):
             e.heldout_loss_upper = 0.5 if e.within_budget else 2.0
         return {e.label: None for e in baselines}
 
-    monkeypatch.setattr(la, "_validate_baselines", validate)
+    monkeypatch.setattr(precision, "validate_baselines", validate)
     chosen = [DEPLOYMENTS["onnxruntime-int8"], DEPLOYMENTS["openvino-int8"]]
-    baselines = {d.name: la.Engine(f"dense / {d.name}", d.name, None) for d in chosen}
-    report = la.LatencyPlanReport([d.name for d in chosen], {}, 8, "top1", 1.0)
+    baselines = {d.name: Engine(f"dense / {d.name}", d.name, None) for d in chosen}
+    report = LatencyPlanReport([d.name for d in chosen], {}, 8, "top1", 1.0)
     engines = Engines()
-    la._float_ladder(engines, {"onnx": tmp_path / "m.onnx"}, chosen, report, baselines, (), False)
+    precision.float_ladder(engines, {"onnx": tmp_path / "m.onnx"}, chosen, report, baselines, (), False)
     assert engines.applied == [["c"], ["c", "a"]]  # 1, then 2: OpenVINO fits, "b" not tried
     assert report.int8_float_nodes == ["c", "a"]
     assert [s["float_layers"] for s in report.int8_mixed] == [1, 2]

@@ -131,8 +131,8 @@ def test_replanning_on_the_saved_table_chooses_the_same_plan(tmp_path, monkeypat
     def no_timing(*args, **kwargs):
         raise AssertionError("a saved table must not be timed again")
 
-    monkeypatch.setattr("rmt_deploy.planner.latency_aware.measure_options", no_timing)
-    monkeypatch.setattr("rmt_deploy.planner.latency_aware.time_interleaved", no_timing)
+    monkeypatch.setattr("rmt_deploy.planner.layer_table.measure_options", no_timing)
+    monkeypatch.setattr("rmt_deploy.planner.timing.time_interleaved", no_timing)
     again, report2 = latency_plan(
         copy.deepcopy(model),
         data,
@@ -215,8 +215,8 @@ def _fake_clocks(monkeypatch, *, probe_ms, planned_ms, head_to_head_ms, layer_ms
 
         return {key: [ms(key)] * (rounds * runs) for key in runners}
 
-    monkeypatch.setattr("rmt_deploy.planner.latency_aware.measure_options", layers)
-    monkeypatch.setattr("rmt_deploy.planner.latency_aware.time_interleaved", whole)
+    monkeypatch.setattr("rmt_deploy.planner.layer_table.measure_options", layers)
+    monkeypatch.setattr("rmt_deploy.planner.timing.time_interleaved", whole)
     return calls
 
 

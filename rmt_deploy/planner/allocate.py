@@ -133,3 +133,23 @@ def allocate(entries: list[LayerEntry], caps: list[float], min_gain: float = 0.0
             seen.add(allocation.key())
             allocations.append(allocation)
     return allocations
+
+
+# Damage caps (predicted relative output error of the whole model) the DP is solved for.
+DAMAGE_CAPS = tuple(1e-5 * 2**k for k in range(18))
+
+
+def candidate_allocations(
+    entries: list[LayerEntry], sensitivities: dict, prior: dict[str, float], min_gain: float
+) -> list[Allocation]:
+    """The search's allocation phase: each layer's sensitivity (measured, divided by its SEB
+    prior when there is one) set on its entry, the DP solved at every damage cap, and the
+    allocations that compress at least one layer, by growing damage."""
+    for entry in entries:
+        raw = sensitivities.get(entry.name)
+        entry.sensitivity = None if raw is None else raw / prior.get(entry.name, 1.0)
+    return [
+        a
+        for a in allocate(entries, list(DAMAGE_CAPS), min_gain)
+        if any(o.form != "dense" for o in a.choices.values())
+    ]

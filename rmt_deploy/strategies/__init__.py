@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import typing
 from typing import Any
 
 import torch
@@ -9,6 +10,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..analysis import ModelSpectrum
+from ..errors import RmtDeployError
 from ..layers.attention import unfuse_attention_
 from ..plan import CompressionPlan
 from ..targets import find_targets
@@ -134,9 +136,32 @@ def check_settings(strategy: str, settings: dict[str, Any]) -> dict[str, Any]:
             f"strategy {strategy!r} has no setting {', '.join(sorted(unknown))} "
             f"(settings: {allowed})"
         )
+    if spec.config is not None:
+        return _config_settings(strategy, settings)
     return {
         key: _coerce(strategy, key, value, spec.defaults[key]) for key, value in settings.items()
     }
+
+
+def _config_settings(strategy: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """Settings of a strategy with a config dataclass: each brought to its field's type (None
+    where the field is optional: the setting is off), then the dataclass built, so a value
+    out of range is refused here, naming the setting, before any stage runs."""
+    spec = STRATEGIES[strategy]
+    hints = typing.get_type_hints(spec.config)
+    coerced = {}
+    for key, value in settings.items():
+        kinds = typing.get_args(hints[spec.fields[key]]) or (hints[spec.fields[key]],)
+        if value is None and type(None) in kinds:
+            coerced[key] = None
+            continue
+        base = next(k for k in kinds if k in (bool, int, float, str))
+        coerced[key] = _coerce(strategy, key, value, base())
+    try:
+        spec.settings_config({**spec.defaults, **coerced})
+    except RmtDeployError as exc:
+        raise StrategyError(f"strategy {strategy!r}: {exc}") from exc
+    return coerced
 
 
 def _coerce(strategy: str, key: str, value: Any, default: Any) -> Any:
@@ -148,6 +173,8 @@ def _coerce(strategy: str, key: str, value: Any, default: Any) -> Any:
                 if value.lower() not in ("true", "false", "1", "0"):
                     raise ValueError(value)
                 return value.lower() in ("true", "1")
+            if value not in (0, 1):  # 3 is no truth value: refused, not taken as true
+                raise ValueError(value)
             return bool(value)
         coerced = kind(value)
     except (TypeError, ValueError) as exc:

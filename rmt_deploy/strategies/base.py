@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -105,21 +106,42 @@ class Strategy:
     summary: str = ""
     # It trains while planning (labelled training images with augmentation, not calibration)
     needs_training: bool = False
+    # A config dataclass whose fields are the settings (ranges checked by constructing it):
+    # `fields` maps each setting to its field (a user-facing name may differ from the field's).
+    config: type | None = None
+    fields: dict[str, str] = field(default_factory=dict)
+
+    def settings_config(self, settings: dict[str, Any]) -> Any:
+        """The config dataclass built from `settings` (the user's names): its checks run."""
+        assert self.config is not None
+        return self.config(**{self.fields[k]: v for k, v in settings.items()})
 
 
 STRATEGIES: dict[str, Strategy] = {}
 
 
 def register_strategy(
-    name: str, *, needs_data: bool = False, needs_training: bool = False, **defaults: Any
+    name: str,
+    *,
+    needs_data: bool = False,
+    needs_training: bool = False,
+    config: type | None = None,
+    settings: dict[str, str] | None = None,
+    **defaults: Any,
 ):
-    """Decorator: `@register_strategy("seb")` adds a strategy under that name."""
+    """Decorator: `@register_strategy("seb")` adds a strategy under that name. With `config`
+    (a dataclass), `settings` maps each setting's name to its field; the defaults are the
+    fields' and a value out of a field's range is refused when the settings are checked."""
 
     def wrap(fn: Callable[[PlanContext], list[LayerPlan]]):
         doc = (fn.__doc__ or "").strip().splitlines()
+        fields_ = dict(settings or {})
+        if config is not None:
+            made = {f.name: f.default for f in dataclasses.fields(config)}
+            defaults.update({key: made[f] for key, f in fields_.items()})
         STRATEGIES[name] = Strategy(
             name, fn, needs_data or needs_training, dict(defaults), doc[0] if doc else "",
-            needs_training,
+            needs_training, config, fields_,
         )  # fmt: skip
         return fn
 

@@ -1,0 +1,142 @@
+"""Whole models on deployments, for the search: ONNX files (and their INT8 models, made by the
+recipe chosen on the dense model, with the layers chosen to stay in float) in a work folder,
+runners, held-out outputs, and interleaved whole-model timing reused from a saved table."""
+
+from __future__ import annotations
+
+import copy
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm.auto import tqdm
+
+from ..deploy import Deployment
+from ..exporters.quantize import RecipeChoice
+from . import timing
+from .results import Engine
+
+
+def stack_images(data: Dataset) -> torch.Tensor:
+    """A dataset's images as one tensor (the held-out set, the sensitivity probe)."""
+    return torch.cat([x for x, _ in DataLoader(data, batch_size=100, num_workers=0)])
+
+
+def exact(deployment: Deployment) -> bool:
+    """Deployments that compute what PyTorch fp32 computes (validated in PyTorch)."""
+    from ..deploy import openvino_default_precision
+
+    if deployment.precision in ("fp32", "f32"):
+        return deployment.device == "cpu"
+    return deployment.precision == "default" and openvino_default_precision() == "f32"
+
+
+class Engines:
+    """Builds and runs whole models on deployments, in `folder` (a temporary work folder)."""
+
+    def __init__(self, folder: Path, input_shape, calib: Dataset, threads: int):
+        from ..exporters.quantize import int8_images, to_batches
+
+        self.folder, self.input_shape, self.threads = folder, tuple(input_shape), threads
+        ranges, check = int8_images(calib)
+        self.calib = to_batches(stack_images(Subset(calib, ranges)))
+        self.check = to_batches(stack_images(Subset(calib, check))) if check else self.calib[:4]
+        self.recipe: RecipeChoice | None = None
+        self.float_nodes: list[str] = []
+
+    def files(self, model: nn.Module, tag: str, deployments=()) -> dict:
+        folder = self.folder / tag
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / "model.onnx"
+        if not path.is_file():
+            from ..exporters import export
+
+            export(copy.deepcopy(model), folder, self.input_shape, n_verify=4, name=tag)
+        files = {"model": model, "onnx": path}
+        artifacts = {d.artifact for d in deployments}
+        if "onnx_int8" in artifacts:
+            files["onnx_int8"] = self._qdq(path, folder)
+        if "openvino_int8" in artifacts:
+            files["openvino_int8"] = self.nncf(path, folder)
+        return files
+
+    def _qdq(self, path: Path, folder: Path) -> Path:
+        """model.int8.onnx: the full QDQ model (the recipe picked on the first model asked
+        for), with the float layers put back (model.int8.full.onnx keeps the full one)."""
+        from ..exporters.quantize import choose_recipe, preprocess, quantize_int8
+
+        target, full = folder / "model.int8.onnx", folder / "model.int8.full.onnx"
+        if target.is_file():
+            return target
+        if self.recipe is None:
+            self.recipe = choose_recipe(path, folder, self.calib, self.check)
+            shutil.copyfile(self.recipe.path, full)
+        else:
+            quantize_int8(path, full, self.calib, recipe=self.recipe.recipe)
+        preprocess(path, folder / "model.prepared.onnx")
+        self.apply_float(folder)
+        return target
+
+    def apply_float(self, folder: Path) -> None:
+        """Rewrite folder/model.int8.onnx with `float_nodes` (those it has) in float."""
+        from ..exporters.qdq import keep_float_present
+
+        full, target = folder / "model.int8.full.onnx", folder / "model.int8.onnx"
+        keep_float_present(full, folder / "model.prepared.onnx", self.float_nodes, target)
+
+    def nncf(self, path: Path, folder: Path) -> Path:
+        from ..exporters.nncf_int8 import nncf_int8
+
+        xml = folder / "model.nncf.xml"
+        if not xml.is_file():
+            nncf_int8(path, xml, self.calib)
+        return xml
+
+    def runner(self, deployment: Deployment, files: dict):
+        from ..bench.backends import prepare
+
+        options = {"threads": self.threads}
+        if deployment.runtime == "torch":
+            options.update(device=deployment.device, precision=deployment.precision)
+            return prepare("torch", files["model"], None, **options).run
+        return prepare(
+            deployment.name,
+            None,
+            files["onnx"],
+            onnx_int8=files.get("onnx_int8"),
+            openvino_int8=files.get("openvino_int8"),
+            **options,
+        ).run
+
+    @staticmethod
+    def outputs(run, images: torch.Tensor, batch: int = 32) -> torch.Tensor:
+        return torch.cat(
+            [
+                torch.from_numpy(np.asarray(run(images[i : i + batch].numpy())).copy()).float()
+                for i in range(0, len(images), batch)
+            ]
+        )
+
+
+def time_engines(
+    engines: list[Engine], runners, inputs, rounds, runs, cache, progress, keys=None
+) -> None:
+    """Whole-model latency of every engine, interleaved over rounds; reused from `cache` (a
+    saved table) when every engine is there, so a replan on the same table decides alike."""
+    keys = keys or {e.label: f"dense|{e.deployment}" for e in engines}
+    if all(keys[e.label] in cache for e in engines):
+        measured = {e.label: cache[keys[e.label]] for e in engines}
+    else:
+        wanted = {e.label: runners[e.label] for e in engines}
+        samples = {}
+        for _ in tqdm(range(1), desc="time engines", disable=not progress):
+            samples = timing.time_interleaved(wanted, inputs, rounds, runs)
+        measured = {label: timing.spread(values) for label, values in samples.items()}
+        for e in engines:
+            cache[keys[e.label]] = measured[e.label]
+    for e in engines:
+        m = measured[e.label]
+        e.measured_ms, e.q1_ms, e.q3_ms = m["median_ms"], m["q1_ms"], m["q3_ms"]
