@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -232,6 +233,226 @@ def cause_line(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+@dataclass(frozen=True)
+class _ExportPlan:
+    """The export settings, resolved once: every step (export, check, verify, manifest) reads
+    several of them, and one value cannot drift between steps."""
+
+    name: str
+    exporter: str
+    opset: int
+    dynamic_batch: bool
+    input_shape: tuple[int, int, int]
+    simplify: bool
+    n_verify: int
+    atol: float
+    rtol: float
+    min_agreement: float
+
+
+@dataclass(frozen=True)
+class _StagedModel:
+    """The checked graph saved in the temporary folder, not yet in place: whether its weights
+    went to a separate data file decides what is moved into `out`."""
+
+    path: Path
+    external: bool
+
+
+@contextlib.contextmanager
+def _timed(seconds: dict[str, float], step: str) -> Iterator[None]:
+    """Record the wall time of one export step in `seconds` (the manifest reports them)."""
+    start = time.perf_counter()
+    yield
+    seconds[step] = time.perf_counter() - start
+
+
+def _torch_onnx_export(
+    model: nn.Module, example: torch.Tensor, raw: Path, plan: _ExportPlan
+) -> None:
+    """Call the chosen torch exporter: the two take the dynamic batch axis and the output file
+    in different forms."""
+    if plan.exporter == "torchscript":
+        dynamic = {"input": {0: "batch"}, "logits": {0: "batch"}} if plan.dynamic_batch else None
+        torch.onnx.export(
+            model,
+            (example,),
+            str(raw),
+            dynamo=False,
+            opset_version=plan.opset,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes=dynamic,
+            do_constant_folding=True,
+        )
+        return
+    shapes = ({0: torch.export.Dim("batch", min=1, max=4096)},) if plan.dynamic_batch else None
+    program = torch.onnx.export(
+        model,
+        (example,),
+        dynamo=True,
+        opset_version=plan.opset,
+        input_names=["input"],
+        output_names=["logits"],
+        dynamic_shapes=shapes,
+    )
+    program.save(str(raw))
+
+
+def _export_raw(model: nn.Module, raw: Path, plan: _ExportPlan) -> None:
+    """Export to `raw` quietly, and turn any exporter failure into one ExportError line that
+    names the model and the cause (the exporters raise many types and print whole graphs)."""
+    example = torch.randn(2 if plan.dynamic_batch else 1, *plan.input_shape)
+    try:
+        with warnings.catch_warnings(), captured_output():
+            # The tracer warns about every Python-side shape computation in timm models; the
+            # parity check is what says whether the graph is right.
+            warnings.simplefilter("ignore")
+            _torch_onnx_export(model, example, raw, plan)
+    except Exception as exc:  # the exporters raise many types; name the model and cause
+        raise ExportError(
+            f"ONNX export of {plan.name} failed ({plan.exporter}): {cause_line(exc)}"
+        ) from exc
+
+
+def _slim(graph: Any, name: str) -> Any:
+    """Simplify with onnxslim, saying how to get past a missing or failing onnxslim."""
+    try:
+        import onnxslim
+
+        return onnxslim.slim(graph)
+    except ImportError as exc:
+        raise ExportError(
+            "onnxslim is not installed (pip install onnxslim, or --no-simplify)"
+        ) from exc
+    except Exception as exc:
+        raise ExportError(
+            f"onnxslim failed on {name}: {cause_line(exc)} (retry with --no-simplify)"
+        ) from exc
+
+
+def _checked_graph(raw: Path, plan: _ExportPlan) -> Any:
+    """Load the raw export, simplify it if asked, and fail on a graph ONNX calls invalid:
+    an invalid graph must not reach verification or the output folder."""
+    import onnx
+
+    graph = onnx.load(str(raw))
+    if plan.simplify:
+        graph = _slim(graph, plan.name)
+    try:
+        onnx.checker.check_model(graph, full_check=False)
+        return onnx.shape_inference.infer_shapes(graph, strict_mode=True)
+    except Exception as exc:
+        raise ExportError(f"exported graph of {plan.name} is invalid: {cause_line(exc)}") from exc
+
+
+def _save_staged(graph: Any, tmp_dir: Path) -> _StagedModel:
+    """Save into the temporary folder, weights in `model.onnx.data` past protobuf's 2 GB
+    limit, so that verification reads exactly the file that is put in place."""
+    import onnx
+
+    staged = tmp_dir / "model.onnx"
+    external = graph.ByteSize() > _TWO_GB
+    onnx.save_model(
+        graph,
+        str(staged),
+        save_as_external_data=external,
+        location="model.onnx.data" if external else None,
+    )
+    return _StagedModel(staged, external)
+
+
+def _require_parity(parity: ParityReport, plan: _ExportPlan) -> None:
+    """Refuse a model ONNX Runtime does not reproduce, with the numbers that failed."""
+    if parity.passed:
+        return
+    allowed = plan.atol + plan.rtol * parity.output_scale
+    raise ExportMismatchError(
+        f"ONNX Runtime disagrees with PyTorch for {plan.name}: max |Δ| "
+        f"{parity.max_abs_diff:.3g} (allowed {allowed:.3g}), top-1 agreement "
+        f"{100 * parity.top1_agreement:.2f} % (need "
+        f"{100 * plan.min_agreement:.2f} %) on {parity.n_images} {parity.source}; no model "
+        "file was written"
+    )
+
+
+def _put_in_place(staged: _StagedModel, out: Path) -> Path:
+    """Move the verified model (and its data file) into `out`, the model file last and by
+    os.replace, so a reader never sees a model without its weights or a stale data file."""
+    final = out / "model.onnx"
+    (out / "model.onnx.data").unlink(missing_ok=True)  # never pair with a stale data file
+    if staged.external:
+        shutil.move(str(staged.path.parent / "model.onnx.data"), out / "model.onnx.data")
+    os.replace(staged.path, final)
+    return final
+
+
+def _export_verified(
+    model: nn.Module,
+    out: Path,
+    tmp_dir: Path,
+    plan: _ExportPlan,
+    verify_data: Dataset | None,
+    seconds: dict[str, float],
+) -> tuple[Path, ParityReport]:
+    """Export, check and verify inside `tmp_dir`; only a model that passes reaches `out`."""
+    with _timed(seconds, "export"):
+        _export_raw(model, tmp_dir / "raw.onnx", plan)
+    with _timed(seconds, "simplify_check"):
+        staged = _save_staged(_checked_graph(tmp_dir / "raw.onnx", plan), tmp_dir)
+    with _timed(seconds, "verify"):
+        parity = verify_onnx(
+            model,
+            staged.path,
+            verify_data,
+            plan.n_verify,
+            plan.input_shape,
+            atol=plan.atol,
+            rtol=plan.rtol,
+            min_agreement=plan.min_agreement,
+        )
+    _require_parity(parity, plan)
+    return _put_in_place(staged, out), parity
+
+
+def _write_manifest(
+    out: Path,
+    model: nn.Module,
+    plan: _ExportPlan,
+    parity: ParityReport,
+    seconds: dict[str, float],
+    manifest_extra: dict[str, Any] | None,
+) -> Path:
+    """Write `manifest.json` beside the model: what was exported, how, with which versions,
+    and the checksums of the files in place."""
+    files = {
+        p.name: {"sha256": file_sha256(p), "bytes": p.stat().st_size}
+        for p in (out / "model.onnx", out / "model.onnx.data")
+        if p.exists()
+    }
+    manifest = {
+        "model": plan.name,
+        "format": "onnx",
+        "exporter": plan.exporter,
+        "opset": plan.opset,
+        "simplified": plan.simplify,
+        "input": {
+            "name": "input",
+            "shape": ["batch" if plan.dynamic_batch else 1, *plan.input_shape],
+            "dtype": "float32",
+            "layout": "NCHW",
+        },
+        "output": {"name": "logits"},
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "files": files,
+        "parity": parity.to_dict(),
+        "versions": _versions(),
+        "seconds": seconds,
+        **(manifest_extra or {}),
+    }
+    return write_json_atomic(out / "manifest.json", manifest)
+
+
 def export(
     model: nn.Module,
     out_dir: str | os.PathLike[str],
@@ -251,141 +472,28 @@ def export(
 ) -> ExportArtifact:
     """Export `model` to `out_dir/model.onnx` and `manifest.json`; fail (and leave no model
     file) when ONNX Runtime disagrees with PyTorch beyond tolerance."""
-    import onnx
+    import onnx  # noqa: F401 - fail on a missing onnx before any file is touched
 
     if exporter not in ("torchscript", "dynamo"):
         raise ExportError(f"exporter must be 'torchscript' or 'dynamo', got {exporter!r}")
-    opset = opset or (17 if exporter == "torchscript" else 20)
+    plan = _ExportPlan(
+        name=name,
+        exporter=exporter,
+        opset=opset or (17 if exporter == "torchscript" else 20),
+        dynamic_batch=dynamic_batch,
+        input_shape=input_shape,
+        simplify=simplify,
+        n_verify=n_verify,
+        atol=atol,
+        rtol=rtol,
+        min_agreement=min_agreement,
+    )
     out = ensure_output_dir(out_dir)
     remove_stale_exports(out)
     model = model.eval()
-    example = torch.randn(2 if dynamic_batch else 1, *input_shape)
     seconds: dict[str, float] = {}
     # The owner's PID in the name: a later export can tell a killed run's folder from a live one.
     with tempfile.TemporaryDirectory(dir=out, prefix=f".export-{os.getpid()}-") as tmp_dir:
-        raw = Path(tmp_dir) / "raw.onnx"
-        start = time.perf_counter()
-        dynamic = {"input": {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None
-        try:
-            with warnings.catch_warnings(), captured_output():
-                # The tracer warns about every Python-side shape computation in timm models; the
-                # parity check below is what says whether the graph is right.
-                warnings.simplefilter("ignore")
-                if exporter == "torchscript":
-                    torch.onnx.export(
-                        model,
-                        (example,),
-                        str(raw),
-                        dynamo=False,
-                        opset_version=opset,
-                        input_names=["input"],
-                        output_names=["logits"],
-                        dynamic_axes=dynamic,
-                        do_constant_folding=True,
-                    )
-                else:
-                    shapes = (
-                        ({0: torch.export.Dim("batch", min=1, max=4096)},)
-                        if dynamic_batch
-                        else None
-                    )
-                    program = torch.onnx.export(
-                        model,
-                        (example,),
-                        dynamo=True,
-                        opset_version=opset,
-                        input_names=["input"],
-                        output_names=["logits"],
-                        dynamic_shapes=shapes,
-                    )
-                    program.save(str(raw))
-        except Exception as exc:  # the exporters raise many types; name the model and cause
-            raise ExportError(
-                f"ONNX export of {name} failed ({exporter}): {cause_line(exc)}"
-            ) from exc
-        seconds["export"] = time.perf_counter() - start
-
-        start = time.perf_counter()
-        graph = onnx.load(str(raw))
-        if simplify:
-            try:
-                import onnxslim
-
-                graph = onnxslim.slim(graph)
-            except ImportError as exc:
-                raise ExportError(
-                    "onnxslim is not installed (pip install onnxslim, or --no-simplify)"
-                ) from exc
-            except Exception as exc:
-                raise ExportError(
-                    f"onnxslim failed on {name}: {cause_line(exc)} (retry with --no-simplify)"
-                ) from exc
-        try:
-            onnx.checker.check_model(graph, full_check=False)
-            graph = onnx.shape_inference.infer_shapes(graph, strict_mode=True)
-        except Exception as exc:
-            raise ExportError(f"exported graph of {name} is invalid: {cause_line(exc)}") from exc
-        staged = Path(tmp_dir) / "model.onnx"
-        external = graph.ByteSize() > _TWO_GB
-        onnx.save_model(
-            graph,
-            str(staged),
-            save_as_external_data=external,
-            location="model.onnx.data" if external else None,
-        )
-        seconds["simplify_check"] = time.perf_counter() - start
-
-        start = time.perf_counter()
-        parity = verify_onnx(
-            model,
-            staged,
-            verify_data,
-            n_verify,
-            input_shape,
-            atol=atol,
-            rtol=rtol,
-            min_agreement=min_agreement,
-        )
-        seconds["verify"] = time.perf_counter() - start
-        if not parity.passed:
-            allowed = atol + rtol * parity.output_scale
-            raise ExportMismatchError(
-                f"ONNX Runtime disagrees with PyTorch for {name}: max |Δ| "
-                f"{parity.max_abs_diff:.3g} (allowed {allowed:.3g}), top-1 agreement "
-                f"{100 * parity.top1_agreement:.2f} % (need "
-                f"{100 * min_agreement:.2f} %) on {parity.n_images} {parity.source}; no model "
-                "file was written"
-            )
-        final = out / "model.onnx"
-        (out / "model.onnx.data").unlink(missing_ok=True)  # never pair with a stale data file
-        if external:
-            shutil.move(str(Path(tmp_dir) / "model.onnx.data"), out / "model.onnx.data")
-        os.replace(staged, final)
-
-    files = {
-        p.name: {"sha256": file_sha256(p), "bytes": p.stat().st_size}
-        for p in (final, out / "model.onnx.data")
-        if p.exists()
-    }
-    manifest = {
-        "model": name,
-        "format": "onnx",
-        "exporter": exporter,
-        "opset": opset,
-        "simplified": simplify,
-        "input": {
-            "name": "input",
-            "shape": ["batch" if dynamic_batch else 1, *input_shape],
-            "dtype": "float32",
-            "layout": "NCHW",
-        },
-        "output": {"name": "logits"},
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "files": files,
-        "parity": parity.to_dict(),
-        "versions": _versions(),
-        "seconds": seconds,
-        **(manifest_extra or {}),
-    }
-    manifest_path = write_json_atomic(out / "manifest.json", manifest)
-    return ExportArtifact(final, manifest_path, parity, exporter, opset, seconds)
+        final, parity = _export_verified(model, out, Path(tmp_dir), plan, verify_data, seconds)
+    manifest_path = _write_manifest(out, model, plan, parity, seconds, manifest_extra)
+    return ExportArtifact(final, manifest_path, parity, exporter, plan.opset, seconds)

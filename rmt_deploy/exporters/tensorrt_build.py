@@ -19,6 +19,7 @@ import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -315,6 +316,156 @@ def inspect_engine(trt, blob: bytes, logger) -> tuple[list[dict], str | None]:
     return layers, None
 
 
+@dataclass(frozen=True)
+class _BuildSettings:
+    """The build_engine arguments the build steps share, with what the TensorRT version
+    implies (strong typing): passed as one value so no step reads a different precision."""
+
+    precision: str
+    sparsity: str
+    batch: BatchProfile
+    workspace_mb: int
+    timing_cache: str | os.PathLike[str] | None
+    input_name: str
+    strongly_typed: bool
+
+
+@dataclass
+class _ParsedNetwork:
+    """A parsed network with its parser: the parser owns the weights the network points at,
+    so it must stay alive until the engine is built."""
+
+    network: Any
+    parser: Any
+    eligible_24: list[str]  # ONNX layers with 2:4 weights, of the graph TensorRT parsed
+
+
+def _check_choices(precision: str, sparsity: str) -> None:
+    """Reject an unknown precision or sparsity mode before TensorRT is even imported."""
+    if precision not in PRECISIONS:
+        raise RmtDeployError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if sparsity not in SPARSITY_MODES:
+        raise RmtDeployError(f"sparsity must be one of {SPARSITY_MODES}, got {sparsity!r}")
+
+
+def _import_tensorrt() -> Any:
+    """The tensorrt module, or TensorRTUnavailable saying where builds can run instead."""
+    try:
+        import tensorrt as trt
+    except ImportError as exc:
+        raise TensorRTUnavailable(
+            "TensorRT is not installed: `rmt-deploy build` runs on a machine with an NVIDIA GPU "
+            "and the tensorrt Python package (JetPack on Jetson); the export/ kit builds "
+            "engines there too"
+        ) from exc
+    import onnx  # noqa: F401 - the build needs it: fail on its absence before building
+
+    return trt
+
+
+def _collecting_logger(trt: Any, lines: list[str]) -> Any:
+    """A TensorRT logger that keeps every message in `lines`: the sparsity report and the
+    build-failure message are read from them."""
+
+    class _Logger(trt.ILogger):
+        def __init__(self):
+            trt.ILogger.__init__(self)
+
+        def log(self, severity, msg):  # noqa: D401 - TensorRT callback
+            lines.append(msg)
+
+    return _Logger()
+
+
+def _stage_graph(
+    graph: Any, onnx_path: Path, tmp_dir: Path, settings: _BuildSettings
+) -> tuple[Path, list[str]]:
+    """Cast (TensorRT 11) and force 2:4 weights as asked, and return the file TensorRT should
+    parse (the original where nothing changed) with the 2:4 layers of the graph it gets."""
+    import onnx
+
+    if settings.strongly_typed:
+        graph = cast_onnx_precision(graph, settings.precision)
+    if settings.sparsity == "force":
+        from .onnx_sparsity import force_24_initializers
+
+        force_24_initializers(graph)
+    eligible_24 = onnx_24_layers(graph)  # of the graph TensorRT gets, before saving it
+    if not (settings.strongly_typed or settings.sparsity == "force"):
+        return onnx_path, eligible_24
+    parse_path = tmp_dir / "model.onnx"  # external data: no 2 GB protobuf limit
+    onnx.save_model(graph, str(parse_path), save_as_external_data=True, location="model.onnx.data")
+    return parse_path, eligible_24
+
+
+def _parse_network(
+    trt: Any, builder: Any, logger: Any, onnx_path: str | os.PathLike[str], settings: _BuildSettings
+) -> _ParsedNetwork:
+    """Create the network (strongly typed on TensorRT 11) and parse the ONNX model into it,
+    failing with TensorRT's own parser errors."""
+    import onnx
+
+    flags = 0
+    if settings.strongly_typed:
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    try:
+        graph = onnx.load(str(onnx_path))
+    except Exception as exc:  # missing file, not ONNX, external data missing
+        raise EngineBuildError(f"cannot read ONNX model {onnx_path}: {exc}") from exc
+    with tempfile.TemporaryDirectory() as tmp_dir:
+        parse_path, eligible_24 = _stage_graph(graph, Path(onnx_path), Path(tmp_dir), settings)
+        del graph
+        parsed = parser.parse_from_file(str(parse_path))
+    if not parsed:
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise EngineBuildError(f"TensorRT cannot parse {onnx_path}: {errors}")
+    return _ParsedNetwork(network, parser, eligible_24)
+
+
+def _builder_config(
+    trt: Any, builder: Any, network: Any, settings: _BuildSettings
+) -> tuple[Any, Any]:
+    """The builder config: workspace, detailed profiling, precision and sparsity flags, the
+    batch profile and the timing cache (returned too: it is saved after the build)."""
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, settings.workspace_mb << 20)
+    # Layer parameters and tactic names in the engine, for the per-layer report (no runtime cost)
+    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
+    if not settings.strongly_typed and settings.precision != "fp32":
+        fp16 = settings.precision == "fp16"
+        config.set_flag(trt.BuilderFlag.FP16 if fp16 else trt.BuilderFlag.BF16)
+    if settings.sparsity != "disable":
+        config.set_flag(trt.BuilderFlag.SPARSE_WEIGHTS)
+    shape = tuple(network.get_input(0).shape)
+    batch = settings.batch
+    profile = builder.create_optimization_profile()
+    profile.set_shape(
+        settings.input_name,
+        (batch.minimum, *shape[1:]),
+        (batch.optimum, *shape[1:]),
+        (batch.maximum, *shape[1:]),
+    )
+    config.add_optimization_profile(profile)
+    cache = None
+    if settings.timing_cache is not None:
+        timing_cache = Path(settings.timing_cache)
+        cached = timing_cache.read_bytes() if timing_cache.exists() else b""
+        cache = config.create_timing_cache(cached)
+        config.set_timing_cache(cache, ignore_mismatch=False)
+    return config, cache
+
+
+def _serialize(builder: Any, network: Any, config: Any, lines: list[str]) -> bytes:
+    """Build the engine, failing with the last lines of TensorRT's log (the only explanation
+    TensorRT gives)."""
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise EngineBuildError(f"TensorRT failed to build an engine: {' | '.join(lines[-5:])}")
+    return bytes(serialized)
+
+
 def build_engine(
     onnx_path: str | os.PathLike[str],
     engine_path: str | os.PathLike[str],
@@ -327,87 +478,23 @@ def build_engine(
     input_name: str = "input",
 ) -> BuildReport:
     """Parse `onnx_path`, build a serialized engine and write it atomically to `engine_path`."""
-    if precision not in PRECISIONS:
-        raise RmtDeployError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if sparsity not in SPARSITY_MODES:
-        raise RmtDeployError(f"sparsity must be one of {SPARSITY_MODES}, got {sparsity!r}")
-    try:
-        import tensorrt as trt
-    except ImportError as exc:
-        raise TensorRTUnavailable(
-            "TensorRT is not installed: `rmt-deploy build` runs on a machine with an NVIDIA GPU "
-            "and the tensorrt Python package (JetPack on Jetson); the export/ kit builds "
-            "engines there too"
-        ) from exc
-    import onnx
-
-    major = tensorrt_major(trt.__version__)
-    strongly_typed = major >= 11
-    lines: list[str] = []
-
-    class _Logger(trt.ILogger):
-        def __init__(self):
-            trt.ILogger.__init__(self)
-
-        def log(self, severity, msg):  # noqa: D401 - TensorRT callback
-            lines.append(msg)
-
-    logger = _Logger()
-    builder = trt.Builder(logger)
-    flags = 0
-    if strongly_typed:
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-    network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, logger)
-    parse_path = Path(onnx_path)
-    try:
-        graph = onnx.load(str(onnx_path))
-    except Exception as exc:  # missing file, not ONNX, external data missing
-        raise EngineBuildError(f"cannot read ONNX model {onnx_path}: {exc}") from exc
-    with tempfile.TemporaryDirectory() as tmp_dir:
-        if strongly_typed:
-            graph = cast_onnx_precision(graph, precision)
-        if sparsity == "force":
-            from .onnx_sparsity import force_24_initializers
-
-            force_24_initializers(graph)
-        eligible_24 = onnx_24_layers(graph)  # of the graph TensorRT gets, before saving it
-        if strongly_typed or sparsity == "force":
-            parse_path = Path(tmp_dir) / "model.onnx"  # external data: no 2 GB protobuf limit
-            onnx.save_model(
-                graph, str(parse_path), save_as_external_data=True, location="model.onnx.data"
-            )
-        del graph
-        parsed = parser.parse_from_file(str(parse_path))
-    if not parsed:
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise EngineBuildError(f"TensorRT cannot parse {onnx_path}: {errors}")
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
-    # Layer parameters and tactic names in the engine, for the per-layer report (no runtime cost)
-    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
-    if not strongly_typed and precision != "fp32":
-        config.set_flag(trt.BuilderFlag.FP16 if precision == "fp16" else trt.BuilderFlag.BF16)
-    if sparsity != "disable":
-        config.set_flag(trt.BuilderFlag.SPARSE_WEIGHTS)
-    shape = tuple(network.get_input(0).shape)
-    profile = builder.create_optimization_profile()
-    profile.set_shape(
+    _check_choices(precision, sparsity)
+    trt = _import_tensorrt()
+    settings = _BuildSettings(
+        precision,
+        sparsity,
+        batch,
+        workspace_mb,
+        timing_cache,
         input_name,
-        (batch.minimum, *shape[1:]),
-        (batch.optimum, *shape[1:]),
-        (batch.maximum, *shape[1:]),
+        strongly_typed=tensorrt_major(trt.__version__) >= 11,
     )
-    config.add_optimization_profile(profile)
-    cache = None
-    if timing_cache is not None:
-        cached = Path(timing_cache).read_bytes() if Path(timing_cache).exists() else b""
-        cache = config.create_timing_cache(cached)
-        config.set_timing_cache(cache, ignore_mismatch=False)
-    serialized = builder.build_serialized_network(network, config)
-    if serialized is None:
-        raise EngineBuildError(f"TensorRT failed to build an engine: {' | '.join(lines[-5:])}")
-    blob = bytes(serialized)
+    lines: list[str] = []
+    logger = _collecting_logger(trt, lines)
+    builder = trt.Builder(logger)
+    parsed = _parse_network(trt, builder, logger, onnx_path, settings)
+    config, cache = _builder_config(trt, builder, parsed.network, settings)
+    blob = _serialize(builder, parsed.network, config, lines)
     write_with_atomic(engine_path, lambda tmp: Path(tmp).write_bytes(blob))
     if cache is not None:
         write_with_atomic(timing_cache, lambda tmp: Path(tmp).write_bytes(bytes(cache.serialize())))
@@ -418,13 +505,13 @@ def build_engine(
         trt.__version__,
         precision,
         sparsity,
-        strongly_typed,
+        settings.strongly_typed,
         batch,
         eligible,
         picked,
         layers,
         layers_reason,
-        sparse_24_summary(eligible_24, layers, sparsity),
+        sparse_24_summary(parsed.eligible_24, layers, sparsity),
     )
     write_engine_layers(report)
     write_engine_info(report, onnx_path)
