@@ -24,7 +24,6 @@ import numpy as np
 import torch
 from _common import RESULTS, environment
 
-from rmt_deploy.bench.backends import prepare
 from rmt_deploy.data import eval_transform, load_image_dataset
 from rmt_deploy.deploy import openvino_default_precision
 from rmt_deploy.exporters import export
@@ -33,6 +32,7 @@ from rmt_deploy.exporters.quantize import DEFAULT_RECIPE, Int8Recipe, quantize_i
 from rmt_deploy.models import DataConfig, load_model
 from rmt_deploy.paths import assets_dir, write_json_atomic, write_text_atomic
 from rmt_deploy.planner.timing import spread, time_interleaved
+from rmt_deploy.runtimes import prepare
 
 MODELS = {
     "effnet": ("efficientnet_lite1", "imagenet-val-1300"),

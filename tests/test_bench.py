@@ -204,8 +204,8 @@ def _fake_engine(tmp_path, profile):
 
 
 def test_batch_outside_engine_profile_fails_before_timing(tmp_path):
-    from rmt_deploy.bench.backends import EngineProfileError
     from rmt_deploy.exporters.tensorrt_build import read_engine_profile
+    from rmt_deploy.runtimes.tensorrt import EngineProfileError
 
     engine = _fake_engine(tmp_path, (1, 8, 32))
     assert read_engine_profile(engine).maximum == 32

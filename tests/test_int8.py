@@ -170,8 +170,8 @@ def test_int8_images_are_disjoint_and_spaced():
 
 @pytest.mark.skipif(not HAS_NNCF, reason="NNCF/OpenVINO not installed")
 def test_nncf_int8_is_openvino_ir_close_to_fp32(toy, tmp_path):
-    from rmt_deploy.bench.backends import prepare
     from rmt_deploy.exporters.nncf_int8 import nncf_int8
+    from rmt_deploy.runtimes import prepare
 
     xml = tmp_path / "model.nncf.xml"
     report = nncf_int8(toy["onnx"], xml, toy["calib"])
@@ -235,6 +235,7 @@ def test_float_ladder_keeps_the_smallest_set_that_fits(monkeypatch, tmp_path):
     from rmt_deploy.deploy import DEPLOYMENTS
     from rmt_deploy.exporters.qdq import NodeEffect
     from rmt_deploy.planner import Engine, LatencyPlanReport, precision
+    from rmt_deploy.runtimes import Variant
 
     effects = [NodeEffect("c", 0.1, 0.5), NodeEffect("a", 0.2, 0.4), NodeEffect("b", 0.5, 0.1),
                NodeEffect("d", 0.6, 0.0), NodeEffect("e", 0.6, -0.1)]  # fmt: skip
@@ -258,7 +259,9 @@ def test_float_ladder_keeps_the_smallest_set_that_fits(monkeypatch, tmp_path):
     baselines = {d.name: Engine(f"dense / {d.name}", d.name, None) for d in chosen}
     report = LatencyPlanReport([d.name for d in chosen], {}, 8, "top1", 1.0)
     engines = Engines()
-    precision.float_ladder(engines, {"onnx": tmp_path / "m.onnx"}, chosen, report, baselines, (), False)
+    precision.float_ladder(
+        engines, Variant(onnx=tmp_path / "m.onnx"), chosen, report, baselines, (), False
+    )
     assert engines.applied == [["c"], ["c", "a"]]  # 1, then 2: OpenVINO fits, "b" not tried
     assert report.int8_float_nodes == ["c", "a"]
     assert [s["float_layers"] for s in report.int8_mixed] == [1, 2]

@@ -281,10 +281,10 @@ def test_a_plan_ships_only_when_it_wins_head_to_head(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_int8_quantization_is_qdq_per_channel_and_close(resnet56, cifar_test, tmp_path):
     from rmt_deploy import DataConfig
-    from rmt_deploy.bench.backends import prepare
     from rmt_deploy.data import eval_transform, load_image_dataset
     from rmt_deploy.exporters import export
     from rmt_deploy.exporters.quantize import calibration_batches, quantize_int8
+    from rmt_deploy.runtimes import prepare
 
     images = load_image_dataset(
         cifar_test, eval_transform(DataConfig.from_model(resnet56)), limit=256
@@ -314,9 +314,9 @@ def test_int8_quantization_is_qdq_per_channel_and_close(resnet56, cifar_test, tm
 
 @pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="OpenVINO not installed")
 def test_openvino_backend_matches_onnxruntime(tmp_path):
-    from rmt_deploy.bench.backends import BackendUnavailable, prepare
     from rmt_deploy.deploy import openvino_default_precision
     from rmt_deploy.exporters import export
+    from rmt_deploy.runtimes import BackendUnavailable, prepare
 
     model, _ = _toy()
     artifact = export(model, tmp_path, (3, 4, 4), n_verify=4)

@@ -16,8 +16,6 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-from rmt_deploy.bench import backends
-from rmt_deploy.bench.backends import BackendUnavailable, EngineProfileError, prepare
 from rmt_deploy.cli import main
 from rmt_deploy.exporters import export
 from rmt_deploy.exporters.tensorrt_build import (
@@ -30,6 +28,9 @@ from rmt_deploy.exporters.tensorrt_build import (
     read_engine_profile,
 )
 from rmt_deploy.layers import is_nm_sparse, nm_mask
+from rmt_deploy.runtimes import BackendUnavailable, prepare
+from rmt_deploy.runtimes import tensorrt as backends
+from rmt_deploy.runtimes.tensorrt import EngineProfileError
 from tests.fake_tensorrt import engine_blob, make_fake_tensorrt
 
 VERSIONS = ("10.3.0", "11.0.0")

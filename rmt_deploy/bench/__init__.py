@@ -1,6 +1,6 @@
 """Benchmarks: latency percentiles, memory, FLOPs and accuracy over backends; reports."""
 
-from .backends import BACKENDS, BackendUnavailable, register_backend
+from ..runtimes import BACKENDS, BackendUnavailable
 from .report import render_saved, write_report
 from .runner import BenchResult, BenchSuite, benchmark
 from .stats import LatencyStats, summarize
@@ -12,7 +12,6 @@ __all__ = [
     "BenchSuite",
     "LatencyStats",
     "benchmark",
-    "register_backend",
     "render_saved",
     "summarize",
     "write_report",

@@ -34,7 +34,7 @@ def _child(spec, backend, options, shape, runs, conn) -> None:
     try:
         import torch
 
-        from .backends import prepare
+        from ..runtimes import prepare
 
         runner = prepare(
             backend,

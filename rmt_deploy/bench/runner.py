@@ -17,7 +17,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
 from ..errors import DataError
-from .backends import BackendUnavailable, Prepared, check_engine_batch, prepare
+from ..runtimes import BackendUnavailable, Prepared, prepare
+from ..runtimes.tensorrt import check_engine_batch
 from .memory import peak_memory_mb
 from .stats import LatencyStats, summarize
 from .tegrastats import (

@@ -14,8 +14,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
-from ..deploy import Deployment
 from ..exporters.quantize import RecipeChoice
+from ..runtimes import RUNTIMES, Deployment, Variant
 from . import timing
 from .results import Engine
 
@@ -47,7 +47,7 @@ class Engines:
         self.recipe: RecipeChoice | None = None
         self.float_nodes: list[str] = []
 
-    def files(self, model: nn.Module, tag: str, deployments=()) -> dict:
+    def files(self, model: nn.Module, tag: str, deployments=()) -> Variant:
         folder = self.folder / tag
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / "model.onnx"
@@ -55,12 +55,12 @@ class Engines:
             from ..exporters import export
 
             export(copy.deepcopy(model), folder, self.input_shape, n_verify=4, name=tag)
-        files = {"model": model, "onnx": path}
+        files = Variant(model, path)
         artifacts = {d.artifact for d in deployments}
         if "onnx_int8" in artifacts:
-            files["onnx_int8"] = self._qdq(path, folder)
+            files.onnx_int8 = self._qdq(path, folder)
         if "openvino_int8" in artifacts:
-            files["openvino_int8"] = self.nncf(path, folder)
+            files.openvino_int8 = self.nncf(path, folder)
         return files
 
     def _qdq(self, path: Path, folder: Path) -> Path:
@@ -95,21 +95,12 @@ class Engines:
             nncf_int8(path, xml, self.calib)
         return xml
 
-    def runner(self, deployment: Deployment, files: dict):
-        from ..bench.backends import prepare
-
+    def runner(self, deployment: Deployment, files: Variant):
+        """The variant run as `deployment` (PyTorch ones at its device and precision)."""
         options = {"threads": self.threads}
         if deployment.runtime == "torch":
             options.update(device=deployment.device, precision=deployment.precision)
-            return prepare("torch", files["model"], None, **options).run
-        return prepare(
-            deployment.name,
-            None,
-            files["onnx"],
-            onnx_int8=files.get("onnx_int8"),
-            openvino_int8=files.get("openvino_int8"),
-            **options,
-        ).run
+        return RUNTIMES[deployment.runtime].prepare(deployment.name, files, options).run
 
     @staticmethod
     def outputs(run, images: torch.Tensor, batch: int = 32) -> torch.Tensor:

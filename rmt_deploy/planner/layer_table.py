@@ -24,14 +24,13 @@ import numpy as np
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..bench.backends import BackendUnavailable, prepare
 from ..calibration import WhitenedFactors, rank_for_error
-from ..deploy import Deployment
 from ..errors import RmtDeployError
 from ..layers import lowrank_like, nm_mask
 from ..layers.views import LayerView
 from ..paths import read_json, write_json_atomic
-from .timing import onnx_file, spread, time_interleaved
+from ..runtimes import RUNTIMES, Deployment
+from .timing import spread, time_interleaved
 
 TABLE_SCHEMA = 1
 # The per-layer output errors a layer's low-rank options are placed at.
@@ -213,25 +212,9 @@ def sandwich(view: LayerView, form: nn.Module) -> nn.Module:
 
 def _runner(deployment: Deployment, module: nn.Module, shape, folder: Path, tag: str, threads):
     """A callable running `module` as `deployment` would, or None when it cannot."""
-    options = {"threads": threads}
-    if deployment.runtime == "torch":
-        options.update(
-            device=deployment.device,
-            precision="fp32" if deployment.precision == "fp32" else deployment.precision,
-        )
-        return prepare("torch", module, None, **options).run
-    path = onnx_file(module, shape, folder / f"{tag}.onnx")
-    int8 = None
-    if deployment.quantized:
-        from ..exporters.quantize import MIN_CALIBRATION_IMAGES, quantize_int8
-
-        int8 = folder / f"{tag}.int8.onnx"
-        batch = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-        quantize_int8(path, int8, [batch] * -(-MIN_CALIBRATION_IMAGES // len(batch)))  # timing only
-    try:
-        return prepare(deployment.name, None, path, onnx_int8=int8, **options).run
-    except BackendUnavailable:
-        return None
+    return RUNTIMES[deployment.runtime].layer_runner(
+        deployment, module, shape, folder, tag, threads
+    )
 
 
 def measure_options(

@@ -128,7 +128,7 @@ def float_ladder(engines, files, chosen, report, baselines, check, progress) -> 
     that does not fit by then is dropped rather than made to fit at the others' expense."""
     from ..exporters.qdq import float_effects
 
-    folder = Path(files["onnx"]).parent
+    folder = Path(files.onnx).parent
     full_error, effects = float_effects(
         folder / "model.int8.full.onnx", folder / "model.prepared.onnx", engines.check, progress
     )
@@ -167,7 +167,7 @@ def nncf_within(engines, files, deployment, report, baseline, check: Validation)
     if check.metric.name != "top1" or labels is None:
         return {}
     validation = list(zip(check.images.numpy(), labels.tolist(), strict=True))
-    path = Path(files["onnx"])
+    path = Path(files.onnx)
     nncf_int8_within(path, path.parent / "model.nncf.xml", engines.calib, validation, max_drop)
     report.nncf_accuracy_control = f"NNCF accuracy control at a {max_drop:.2f} pp drop"
     report.nncf_max_drop = max_drop

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import statistics
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -41,21 +39,6 @@ def capture_input_shapes(
     if missing:
         raise RmtDeployError(f"layers never called in a forward pass: {', '.join(missing[:5])}")
     return shapes
-
-
-def onnx_file(module: nn.Module, shape: tuple[int, ...], path: Path) -> Path:
-    """`module` exported alone at a fixed input shape (weights do not matter for timing)."""
-    with warnings.catch_warnings():  # the exporter's shape-inference chatter, once per form
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            module.cpu().float().eval(),
-            (torch.randn(shape),),
-            str(path),
-            input_names=["input"],
-            opset_version=17,
-            dynamo=False,
-        )
-    return path
 
 
 def median_ms(fn: Callable[[], object], runs: int, cuda: bool = False) -> float:
