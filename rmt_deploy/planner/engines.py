@@ -96,10 +96,8 @@ class Engines:
         return xml
 
     def runner(self, deployment: Deployment, files: Variant):
-        """The variant run as `deployment` (PyTorch ones at its device and precision)."""
+        """The variant run as `deployment`, prepared as the benchmark prepares it."""
         options = {"threads": self.threads}
-        if deployment.runtime == "torch":
-            options.update(device=deployment.device, precision=deployment.precision)
         return RUNTIMES[deployment.runtime].prepare(deployment.name, files, options).run
 
     @staticmethod
