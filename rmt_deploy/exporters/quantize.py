@@ -28,6 +28,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import RmtDeployError
+from ..layout import INT8_NAMES
 from ..paths import write_with_atomic
 
 # The fewest calibration images an INT8 model is made from: ranges fitted on fewer than this
@@ -339,7 +340,7 @@ def int8_model(
 
 
 # The INT8 files of a variant, by the artifact a deployment runs (deploy.Deployment.artifact).
-INT8_FILES = {"onnx_int8": "model.int8.onnx", "openvino_int8": "model.nncf.xml"}
+INT8_FILES = INT8_NAMES  # the file of each INT8 artifact (layout.py names them)
 
 
 def int8_artifacts(

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from ..exporters.quantize import RecipeChoice
+from ..layout import VariantFiles
 from ..runtimes import RUNTIMES, Deployment, Variant
 from . import timing
 from .results import Engine
@@ -50,7 +51,7 @@ class Engines:
     def files(self, model: nn.Module, tag: str, deployments=()) -> Variant:
         folder = self.folder / tag
         folder.mkdir(parents=True, exist_ok=True)
-        path = folder / "model.onnx"
+        path = VariantFiles(folder).onnx
         if not path.is_file():
             from ..exporters import export
 
@@ -68,7 +69,8 @@ class Engines:
         for), with the float layers put back (model.int8.full.onnx keeps the full one)."""
         from ..exporters.quantize import choose_recipe, preprocess, quantize_int8
 
-        target, full = folder / "model.int8.onnx", folder / "model.int8.full.onnx"
+        at = VariantFiles(folder)
+        target, full = at.onnx_int8, at.int8_full
         if target.is_file():
             return target
         if self.recipe is None:
@@ -76,7 +78,7 @@ class Engines:
             shutil.copyfile(self.recipe.path, full)
         else:
             quantize_int8(path, full, self.calib, recipe=self.recipe.recipe)
-        preprocess(path, folder / "model.prepared.onnx")
+        preprocess(path, at.prepared)
         self.apply_float(folder)
         return target
 
@@ -84,13 +86,13 @@ class Engines:
         """Rewrite folder/model.int8.onnx with `float_nodes` (those it has) in float."""
         from ..exporters.qdq import keep_float_present
 
-        full, target = folder / "model.int8.full.onnx", folder / "model.int8.onnx"
-        keep_float_present(full, folder / "model.prepared.onnx", self.float_nodes, target)
+        at = VariantFiles(folder)
+        keep_float_present(at.int8_full, at.prepared, self.float_nodes, at.onnx_int8)
 
     def nncf(self, path: Path, folder: Path) -> Path:
         from ..exporters.nncf_int8 import nncf_int8
 
-        xml = folder / "model.nncf.xml"
+        xml = VariantFiles(folder).openvino_int8
         if not xml.is_file():
             nncf_int8(path, xml, self.calib)
         return xml

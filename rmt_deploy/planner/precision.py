@@ -13,6 +13,7 @@ from torch.utils.data import Dataset
 from ..budget import BudgetMetric, Loss, Reference, measure
 from ..deploy import Deployment
 from ..errors import RmtDeployError
+from ..layout import VariantFiles
 from .engines import Engines, exact
 from .results import Engine, LatencyPlanReport
 
@@ -129,9 +130,8 @@ def float_ladder(engines, files, chosen, report, baselines, check, progress) -> 
     from ..exporters.qdq import float_effects
 
     folder = Path(files.onnx).parent
-    full_error, effects = float_effects(
-        folder / "model.int8.full.onnx", folder / "model.prepared.onnx", engines.check, progress
-    )
+    at = VariantFiles(folder)
+    full_error, effects = float_effects(at.int8_full, at.prepared, engines.check, progress)
     report.int8_effects = {"full_error": full_error, "layers": [e.to_dict() for e in effects]}
     ranked = [e.node for e in effects if e.gain > 0]
     runners: dict = {}
@@ -168,7 +168,8 @@ def nncf_within(engines, files, deployment, report, baseline, check: Validation)
         return {}
     validation = list(zip(check.images.numpy(), labels.tolist(), strict=True))
     path = Path(files.onnx)
-    nncf_int8_within(path, path.parent / "model.nncf.xml", engines.calib, validation, max_drop)
+    xml = VariantFiles(path.parent).openvino_int8
+    nncf_int8_within(path, xml, engines.calib, validation, max_drop)
     report.nncf_accuracy_control = f"NNCF accuracy control at a {max_drop:.2f} pp drop"
     report.nncf_max_drop = max_drop
     return validate_baselines([deployment], [baseline], engines, files, check)
