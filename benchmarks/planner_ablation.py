@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, environment  # noqa: E402
 
 from rmt_deploy import load_model  # noqa: E402
-from rmt_deploy.budget import model_outputs  # noqa: E402
+from rmt_deploy.budget import model_outputs, top1  # noqa: E402
 from rmt_deploy.compress import compress_  # noqa: E402
 from rmt_deploy.data import eval_transform, load_image_dataset, split_parts  # noqa: E402
 from rmt_deploy.models import DataConfig  # noqa: E402
@@ -55,7 +55,7 @@ def main() -> int:
     test_folder = load_image_dataset(assets / "cifar10" / "test", eval_transform(cfg))
     parts = split_parts(test_folder, {"val": 2000, "test": None})
     dense_out, labels = model_outputs(dense, parts["test"])
-    dense_top1 = 100 * float((dense_out.argmax(1) == labels).float().mean())
+    dense_top1 = top1(dense_out, labels)
     rows = []
     tables = RESULTS / "ablation_tables"
     tables.mkdir(exist_ok=True)
@@ -82,7 +82,7 @@ def main() -> int:
         dense_engine = report.baselines[0]
         compressed = compress_(copy.deepcopy(dense), plan)
         out, _ = model_outputs(compressed, parts["test"])
-        top1 = 100 * float((out.argmax(1) == labels).float().mean())
+        plan_top1 = top1(out, labels)
         rows.append(
             {
                 "variant": label,
@@ -93,8 +93,8 @@ def main() -> int:
                 "predicted_speedup": (
                     dense_engine.measured_ms / chosen.predicted_ms if chosen.predicted_ms else 1.0
                 ),
-                "test_top1": top1,
-                "test_loss_pp": dense_top1 - top1,
+                "test_top1": plan_top1,
+                "test_loss_pp": dense_top1 - plan_top1,
                 "validated_plans": len(report.candidates),
                 "seconds": round(time.perf_counter() - began, 1),
             }

@@ -45,6 +45,12 @@ def _correct(outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return (outputs.argmax(dim=1) == labels).double()
 
 
+def top1(outputs: torch.Tensor, labels: torch.Tensor) -> float:
+    """Top-1 accuracy in percent of class scores against labels (one definition, used by the
+    planner, the evaluation verbs and the benchmarks)."""
+    return 100.0 * float(_correct(outputs, labels).mean())
+
+
 def _top1_loss(reference, outputs, labels) -> torch.Tensor:
     """Per input: 100 × (dense right − compressed right) ∈ {−100, 0, 100}; its mean is the
     top-1 loss in pp."""

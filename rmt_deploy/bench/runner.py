@@ -17,6 +17,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
 from ..errors import DataError
+from ..planner.timing import sample_ms
 from ..runtimes import BackendUnavailable, Prepared, prepare
 from ..runtimes.tensorrt import check_engine_batch
 from .memory import peak_memory_mb
@@ -139,20 +140,7 @@ def time_runs(prepared: Prepared, batch: np.ndarray, warmup_s: float, runs: int)
     while time.perf_counter() < end:
         prepared.run(batch)
     prepared.synchronize()
-    samples = []
-    for _ in range(runs):
-        if prepared.cuda:
-            start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            prepared.run(batch)
-            stop.record()
-            torch.cuda.synchronize()
-            samples.append(start.elapsed_time(stop))
-        else:
-            t0 = time.perf_counter()
-            prepared.run(batch)
-            samples.append((time.perf_counter() - t0) * 1e3)
-    return samples
+    return sample_ms(lambda: prepared.run(batch), runs, prepared.cuda, warmup=0)
 
 
 def accuracy(prepared: Prepared, data: Dataset, batch_size: int = 100) -> tuple[float, np.ndarray]:

@@ -14,7 +14,7 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from ..budget import Reference, check_metric, model_outputs, resolve_metric
+from ..budget import Reference, check_metric, model_outputs, resolve_metric, top1
 from ..compress import compress_
 from ..data import TensorImages, evenly_spaced
 from ..deploy import Deployment, resolve
@@ -39,10 +39,6 @@ KAPPA_RANGE = (0.0, 2.0)
 CONFIRM_AT_MOST = 3
 
 Finalist = tuple[Deployment, int, Allocation]  # deployment, candidate index, allocation
-
-
-def top1(outputs: torch.Tensor, labels: torch.Tensor) -> float:
-    return 100.0 * float((outputs.argmax(dim=1) == labels).float().mean())
 
 
 def predict(
