@@ -261,7 +261,68 @@ def finetune(
     On `device` (default: where the model is): the model, the teacher and every batch are
     moved there; on CUDA the forward runs under autocast (bf16 where the GPU has it, else fp16
     with a gradient scaler)."""
-    cfg = config or FinetuneConfig()
+    run = _setup(
+        model, train_data, config or FinetuneConfig(), teacher, lasso_scale, parameters, device
+    )
+    if teacher is not None:
+        teacher.eval()
+    model.train()
+    start = time.perf_counter()
+    show = progress and (not run.distributed or dist.get_rank() == 0)
+    done = _train(run, show)
+    model.eval()
+    return FinetuneResult(
+        done.steps,
+        done.images,
+        time.perf_counter() - start,
+        done.losses[0],
+        done.losses[-1],
+        done.losses,
+    )
+
+
+@dataclass
+class _Run:
+    """Everything the training loop and each step need, built once by `_setup`, so that the
+    loop's helpers take one argument instead of a dozen."""
+
+    model: nn.Module
+    net: nn.Module  # the model, or its DDP wrapper under torchrun
+    teacher: nn.Module | None
+    cfg: FinetuneConfig
+    lasso_scale: dict[str, float]
+    target: torch.device
+    autocast: torch.dtype | None  # None: full precision
+    scaler: torch.amp.GradScaler | None  # fp16 only: keeps small gradients from underflowing
+    loader: DataLoader
+    sampler: DistributedSampler | None
+    distributed: bool
+    params: list[nn.Parameter]
+    opt: torch.optim.Optimizer
+    total: int  # optimizer steps in all
+    warmup: int
+
+
+@dataclass
+class _Progress:
+    """What the loop has done so far: steps, images seen and each step's loss."""
+
+    steps: int = 0
+    images: int = 0
+    losses: list[float] = field(default_factory=list)
+
+
+def _setup(
+    model: nn.Module,
+    train_data: Dataset,
+    cfg: FinetuneConfig,
+    teacher: nn.Module | None,
+    lasso_scale: dict[str, float] | None,
+    parameters: Iterable[nn.Parameter] | None,
+    device: str | torch.device | None,
+) -> _Run:
+    """Models on the device, precision, data, schedule and optimizer; the global seed is set
+    just before the loader is made, so that runs with one seed see the same batches."""
     target = resolve_device(device, model)
     model.to(target)
     if teacher is not None:
@@ -272,6 +333,34 @@ def finetune(
         raise DataError("fine-tuning needs training images; the dataset is empty")
     distributed = dist.is_available() and dist.is_initialized()
     torch.manual_seed(cfg.seed)
+    loader, sampler = _loader(train_data, cfg, distributed)
+    total = cfg.max_steps or max(1, round(cfg.epochs * len(loader)))
+    net = nn.parallel.DistributedDataParallel(model) if distributed else model
+    params = [p for p in (parameters or model.parameters()) if p.requires_grad]
+    return _Run(
+        model=model,
+        net=net,
+        teacher=teacher,
+        cfg=cfg,
+        lasso_scale=lasso_scale or {},
+        target=target,
+        autocast=autocast,
+        scaler=scaler,
+        loader=loader,
+        sampler=sampler,
+        distributed=distributed,
+        params=params,
+        opt=_optimizer(params, cfg),
+        total=total,
+        warmup=min(cfg.warmup_steps, max(1, total // 10)),
+    )
+
+
+def _loader(
+    train_data: Dataset, cfg: FinetuneConfig, distributed: bool
+) -> tuple[DataLoader, DistributedSampler | None]:
+    """Seeded, shuffled batches of one size (the ragged last one dropped), sharded across
+    ranks under torchrun; refused when the data does not fill one batch."""
     sampler = DistributedSampler(train_data, shuffle=True, seed=cfg.seed) if distributed else None
     loader = DataLoader(
         train_data,
@@ -284,77 +373,99 @@ def finetune(
     )
     if len(loader) == 0:
         raise DataError(f"fewer training images ({len(train_data)}) than one batch")
-    total = cfg.max_steps or max(1, round(cfg.epochs * len(loader)))
-    warmup = min(cfg.warmup_steps, max(1, total // 10))
-    net: nn.Module = model
-    if distributed:
-        net = nn.parallel.DistributedDataParallel(model)
-    params = [p for p in (parameters or model.parameters()) if p.requires_grad]
+    return loader, sampler
+
+
+def _optimizer(params: list[nn.Parameter], cfg: FinetuneConfig) -> torch.optim.Optimizer:
+    """SGD with momentum or AdamW, as the recipe says (its learning rate is set each step)."""
     if cfg.optimizer == "sgd":
-        opt = torch.optim.SGD(
+        return torch.optim.SGD(
             params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
         )
-    else:
-        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if teacher is not None:
-        teacher.eval()
-    model.train()
-    losses: list[float] = []
-    step = images = 0
-    start = time.perf_counter()
-    show = progress and (not distributed or dist.get_rank() == 0)
-    bar = tqdm(total=total, desc="finetune", unit="step", disable=not show)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _train(run: _Run, show: bool) -> _Progress:
+    """Epochs over the loader until `run.total` steps (a fraction of an epoch stops early);
+    each epoch reseeds the distributed sampler so that ranks reshuffle in step."""
+    done = _Progress()
+    bar = tqdm(total=run.total, desc="finetune", unit="step", disable=not show)
     epoch = 0
-    while step < total:
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-        for inputs, labels in loader:
-            for group in opt.param_groups:
-                group["lr"] = _lr_at(step, total, warmup, cfg.lr)
-            inputs = inputs.to(target, non_blocking=True)
-            labels = labels.to(target, non_blocking=True)
-            with torch.autocast(target.type, dtype=autocast, enabled=autocast is not None):
-                logits = net(inputs)
-                loss = F.cross_entropy(logits.float(), labels, label_smoothing=cfg.label_smoothing)
-                if teacher is not None and cfg.distill_alpha > 0:
-                    with torch.no_grad():
-                        soft = teacher(inputs)
-                    t = cfg.temperature
-                    kl = (
-                        F.kl_div(
-                            F.log_softmax(logits.float() / t, 1),
-                            F.log_softmax(soft.float() / t, 1),
-                            log_target=True,
-                            reduction="batchmean",
-                        )
-                        * t
-                        * t
-                    )
-                    loss = (1 - cfg.distill_alpha) * loss + cfg.distill_alpha * kl
-            reg = _regularizer(model, cfg, lasso_scale or {})
-            if reg is not None:
-                loss = loss + reg
-            opt.zero_grad(set_to_none=True)
-            (scaler.scale(loss) if scaler is not None else loss).backward()
-            if scaler is not None:
-                scaler.unscale_(opt)
-            if cfg.scale_gradients and lasso_scale:
-                scale_gradients_(model, lasso_scale)
-            if cfg.clip:
-                torch.nn.utils.clip_grad_norm_(params, cfg.clip)
-            if scaler is not None:
-                scaler.step(opt)
-                scaler.update()
-            else:
-                opt.step()
-            losses.append(loss.item())
-            images += len(labels)
-            step += 1
+    while done.steps < run.total:
+        if run.sampler is not None:
+            run.sampler.set_epoch(epoch)
+        for inputs, labels in run.loader:
+            loss = _train_step(run, done.steps, inputs, labels)
+            done.losses.append(loss)
+            done.images += len(labels)
+            done.steps += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{losses[-1]:.3f}")
-            if step >= total:
+            bar.set_postfix(loss=f"{loss:.3f}")
+            if done.steps >= run.total:
                 break
         epoch += 1
     bar.close()
-    model.eval()
-    return FinetuneResult(step, images, time.perf_counter() - start, losses[0], losses[-1], losses)
+    return done
+
+
+def _train_step(run: _Run, step: int, inputs: torch.Tensor, labels: torch.Tensor) -> float:
+    """One optimizer step at the schedule's rate for `step`; returns the step's loss."""
+    for group in run.opt.param_groups:
+        group["lr"] = _lr_at(step, run.total, run.warmup, run.cfg.lr)
+    inputs = inputs.to(run.target, non_blocking=True)
+    labels = labels.to(run.target, non_blocking=True)
+    loss = _loss(run, inputs, labels)
+    reg = _regularizer(run.model, run.cfg, run.lasso_scale)
+    if reg is not None:
+        loss = loss + reg
+    _backward_and_step(run, loss)
+    return loss.item()
+
+
+def _loss(run: _Run, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Label-smoothed cross-entropy under autocast, blended with the distillation term when a
+    teacher is given (the losses are taken on float32 logits, whatever autocast's dtype)."""
+    cfg = run.cfg
+    with torch.autocast(run.target.type, dtype=run.autocast, enabled=run.autocast is not None):
+        logits = run.net(inputs)
+        loss = F.cross_entropy(logits.float(), labels, label_smoothing=cfg.label_smoothing)
+        if run.teacher is not None and cfg.distill_alpha > 0:
+            with torch.no_grad():
+                soft = run.teacher(inputs)
+            kl = _distill_kl(logits, soft, cfg.temperature)
+            loss = (1 - cfg.distill_alpha) * loss + cfg.distill_alpha * kl
+    return loss
+
+
+def _distill_kl(logits: torch.Tensor, soft: torch.Tensor, t: float) -> torch.Tensor:
+    """KL to the teacher's softened outputs at temperature `t`, times t² so that its gradients
+    keep the cross-entropy's scale (Hinton et al.)."""
+    return (
+        F.kl_div(
+            F.log_softmax(logits.float() / t, 1),
+            F.log_softmax(soft.float() / t, 1),
+            log_target=True,
+            reduction="batchmean",
+        )
+        * t
+        * t
+    )
+
+
+def _backward_and_step(run: _Run, loss: torch.Tensor) -> None:
+    """Backward (scaled under fp16), the seed's per-layer gradient scaling, clipping on the
+    true gradients (unscaled first), then the optimizer step."""
+    cfg, scaler, opt = run.cfg, run.scaler, run.opt
+    opt.zero_grad(set_to_none=True)
+    (scaler.scale(loss) if scaler is not None else loss).backward()
+    if scaler is not None:
+        scaler.unscale_(opt)
+    if cfg.scale_gradients and run.lasso_scale:
+        scale_gradients_(run.model, run.lasso_scale)
+    if cfg.clip:
+        torch.nn.utils.clip_grad_norm_(run.params, cfg.clip)
+    if scaler is not None:
+        scaler.step(opt)
+        scaler.update()
+    else:
+        opt.step()

@@ -385,12 +385,30 @@ def _check_ranges(config: RunConfig) -> None:
 
 
 def _check_values(config: RunConfig) -> None:
-    from ..bench import BACKENDS
+    """What types alone cannot say: ranges, names from the registries, keys that need each
+    other; checked in a fixed order so that the first problem reported is always the same."""
+    _check_ranges(config)
+    _check_strategy_names(config)
+    _check_data_sources(config)
+    _check_targets(config.compress)
+    f = config.finetune
+    if f.optimizer not in (None, "sgd", "adamw"):
+        raise ConfigError(f"finetune.optimizer: sgd or adamw, got {f.optimizer!r}")
+    _check_backends(config.benchmark)
+    _check_preprocess(config.data.preprocess)
+    if config.export.tensorrt is not None:
+        _check_tensorrt(config.export.tensorrt)
+    _check_strategy_settings(config)
+    _check_backend_exports(config)
+
+
+def _check_strategy_names(config: RunConfig) -> None:
+    """The strategy and budget metric must name registered ones (or the loader's own / a
+    user's callable), so that a typo fails at load, not after the analysis stage."""
     from ..budget import METRICS
     from ..strategies import STRATEGIES
 
-    _check_ranges(config)
-    c, f, b = config.compress, config.finetune, config.benchmark
+    c = config.compress
     if c.strategy not in STRATEGIES:
         raise ConfigError(
             f"compress.strategy: unknown {c.strategy!r} ({', '.join(sorted(STRATEGIES))})"
@@ -402,6 +420,11 @@ def _check_values(config: RunConfig) -> None:
         )
     if c.budget_metric == "loader" and config.data.loader is None:
         raise ConfigError("compress.budget_metric is loader but no data.loader is set")
+
+
+def _check_data_sources(config: RunConfig) -> None:
+    """Every image source a stage will read must be given: test images always, training
+    images where calibration or fine-tuning takes them."""
     d = config.data
     if d.calib not in ("train", "test") and not d.calib.strip():
         raise ConfigError("data.calib: train, test or a folder")
@@ -416,6 +439,10 @@ def _check_values(config: RunConfig) -> None:
         raise ConfigError(
             "finetune.steps > 0 needs training images: set data.train, or finetune.steps: 0"
         )
+
+
+def _check_targets(c: CompressSection) -> None:
+    """Deployment targets (auto alone, or known deployments once each) and the device."""
     from ..deploy import DEPLOYMENTS
 
     unknown_targets = [t for t in c.targets if t != "auto" and t not in DEPLOYMENTS]
@@ -423,15 +450,17 @@ def _check_values(config: RunConfig) -> None:
         raise ConfigError(
             f"compress.targets: auto or deployments from {', '.join(DEPLOYMENTS)}, got {c.targets}"
         )
-    duplicated = _duplicates(c.targets)
-    if duplicated:
-        raise ConfigError(f"compress.targets: {', '.join(duplicated)} given twice")
+    _refuse_duplicates("compress.targets", c.targets)
     from ..devices import DEVICE_PATTERN
 
     if not DEVICE_PATTERN.match(c.device):
         raise ConfigError(f"compress.device: cpu, cuda or cuda:N (N a GPU index), got {c.device!r}")
-    if f.optimizer not in (None, "sgd", "adamw"):
-        raise ConfigError(f"finetune.optimizer: sgd or adamw, got {f.optimizer!r}")
+
+
+def _check_backends(b: BenchmarkSection) -> None:
+    """Benchmark backends (auto alone, or known backends once each) and at least one batch."""
+    from ..bench import BACKENDS
+
     unknown = [name for name in b.backends if name not in BACKENDS and name != "auto"]
     if unknown:
         raise ConfigError(
@@ -439,12 +468,20 @@ def _check_values(config: RunConfig) -> None:
         )
     if not b.backends or ("auto" in b.backends and len(b.backends) > 1):
         raise ConfigError(f"benchmark.backends: auto, or backends from the list, got {b.backends}")
-    duplicated = _duplicates(b.backends)
-    if duplicated:
-        raise ConfigError(f"benchmark.backends: {', '.join(duplicated)} given twice")
+    _refuse_duplicates("benchmark.backends", b.backends)
     if not b.batches:
         raise ConfigError("benchmark.batches: give at least one batch size, e.g. [1, 8]")
-    p = config.data.preprocess
+
+
+def _refuse_duplicates(key: str, items: list[str]) -> None:
+    """A name listed twice is a slip (an edited copy of a line); refuse it rather than guess."""
+    duplicated = _duplicates(items)
+    if duplicated:
+        raise ConfigError(f"{key}: {', '.join(duplicated)} given twice")
+
+
+def _check_preprocess(p: PreprocessSection) -> None:
+    """Input size and interpolation overrides must be ones the image loader can apply."""
     if p.input_size is not None and len(p.input_size) not in (2, 3):
         raise ConfigError(
             f"data.preprocess.input_size: [height, width] or [channels, height, width], "
@@ -457,24 +494,29 @@ def _check_values(config: RunConfig) -> None:
             f"data.preprocess.interpolation: one of {', '.join(INTERPOLATIONS)}, "
             f"got {p.interpolation!r}"
         )
-    if config.export.tensorrt is not None:
-        from ..exporters.tensorrt_build import PRECISIONS, SPARSITY_MODES, BatchProfile
 
-        t = config.export.tensorrt
-        try:
-            BatchProfile.parse(t.batch)
-        except RmtDeployError as exc:
-            raise ConfigError(
-                f"export.tensorrt.batch: {str(exc).removeprefix('--batch ')}"
-            ) from exc
-        if t.precision not in PRECISIONS:
-            raise ConfigError(
-                f"export.tensorrt.precision: one of {PRECISIONS}, got {t.precision!r}"
-            )
-        if t.sparsity not in SPARSITY_MODES:
-            raise ConfigError(
-                f"export.tensorrt.sparsity: one of {SPARSITY_MODES}, got {t.sparsity!r}"
-            )
+
+def _check_tensorrt(t: TensorRTSection) -> None:
+    """The TensorRT build settings, checked here so that a bad profile fails before the
+    stages that come ahead of the export."""
+    from ..exporters.tensorrt_build import PRECISIONS, SPARSITY_MODES, BatchProfile
+
+    try:
+        BatchProfile.parse(t.batch)
+    except RmtDeployError as exc:
+        raise ConfigError(f"export.tensorrt.batch: {str(exc).removeprefix('--batch ')}") from exc
+    if t.precision not in PRECISIONS:
+        raise ConfigError(f"export.tensorrt.precision: one of {PRECISIONS}, got {t.precision!r}")
+    if t.sparsity not in SPARSITY_MODES:
+        raise ConfigError(f"export.tensorrt.sparsity: one of {SPARSITY_MODES}, got {t.sparsity!r}")
+
+
+def _check_strategy_settings(config: RunConfig) -> None:
+    """The latency search's budget needs validation images, and `compress.settings` must be
+    the strategy's own keys with its defaults' types, so that neither fails mid-run."""
+    from ..strategies import STRATEGIES
+
+    c = config.compress
     if c.strategy == "latency" and c.accuracy_budget is not None and config.data.val_images == 0:
         raise ConfigError(
             "compress.accuracy_budget needs held-out images: set data.val_images > 0 "
@@ -487,11 +529,16 @@ def _check_values(config: RunConfig) -> None:
             check_settings(c.strategy, c.settings)
         except StrategyError as exc:
             raise ConfigError(f"compress.settings: {exc}") from exc
-    if "tensorrt" in b.backends and not config.export.onnx:
+
+
+def _check_backend_exports(config: RunConfig) -> None:
+    """Backends that run an exported file need that export configured."""
+    backends, export = config.benchmark.backends, config.export
+    if "tensorrt" in backends and not export.onnx:
         raise ConfigError("benchmark.backends has tensorrt but export.onnx is false")
-    if "tensorrt" in b.backends and config.export.tensorrt is None:
+    if "tensorrt" in backends and export.tensorrt is None:
         raise ConfigError("benchmark.backends has tensorrt but export.tensorrt is not configured")
-    if any(name.startswith("onnxruntime") for name in b.backends) and not config.export.onnx:
+    if any(name.startswith("onnxruntime") for name in backends) and not export.onnx:
         raise ConfigError("benchmark.backends has onnxruntime but export.onnx is false")
 
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
+from ..bench import BenchResult, BenchSuite
 from ..paths import read_json, write_json_atomic, write_text_atomic
 from ..plan import CompressionPlan
+from .config import RunConfig
 
 
 def plan_coverage(plan: dict) -> str:
@@ -17,34 +20,87 @@ def _read(path: Path) -> dict | None:
     return read_json(path, path.name) if path.is_file() else None
 
 
-def write_run_report(ctx) -> list[Path]:
-    out = ctx.out
-    manifest = _read(out / "manifest.json") or {"stages": {}}
-    accuracy = _read(out / "evaluate" / "accuracy.json") or {}
-    plan = _read(out / "plan" / "plan.json") or {}
-    planner = _read(out / "plan" / "planner.json")
-    bench = _read(out / "bench" / "bench.json") or {"results": [], "skipped": []}
-    split = _read(out / "evaluate" / "split.json") or {}
-    config = ctx.config
-    c = config.compress
-    metric = c.budget_metric
-    lines = [
-        f"# rmt-deploy run: {config.model}",
-        "",
-        f"Strategy `{c.strategy}`"
-        + (
-            f" (for {', '.join(c.targets)} on {c.device}, batch {c.batch}"
-            + (
-                f", budget: {metric} loss ≤ {c.accuracy_budget} on held-out images)"
-                if c.accuracy_budget is not None
-                else ")"
-            )
-            if c.strategy == "latency"
-            else f" at sparsity {c.sparsity}"
+@dataclass
+class _RunFiles:
+    """The stage outputs the report is made from, read once; a stage that has not run (or was
+    skipped) reads as empty, so that a partial run still gets its report."""
+
+    manifest: dict
+    accuracy: dict
+    plan: dict
+    planner: dict | None
+    bench: dict
+    split: dict
+
+    @classmethod
+    def read(cls, out: Path) -> _RunFiles:
+        """Each file from the run folder `out`, or its empty stand-in."""
+        return cls(
+            manifest=_read(out / "manifest.json") or {"stages": {}},
+            accuracy=_read(out / "evaluate" / "accuracy.json") or {},
+            plan=_read(out / "plan" / "plan.json") or {},
+            planner=_read(out / "plan" / "planner.json"),
+            bench=_read(out / "bench" / "bench.json") or {"results": [], "skipped": []},
+            split=_read(out / "evaluate" / "split.json") or {},
         )
-        + f"; recovery: {config.finetune.steps} fine-tune steps of {config.finetune.batch_size}.",
-        "",
+
+
+def write_run_report(ctx) -> list[Path]:
+    """report.md and report.json from whatever stages of the run in `ctx.out` have finished."""
+    out = ctx.out
+    files = _RunFiles.read(out)
+    config = ctx.config
+    batch = config.compress.batch
+    lines = [
+        *_intro_lines(config, files.planner),
+        *_data_lines(files.split),
+        *_accuracy_lines(files.accuracy, config.compress.accuracy_budget),
+        *_plan_lines(files.plan, files.planner),
     ]
+    rows = {(r["variant"], r["backend"], r["batch"]): r for r in files.bench["results"]}
+    headline = _report_headline(out, files, rows, config)
+    if rows:
+        lines += speed_lines(rows, headline, batch)
+        lines += baseline_lines(rows, files.planner, headline, batch, files.split)
+        lines += _figure_and_skipped_lines(files.bench)
+    lines += _stage_lines(files.manifest)
+    record = {
+        "model": config.model,
+        "accuracy": files.accuracy,
+        "plan_summary": files.plan.get("summary", {}),
+        "shipped": files.accuracy.get("shipped"),
+        "headline": headline,
+        "measured": _measured_speedups(BenchSuite.from_dict(files.bench)),
+    }
+    return [
+        write_text_atomic(out / "report.md", "\n".join(lines)),
+        write_json_atomic(out / "report.json", record),
+    ]
+
+
+def _strategy_line(config: RunConfig) -> str:
+    """What was asked for in one sentence: the latency search names its targets and budget,
+    a fixed strategy its sparsity; recovery follows either way."""
+    c = config.compress
+    if c.strategy == "latency":
+        budget = (
+            f", budget: {c.budget_metric} loss ≤ {c.accuracy_budget} on held-out images)"
+            if c.accuracy_budget is not None
+            else ")"
+        )
+        how = f" (for {', '.join(c.targets)} on {c.device}, batch {c.batch}{budget}"
+    else:
+        how = f" at sparsity {c.sparsity}"
+    return (
+        f"Strategy `{c.strategy}`{how}; recovery: {config.finetune.steps} fine-tune steps of "
+        f"{config.finetune.batch_size}."
+    )
+
+
+def _intro_lines(config: RunConfig, planner: dict | None) -> list[str]:
+    """Title and request, then, when the planner found no plan worth shipping, say up front
+    that the dense model ships and what might find one."""
+    lines = [f"# rmt-deploy run: {config.model}", "", _strategy_line(config), ""]
     if planner and planner.get("outcome", "compressed") != "compressed":
         lines += [
             f"**Shipped: the dense model** on {planner.get('chosen_deployment')}. No compressed "
@@ -53,114 +109,150 @@ def write_run_report(ctx) -> list[Path]:
             "(`--require-compression` makes this an error).",
             "",
         ]
-    if split.get("parts"):
-        lines += ["## Data", "", "| part | images | from | labels |", "|---|---:|---|---|"]
-        for part, label in (("calib", "calibration"), ("val", "plan validation"), ("test", "test")):
-            if part in split["parts"]:
-                entry = split["parts"][part]
-                lines.append(
-                    f"| {label} | {entry['count']} | `{entry['from']}` | "
-                    f"{'yes' if entry['labelled'] else 'no'} |"
-                )
+    return lines
+
+
+_SPLIT_PARTS = (("calib", "calibration"), ("val", "plan validation"), ("test", "test"))
+
+
+def _data_lines(split: dict) -> list[str]:
+    """The disjoint data parts, so that a reader sees results come from unseen images."""
+    parts = split.get("parts")
+    if not parts:
+        return []
+    lines = ["## Data", "", "| part | images | from | labels |", "|---|---:|---|---|"]
+    for part, label in _SPLIT_PARTS:
+        if part in parts:
+            entry = parts[part]
+            lines.append(
+                f"| {label} | {entry['count']} | `{entry['from']}` | "
+                f"{'yes' if entry['labelled'] else 'no'} |"
+            )
+    return lines + [
+        "",
+        "The parts are disjoint (a seeded permutation, seed "
+        f"{split.get('seed')}; the file names are in `evaluate/split.json`): plans are chosen "
+        "on the validation part and reported on the test part only.",
+        "",
+    ]
+
+
+def _accuracy_lines(accuracy: dict, budget: float | None) -> list[str]:
+    """The Accuracy section: top-1, fidelity and the budget metric, each where measured."""
+    lines = ["## Accuracy", ""]
+    if not accuracy:
+        return lines
+    if accuracy.get("top1"):
+        lines += _top1_lines(accuracy)
+    if accuracy.get("fidelity"):
+        lines += _fidelity_lines(accuracy)
+    if accuracy.get("budget_loss") is not None:
         lines += [
-            "",
-            "The parts are disjoint (a seeded permutation, seed "
-            f"{split.get('seed')}; the file names are in `evaluate/split.json`): plans are chosen "
-            "on the validation part and reported on the test part only.",
+            f"Budget metric `{accuracy['budget_metric']}` on the test part: "
+            f"{accuracy['budget_loss']:.4g} ± {accuracy.get('budget_loss_se') or 0:.2g} "
+            f"(standard error; budget {budget}).",
             "",
         ]
-    lines += ["## Accuracy", ""]
-    if accuracy:
-        reference = accuracy["reference"]
-        if accuracy.get("top1"):
-            lines += [
-                f"Top-1 on the {accuracy['test_images']} test images:",
-                "",
-                "| model | top-1 % |",
-                "|---|---:|",
-                *[f"| {name} | {value:.2f} |" for name, value in accuracy["top1"].items()],
-                "",
-                f"**Cost: {accuracy['loss_pp']:+.2f} pp** against `{reference}` "
-                "(positive = the compressed model is worse).",
-                "",
-            ]
-        if accuracy.get("fidelity"):
-            lines += [
-                f"Fidelity to `{reference}` on the {accuracy['test_images']} test images:",
-                "",
-                "| model | 1 − cosine | top-1 changed (pp) | KL (nats) |",
-                "|---|---:|---:|---:|",
-            ]
-            for name, row in accuracy["fidelity"].items():
-                lines.append(
-                    f"| {name} | {row['cosine_distance']:.5f} | "
-                    + (
-                        f"{row['disagreement_pp']:.2f} | {row['kl']:.4f} |"
-                        if "kl" in row
-                        else "– | – |"
-                    )
-                )
-            lines.append("")
-        if accuracy.get("budget_loss") is not None:
-            lines += [
-                f"Budget metric `{accuracy['budget_metric']}` on the test part: "
-                f"{accuracy['budget_loss']:.4g} ± {accuracy.get('budget_loss_se') or 0:.2g} "
-                f"(standard error; budget {c.accuracy_budget}).",
-                "",
-            ]
+    return lines
+
+
+def _top1_lines(accuracy: dict) -> list[str]:
+    """Top-1 of each model on the test part and the compressed model's cost in points."""
+    return [
+        f"Top-1 on the {accuracy['test_images']} test images:",
+        "",
+        "| model | top-1 % |",
+        "|---|---:|",
+        *[f"| {name} | {value:.2f} |" for name, value in accuracy["top1"].items()],
+        "",
+        f"**Cost: {accuracy['loss_pp']:+.2f} pp** against `{accuracy['reference']}` "
+        "(positive = the compressed model is worse).",
+        "",
+    ]
+
+
+def _fidelity_lines(accuracy: dict) -> list[str]:
+    """How close each model's outputs stay to the reference's (labels or not): cosine always,
+    top-1 changes and KL where the logits allowed them."""
+    lines = [
+        f"Fidelity to `{accuracy['reference']}` on the {accuracy['test_images']} test images:",
+        "",
+        "| model | 1 − cosine | top-1 changed (pp) | KL (nats) |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, row in accuracy["fidelity"].items():
+        rest = f"{row['disagreement_pp']:.2f} | {row['kl']:.4f} |" if "kl" in row else "– | – |"
+        lines.append(f"| {name} | {row['cosine_distance']:.5f} | " + rest)
+    return lines + [""]
+
+
+def _plan_lines(plan: dict, planner: dict | None) -> list[str]:
+    """The Plan section: coverage, weights before and after, and the first skipped layers
+    (the rest are counted, not listed, to keep the report short)."""
     summary = plan.get("summary", {})
-    if summary:
-        coverage = plan_coverage(plan)
-        lines += [
-            "## Plan",
-            "",
-            f"{coverage}; {summary['params_before']:,} → {summary['params_after']:,} weights "
-            f"in the planned layers ({100 * summary['sparsity']:.1f} % fewer). Per-layer reasons: "
-            "`plan/plan.json`" + (", search: `plan/planner.md`." if planner else "."),
-            "",
-        ]
-        for entry in plan.get("skipped", [])[:8]:
-            lines.append(f"- skipped `{entry['name']}` ({entry['kind']}): {entry['reason']}")
-        if len(plan.get("skipped", [])) > 8:
-            lines.append(f"- … {len(plan['skipped']) - 8} more in `plan/plan.json`")
-        lines.append("")
-    rows = {(r["variant"], r["backend"], r["batch"]): r for r in bench["results"]}
-    headline = speed_headline(rows, planner, config.compress.batch)
-    top1 = accuracy.get("top1") or {}
+    if not summary:
+        return []
+    lines = [
+        "## Plan",
+        "",
+        f"{plan_coverage(plan)}; {summary['params_before']:,} → {summary['params_after']:,} "
+        f"weights in the planned layers ({100 * summary['sparsity']:.1f} % fewer). Per-layer "
+        "reasons: `plan/plan.json`" + (", search: `plan/planner.md`." if planner else "."),
+        "",
+    ]
+    skipped = plan.get("skipped", [])
+    for entry in skipped[:8]:
+        lines.append(f"- skipped `{entry['name']}` ({entry['kind']}): {entry['reason']}")
+    if len(skipped) > 8:
+        lines.append(f"- … {len(skipped) - 8} more in `plan/plan.json`")
+    return lines + [""]
+
+
+def _report_headline(out: Path, files: _RunFiles, rows: dict, config: RunConfig) -> dict:
+    """`speed_headline` plus what needs the rest of the run: the shipped engine's top-1 loss
+    against the reference (only when both were measured on the whole test part) and the kit
+    command that reproduces it."""
+    batch = config.compress.batch
+    headline = speed_headline(rows, files.planner, batch)
+    top1 = files.accuracy.get("top1") or {}
     if "shipped_top1" in headline and config.benchmark.agreement_images is None and top1:
         # the shipped engine in its runtime against the reference model, same test images
-        headline["shipped_loss_pp"] = top1[accuracy["reference"]] - headline["shipped_top1"]
-    command = kit_command(out, headline.get("shipped", ""), config.compress.batch, split)
+        reference = top1[files.accuracy["reference"]]
+        headline["shipped_loss_pp"] = reference - headline["shipped_top1"]
+    command = kit_command(out, headline.get("shipped", ""), batch, files.split)
     if command:
         headline["kit_command"] = command
-    if rows:
-        lines += speed_lines(rows, headline, config.compress.batch)
-        lines += baseline_lines(rows, planner, headline, config.compress.batch, split)
-        lines += ["", "![latency vs accuracy](bench/pareto.png)", ""]
-        lines += ["![latency by batch](bench/latency_by_batch.png)", ""]
-        for s in bench.get("skipped", []):
-            lines.append(f"- not run: {s['variant']} / {s['backend']}: {s['reason']}")
-        lines.append("")
-    lines += ["## Stages", "", "| stage | seconds | finished |", "|---|---:|---|"]
+    return headline
+
+
+def _figure_and_skipped_lines(bench: dict) -> list[str]:
+    """The benchmark's plots and the variant/backend pairs it could not run, with why."""
+    lines = ["", "![latency vs accuracy](bench/pareto.png)", ""]
+    lines += ["![latency by batch](bench/latency_by_batch.png)", ""]
+    for s in bench.get("skipped", []):
+        lines.append(f"- not run: {s['variant']} / {s['backend']}: {s['reason']}")
+    return lines + [""]
+
+
+def _stage_lines(manifest: dict) -> list[str]:
+    """Each stage's time and when it finished, from the run's manifest."""
+    lines = ["## Stages", "", "| stage | seconds | finished |", "|---|---:|---|"]
     for name, entry in manifest["stages"].items():
         lines.append(f"| {name} | {entry.get('seconds', '–')} | {entry.get('finished', '')} |")
-    lines.append("")
-    record = {
-        "model": config.model,
-        "accuracy": accuracy,
-        "plan_summary": summary,
-        "shipped": accuracy.get("shipped"),
-        "headline": headline,
-        "measured": {
-            f"{b}/b{n}": rows["dense", b, n]["latency"]["median_ms"] / r["latency"]["median_ms"]
-            for (v, b, n), r in rows.items()
-            if v == "compressed" and ("dense", b, n) in rows
-        },
+    return lines + [""]
+
+
+def _measured_speedups(suite: BenchSuite) -> dict[str, float]:
+    """Compressed against dense on the same deployment and batch (`backend/bN` → ×), from the
+    benchmark stage's own interleaved timings."""
+    by_key: dict[tuple[str, str, int], BenchResult] = {
+        (r.variant, r.backend, r.batch): r for r in suite.results
     }
-    return [
-        write_text_atomic(out / "report.md", "\n".join(lines)),
-        write_json_atomic(out / "report.json", record),
-    ]
+    return {
+        f"{b}/b{n}": by_key["dense", b, n].latency.median_ms / r.latency.median_ms
+        for (v, b, n), r in by_key.items()
+        if v == "compressed" and ("dense", b, n) in by_key
+    }
 
 
 # What a user gets from the field's own tools with their defaults: ONNX Runtime fp32, OpenVINO
@@ -240,6 +332,8 @@ def speed_headline(rows: dict, planner: dict | None, batch: int) -> dict:
 
 
 def speed_lines(rows: dict, headline: dict, batch: int) -> list[str]:
+    """The Speed section: every engine at the deployment batch, fastest first, the shipped
+    one marked, then the headline sentence and the other batch sizes."""
     lines = [
         "## Speed",
         "",
@@ -264,51 +358,63 @@ def speed_lines(rows: dict, headline: dict, batch: int) -> list[str]:
             f"{ratio} | {top1} |"
         )
     if headline:
-        text = (
-            f"**Shipped: {headline['shipped']}: ×{headline['speedup_vs_best_dense']:.2f} over the "
-            f"best dense deployment ({headline['best_dense']})"
+        lines += ["", _shipped_sentence(headline)]
+    lines += _other_batch_lines(rows, batch)
+    return lines
+
+
+def _shipped_sentence(headline: dict) -> str:
+    """The Speed section's verdict: the shipped engine against the dense baselines, then what
+    the planner predicted and measured beside what this run measures (drift shows there)."""
+    text = (
+        f"**Shipped: {headline['shipped']}: ×{headline['speedup_vs_best_dense']:.2f} over the "
+        f"best dense deployment ({headline['best_dense']})"
+    )
+    if "speedup_vs_best_baseline" in headline:
+        text += (
+            f", ×{headline['speedup_vs_best_baseline']:.2f} over the best of the field's own "
+            f"engines within budget ({headline['best_baseline']})"
         )
-        if "speedup_vs_best_baseline" in headline:
+    if "speedup_vs_onnxruntime_fp32" in headline:
+        text += f", ×{headline['speedup_vs_onnxruntime_fp32']:.2f} over dense ONNX Runtime fp32"
+    text += ".**"
+    if "predicted_speedup" in headline:
+        text += (
+            f" On its own deployment the planner predicted ×{headline['predicted_speedup']:.2f}"
+            f" from the per-layer table (calibrated on a whole-model probe), measured "
+            f"×{headline['planner_measured_speedup']:.2f} whole while planning"
+        )
+        if "planner_confirmed_speedup" in headline:
             text += (
-                f", ×{headline['speedup_vs_best_baseline']:.2f} over the best of the field's own "
-                f"engines within budget ({headline['best_baseline']})"
+                f" and ×{headline['planner_confirmed_speedup']:.2f} (95 % lower bound "
+                f"×{headline['planner_confirmed_low']:.2f}) head to head with the best dense "
+                "engine"
             )
-        if "speedup_vs_onnxruntime_fp32" in headline:
-            text += f", ×{headline['speedup_vs_onnxruntime_fp32']:.2f} over dense ONNX Runtime fp32"
-        text += ".**"
-        if "predicted_speedup" in headline:
-            text += (
-                f" On its own deployment the planner predicted ×{headline['predicted_speedup']:.2f}"
-                f" from the per-layer table (calibrated on a whole-model probe), measured "
-                f"×{headline['planner_measured_speedup']:.2f} whole while planning"
-            )
-            if "planner_confirmed_speedup" in headline:
-                text += (
-                    f" and ×{headline['planner_confirmed_speedup']:.2f} (95 % lower bound "
-                    f"×{headline['planner_confirmed_low']:.2f}) head to head with the best dense "
-                    "engine"
-                )
-            text += (
-                "; this run measures "
-                f"×{headline.get('measured_speedup_same_deployment', float('nan')):.2f}."
-            )
-        lines += ["", text]
+        text += (
+            "; this run measures "
+            f"×{headline.get('measured_speedup_same_deployment', float('nan')):.2f}."
+        )
+    return text
+
+
+def _other_batch_lines(rows: dict, batch: int) -> list[str]:
+    """Compressed against dense at the batch sizes other than the deployment's, so that a
+    speedup that holds only at one batch is visible."""
     others = sorted({n for (_, _, n) in rows} - {batch})
-    if others:
-        lines += [
-            "",
-            "Other batch sizes (dense vs compressed on the same deployment):",
-            "",
-            "| deployment | batch | dense ms | compressed ms | × |",
-            "|---|---:|---:|---:|---:|",
-        ]
-        for (variant, backend, n), r in rows.items():
-            if variant == "compressed" and n in others and ("dense", backend, n) in rows:
-                dense = rows["dense", backend, n]["latency"]["median_ms"]
-                mine = r["latency"]["median_ms"]
-                lines.append(
-                    f"| {backend} | {n} | {dense:.3f} | {mine:.3f} | ×{dense / mine:.2f} |"
-                )
+    if not others:
+        return []
+    lines = [
+        "",
+        "Other batch sizes (dense vs compressed on the same deployment):",
+        "",
+        "| deployment | batch | dense ms | compressed ms | × |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for (variant, backend, n), r in rows.items():
+        if variant == "compressed" and n in others and ("dense", backend, n) in rows:
+            dense = rows["dense", backend, n]["latency"]["median_ms"]
+            mine = r["latency"]["median_ms"]
+            lines.append(f"| {backend} | {n} | {dense:.3f} | {mine:.3f} | ×{dense / mine:.2f} |")
     return lines
 
 

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -29,8 +31,8 @@ from torch import nn
 
 from ..compress import compress_
 from ..layers.sparsity import lowest_mask
-from ..plan import CompressionPlan
-from ..spectral.fit import MatrixTooSmallError, fit_mp_spectrum, singular_values
+from ..plan import CompressionPlan, LayerPlan
+from ..spectral.fit import MatrixTooSmallError, MPFit, fit_mp_spectrum, singular_values
 from .base import PlanContext, StrategyError, mask_entry, register_strategy
 
 SEED_STEPS, SEED_LR = 5000, 5e-8  # its first cycle's regularizer steps (then +1000 a cycle)
@@ -72,11 +74,11 @@ def ladder_threshold(weight: torch.Tensor, remove: int, factor: float, cycle: in
     return p * scale
 
 
-def _exact_counts(plans: dict, needed: int) -> dict[str, int]:
+def _exact_counts(counts_wanted: dict[str, float], needed: int) -> dict[str, int]:
     """Split `needed` removals over the layers in proportion to their cycle targets (largest
     remainders first), so that the total is exact."""
-    wanted = sum(count for _, count in plans.values())
-    shares = {n: needed * count / wanted for n, (_, count) in plans.items()}
+    wanted = sum(counts_wanted.values())
+    shares = {n: needed * count / wanted for n, count in counts_wanted.items()}
     counts = {n: int(math.floor(v)) for n, v in shares.items()}
     order = sorted(shares, key=lambda n: shares[n] - counts[n], reverse=True)
     for name in order[: needed - sum(counts.values())]:
@@ -146,6 +148,34 @@ def _regularize(model: nn.Module, names: list[str], scales: dict[str, float], cf
 def classic_rmt(ctx: PlanContext):
     """The seed's cycles: MP fit, singular-vector sparsifying, coefficient pruning, regularizing."""
     cfg = ctx.config
+    cycles = _checked_cycles(ctx)
+    model = _masked_copy(ctx)
+    names = [n for n, _ in ctx.targets]
+    total = sum(model.get_submodule(n).weight.numel() for n in names)
+    goal = int(round(ctx.sparsity * total))
+    history = []
+    for cycle in range(1, cycles + 1):
+        removed = _zeros(model, names)
+        if removed >= goal:
+            break
+        cuts = _cycle_cuts(model, names, cfg, cycle)
+        _prune_cycle(model, cuts, cycle, goal - removed)
+        scales = {n: 1.0 / (1.0 + 1e4 * cut.fit.gof / cycle) for n, cut in cuts.items()}
+        _regularize(model, names, scales, {**cfg, "_cycle": cycle}, ctx.data)
+        history.append(f"{cycle}:{_zeros(model, names) / total:.3f}")
+    removed = _zeros(model, names)
+    if removed < goal:
+        raise StrategyError(
+            f"classic_rmt reached sparsity {removed / total:.3f} in {cycles} cycles, short of "
+            f"{ctx.sparsity}: raise the cycles setting"
+        )
+    return _mask_entries(ctx, model, history), _kept_state(ctx, model, names)
+
+
+def _checked_cycles(ctx: PlanContext) -> int:
+    """The settings the seed's schedule cannot run with, refused before any work; returns
+    the number of cycles."""
+    cfg = ctx.config
     cycles = int(cfg["cycles"])
     if not 1 <= cycles <= 1000:
         raise StrategyError(f"classic_rmt cycles must lie in [1, 1000], got {cycles}")
@@ -154,96 +184,131 @@ def classic_rmt(ctx: PlanContext):
             raise StrategyError(f"classic_rmt {key} must lie in [0, 1), got {cfg[key]}")
     if int(cfg["data_steps"]) and ctx.data is None:
         raise StrategyError("classic_rmt data_steps > 0 needs training images (--data)")
+    return cycles
+
+
+def _masked_copy(ctx: PlanContext) -> nn.Module:
+    """A copy of the model whose target layers are masked layers with all-ones masks, so that
+    every zero the cycles make stays frozen through the regularizer."""
     model = copy.deepcopy(ctx.model).eval()
-    names = [n for n, _ in ctx.targets]
     ones = CompressionPlan(
         "classic_rmt",
         {},
         [mask_entry(n, m, torch.ones_like(m.weight), "") for n, m in ctx.targets],
     )
-    compress_(model, ones)  # masked layers: zeros stay frozen through the regularizer
-    total = sum(model.get_submodule(n).weight.numel() for n in names)
-    goal = int(round(ctx.sparsity * total))
-    history = []
-    for cycle in range(1, cycles + 1):
-        removed = sum(int((model.get_submodule(n).weight_mask == 0).sum()) for n in names)
-        if removed >= goal:
-            break
-        target = cycle_target(cycle)
-        fits, plans = {}, {}
-        for name in names:
-            module = model.get_submodule(name)
-            w = module.masked_weight().detach()
-            matrix = w.reshape(w.shape[0], -1)
-            try:
-                fit = fit_mp_spectrum(
-                    singular_values(matrix),
-                    tuple(matrix.shape),
-                    float(cfg["alpha"]),
-                    float(cfg["beta"]),
-                )
-            except MatrixTooSmallError:
-                continue  # no MP fit: the seed's BEMA fails too; the layer is left as is
-            if fit.gof >= float(cfg["gof_cutoff"]):
-                continue
-            fits[name] = fit
-            nonzero = int((w != 0).sum())
-            factor = removal_factor(fit.gof, fit.noise_fraction, cycle)
-            plans[name] = (factor, factor * target * nonzero)
-        wanted = sum(r for _, r in plans.values())
-        # Departure: the last cycle is scaled so that the target sparsity is met exactly (the
-        # seed runs a fixed number of cycles); strategies are compared at equal sparsity.
-        scale = min(1.0, (goal - removed) / wanted) if wanted > 0 else 0.0
-        exact = _exact_counts(plans, goal - removed) if scale < 1 else None
-        for name, (factor, count) in plans.items():
-            module = model.get_submodule(name)
-            with torch.no_grad():
-                if cycle % 2 == 0:
-                    theta = (
-                        750 * 1.5e-8 * target * module.weight[0].numel() * module.weight.shape[0]
-                    )
-                    dense = sparsify_singular_vectors(
-                        module.masked_weight(), fits[name].singular_edge, theta
-                    )
-                    # Departure: earlier zeros stay zero (the seed's recomposition can revive
-                    # them; its training then treats them as free weights).
-                    module.weight.copy_(dense * module.weight_mask)
-                w = module.masked_weight()
-                if exact is None:
-                    threshold = ladder_threshold(w, int(math.ceil(count)), factor, cycle)
-                    keep = w.abs() >= threshold
-                else:  # the last cycle: exactly the entries the target sparsity still needs
-                    scores = torch.where(w != 0, w.abs(), torch.full_like(w, -1.0))
-                    zeros = int((w == 0).sum())
-                    keep = ~lowest_mask(scores, zeros + exact[name])
-                module.weight_mask.mul_(keep.to(module.weight_mask.dtype))
-                module.fold_()
-        scales = {n: 1.0 / (1.0 + 1e4 * f.gof / cycle) for n, f in fits.items()}
-        _regularize(model, names, scales, {**cfg, "_cycle": cycle}, ctx.data)
-        now = sum(int((model.get_submodule(n).weight_mask == 0).sum()) for n in names)
-        history.append(f"{cycle}:{now / total:.3f}")
-    removed = sum(int((model.get_submodule(n).weight_mask == 0).sum()) for n in names)
-    if removed < goal:
-        raise StrategyError(
-            f"classic_rmt reached sparsity {removed / total:.3f} in {cycles} cycles, short of "
-            f"{ctx.sparsity}: raise the cycles setting"
+    compress_(model, ones)
+    return model
+
+
+def _zeros(model: nn.Module, names: list[str]) -> int:
+    """Entries masked to zero so far over the target layers: the cycles' progress."""
+    return sum(int((model.get_submodule(n).weight_mask == 0).sum()) for n in names)
+
+
+@dataclass
+class _LayerCut:
+    """One layer's part in a cycle: its MP fit, its removal factor and the non-zeros it would
+    remove at the cycle's full target."""
+
+    fit: MPFit
+    factor: float
+    count: float
+
+
+def _cycle_cuts(
+    model: nn.Module, names: list[str], cfg: dict[str, Any], cycle: int
+) -> dict[str, _LayerCut]:
+    """Step 1 for every layer: the layers the MP law fits (below the gof cutoff) and what
+    each would remove; the others sit this cycle out."""
+    target = cycle_target(cycle)
+    cuts = {}
+    for name in names:
+        w = model.get_submodule(name).masked_weight().detach()
+        fit = _fit(w, cfg)
+        if fit is None or fit.gof >= float(cfg["gof_cutoff"]):
+            continue
+        nonzero = int((w != 0).sum())
+        factor = removal_factor(fit.gof, fit.noise_fraction, cycle)
+        cuts[name] = _LayerCut(fit, factor, factor * target * nonzero)
+    return cuts
+
+
+def _fit(w: torch.Tensor, cfg: dict[str, Any]) -> MPFit | None:
+    """The BEMA fit of the weight as a matrix, or None where it is too small to fit."""
+    matrix = w.reshape(w.shape[0], -1)
+    try:
+        return fit_mp_spectrum(
+            singular_values(matrix),
+            tuple(matrix.shape),
+            float(cfg["alpha"]),
+            float(cfg["beta"]),
         )
+    except MatrixTooSmallError:
+        return None  # no MP fit: the seed's BEMA fails too; the layer is left as is
+
+
+def _prune_cycle(model: nn.Module, cuts: dict[str, _LayerCut], cycle: int, needed: int) -> None:
+    """Steps 2 and 3 on every fitted layer; `needed` removals reach the target sparsity."""
+    wanted = sum(cut.count for cut in cuts.values())
+    # Departure: the last cycle is scaled so that the target sparsity is met exactly (the
+    # seed runs a fixed number of cycles); strategies are compared at equal sparsity.
+    scale = min(1.0, needed / wanted) if wanted > 0 else 0.0
+    exact = None
+    if scale < 1:
+        exact = _exact_counts({n: cut.count for n, cut in cuts.items()}, needed)
+    target = cycle_target(cycle)
+    for name, cut in cuts.items():
+        count = None if exact is None else exact[name]
+        _prune_layer(model.get_submodule(name), cut, cycle, target, count)
+
+
+@torch.no_grad()
+def _prune_layer(
+    module: nn.Module, cut: _LayerCut, cycle: int, target: float, exact: int | None
+) -> None:
+    """One layer's cycle: on even cycles sparsify its singular vectors, then zero by the
+    seed's ladder, or, on the last cycle, exactly `exact` more of its smallest entries."""
+    if cycle % 2 == 0:
+        theta = 750 * 1.5e-8 * target * module.weight[0].numel() * module.weight.shape[0]
+        dense = sparsify_singular_vectors(module.masked_weight(), cut.fit.singular_edge, theta)
+        # Departure: earlier zeros stay zero (the seed's recomposition can revive
+        # them; its training then treats them as free weights).
+        module.weight.copy_(dense * module.weight_mask)
+    w = module.masked_weight()
+    if exact is None:
+        threshold = ladder_threshold(w, int(math.ceil(cut.count)), cut.factor, cycle)
+        keep = w.abs() >= threshold
+    else:  # the last cycle: exactly the entries the target sparsity still needs
+        scores = torch.where(w != 0, w.abs(), torch.full_like(w, -1.0))
+        zeros = int((w == 0).sum())
+        keep = ~lowest_mask(scores, zeros + exact)
+    module.weight_mask.mul_(keep.to(module.weight_mask.dtype))
+    module.fold_()
+
+
+def _mask_entries(ctx: PlanContext, model: nn.Module, history: list[str]) -> list[LayerPlan]:
+    """The plan: each target layer's final mask and pruned weight, with the last cycles'
+    sparsities as the reason."""
     trail = " ".join(history[-4:])
-    plans_out = []
+    reason = f"classic RMT, {len(history)} cycles (sparsity by cycle … {trail})"
+    entries = []
     for name, module in ctx.targets:
         pruned = model.get_submodule(name)
-        entry = mask_entry(
-            name,
-            module,
-            pruned.weight_mask.detach().clone(),
-            f"classic RMT, {len(history)} cycles (sparsity by cycle … {trail})",
-            weight=pruned.weight.detach().clone(),
+        entries.append(
+            mask_entry(
+                name,
+                module,
+                pruned.weight_mask.detach().clone(),
+                reason,
+                weight=pruned.weight.detach().clone(),
+            )
         )
-        plans_out.append(entry)
+    return entries
+
+
+def _kept_state(ctx: PlanContext, model: nn.Module, names: list[str]) -> dict[str, torch.Tensor]:
+    """The rest of the trained state (biases, norms) under the original model's keys; the
+    target weights travel in the plan's entries instead."""
     targets = {f"{n}.{k}" for n in names for k in ("weight", "weight_mask")}
-    state = {
-        k: v
-        for k, v in model.state_dict().items()
-        if k not in targets and k in ctx.model.state_dict()
-    }
-    return plans_out, state
+    original = ctx.model.state_dict()
+    return {k: v for k, v in model.state_dict().items() if k not in targets and k in original}
