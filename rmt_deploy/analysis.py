@@ -11,10 +11,10 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from .errors import NonFiniteWeightsError, RmtDeployError
 from .paths import read_json, write_json_atomic
+from .progress import tqdm
 from .spectral.fit import (
     DEFAULT_ALPHA,
     DEFAULT_BETA,

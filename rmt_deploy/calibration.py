@@ -25,11 +25,11 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from .data import take_images
 from .devices import resolve_device
 from .layers.views import LayerView
+from .progress import tqdm
 
 DEFAULT_FOLDS = 4
 # A layer is trusted when its worst held-out fold stays within this factor of the mean

@@ -8,9 +8,9 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from .errors import DataError
+from .progress import tqdm
 
 
 @dataclass

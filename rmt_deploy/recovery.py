@@ -18,12 +18,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
-from tqdm.auto import tqdm
 
 from .data import take_images
 from .devices import amp_dtype, resolve_device
 from .errors import DataError, RmtDeployError
 from .layers import MASKED_TYPES
+from .progress import tqdm
 
 _BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 

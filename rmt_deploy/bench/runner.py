@@ -14,10 +14,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
-from tqdm.auto import tqdm
 
 from ..errors import DataError
 from ..planner.timing import sample_ms
+from ..progress import tqdm
 from ..runtimes import BackendUnavailable, Prepared, prepare
 from ..runtimes.tensorrt import check_engine_batch
 from .memory import peak_memory_mb

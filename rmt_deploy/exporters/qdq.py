@@ -177,8 +177,7 @@ def float_effects(
 ) -> tuple[float, list[NodeEffect]]:
     """(full-INT8 output error, each quantized node's effect), the largest gain first: each
     node in float alone, every other node as calibrated, on the `check` images."""
-    from tqdm.auto import tqdm
-
+    from ..progress import tqdm
     from .quantize import onnx_outputs, output_error
 
     reference = onnx_outputs(float_path, check)

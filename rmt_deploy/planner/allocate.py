@@ -59,9 +59,8 @@ def refine_sensitivity(
 ) -> None:
     """Set each entry's sensitivity (in place): output error per unit of layer error, from
     the layer alone at its probe rank on `images` (calibration images)."""
-    from tqdm.auto import tqdm
-
     from ..layers import lowrank_from_view
+    from ..progress import tqdm
 
     model.eval()
     reference = _outputs(model, images)

@@ -12,10 +12,10 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
-from tqdm.auto import tqdm
 
 from ..exporters.quantize import RecipeChoice
 from ..layout import VariantFiles
+from ..progress import tqdm
 from ..runtimes import RUNTIMES, Deployment, Variant
 from . import timing
 from .results import Engine

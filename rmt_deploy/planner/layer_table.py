@@ -22,13 +22,13 @@ from pathlib import Path
 
 import numpy as np
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..calibration import WhitenedFactors, rank_for_error
 from ..errors import RmtDeployError
 from ..layers import lowrank_like, nm_mask
 from ..layers.views import LayerView
 from ..paths import read_json, write_json_atomic
+from ..progress import tqdm
 from ..runtimes import RUNTIMES, Deployment
 from .timing import spread, time_interleaved
 

@@ -12,7 +12,6 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
 
 from ..budget import Reference, check_metric, model_outputs, resolve_metric, top1
 from ..compress import compress_
@@ -21,6 +20,7 @@ from ..deploy import Deployment, resolve
 from ..errors import RmtDeployError
 from ..layers import unfuse_attention_
 from ..plan import CompressionPlan, example_batch
+from ..progress import tqdm
 from . import timing
 from .allocate import Allocation, candidate_allocations, refine_sensitivity
 from .config import SearchConfig

@@ -7,10 +7,10 @@ import re
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from ..analysis import LayerSpectrum, ModelSpectrum
 from ..paths import write_text_atomic, write_with_atomic
+from ..progress import tqdm
 from ..spectral.mp_law import MarchenkoPastur
 
 

@@ -14,8 +14,8 @@ import copy
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
+from ..progress import tqdm
 from .base import PlanContext, global_masks, mask_entry, register_strategy
 from .seb import seb_scales
 
