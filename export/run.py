@@ -28,7 +28,7 @@ SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
 def fail(message: str) -> None:
-    """One line on stderr and exit status 2: the kit's answer to every bad argument."""
+    """One line on stderr and exit status 1: the kit's answer to every bad argument."""
     sys.exit(f"error: {message}")
 
 
@@ -186,27 +186,54 @@ class OpenVinoRunner:
         return np.array(self.request.infer({0: batch})[self.output], copy=True)
 
 
+class CudaError(RuntimeError):
+    """A CUDA runtime call returned an error code."""
+
+
+def cuda_check(cudart, name: str, *args):
+    """Call `cudart.<name>(*args)` and return its results, or raise CudaError naming the call
+    and the code: cuda-python returns (cudaError_t, *results) and never raises itself."""
+    err, *results = getattr(cudart, name)(*args)
+    if int(err) != 0:  # cudaSuccess
+        raise CudaError(f"CUDA {name} failed: {getattr(err, 'name', err)} ({int(err)})")
+    return results[0] if len(results) == 1 else tuple(results) or None
+
+
+def import_cudart():
+    """cuda-python's runtime module: cuda.bindings.runtime (≥ 12.8), or cuda.cudart before."""
+    try:
+        from cuda.bindings import runtime as cudart
+    except ImportError:
+        try:
+            from cuda import cudart
+        except ImportError:
+            fail("running an engine needs cuda-python: pip3 install cuda-python")
+    return cudart
+
+
 class TrtRunner:
-    """TensorRT 10 execution with explicit device buffers (cuda-python's cudart)."""
+    """TensorRT (8.6 or newer) execution with explicit device buffers (cuda-python's cudart);
+    every CUDA call is checked."""
 
     def __init__(self, path: Path):
         import tensorrt as trt
-        from cuda.bindings import (
-            runtime as cudart,
-        )  # cuda-python ≥ 12.8; older: from cuda import cudart
 
+        cudart = import_cudart()
         self.trt, self.cudart = trt, cudart
         logger = trt.Logger(trt.Logger.WARNING)
         self.engine = trt.Runtime(logger).deserialize_cuda_engine(path.read_bytes())
+        if self.engine is None:
+            fail(
+                f"TensorRT {trt.__version__} cannot load {path}: an engine runs only on the "
+                "TensorRT version and GPU that built it; rebuild it here with build_engine.py"
+            )
         self.context = self.engine.create_execution_context()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        self.input = next(
-            n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT
-        )
-        self.output = next(
-            n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT
-        )
-        _, self.stream = cudart.cudaStreamCreate()
+        modes = {n: self.engine.get_tensor_mode(n) for n in names}
+        self.input = next(n for n in names if modes[n] == trt.TensorIOMode.INPUT)
+        self.output = next(n for n in names if modes[n] == trt.TensorIOMode.OUTPUT)
+        self.dtypes = {n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))) for n in names}
+        self.stream = cuda_check(cudart, "cudaStreamCreate")
         self.device = f"TensorRT {trt.__version__}"
         self.buffers: dict[str, tuple[int, int]] = {}
 
@@ -214,8 +241,8 @@ class TrtRunner:
         ptr, size = self.buffers.get(name, (0, 0))
         if size < nbytes:
             if ptr:
-                self.cudart.cudaFree(ptr)
-            _, ptr = self.cudart.cudaMalloc(nbytes)
+                cuda_check(self.cudart, "cudaFree", ptr)
+            ptr = cuda_check(self.cudart, "cudaMalloc", nbytes)
             self.buffers[name] = (ptr, nbytes)
         return self.buffers[name][0]
 
@@ -223,28 +250,42 @@ class TrtRunner:
         cudart = self.cudart
         lo, _, hi = self.engine.get_tensor_profile_shape(self.input, 0)
         if not lo[0] <= batch.shape[0] <= hi[0]:
-            sys.exit(
-                f"error: batch {batch.shape[0]} is outside the engine's profile "
+            fail(
+                f"batch {batch.shape[0]} is outside the engine's profile "
                 f"{lo[0]}..{hi[0]}; rebuild with a wider --batch"
             )
-        batch = np.ascontiguousarray(batch, dtype=np.float32)
-        self.context.set_input_shape(self.input, batch.shape)
+        batch = np.ascontiguousarray(batch, dtype=self.dtypes[self.input])
+        if not self.context.set_input_shape(self.input, batch.shape):
+            fail(f"TensorRT refused the input shape {batch.shape}")
         out_shape = tuple(self.context.get_tensor_shape(self.output))
-        out = np.empty(out_shape, dtype=np.float32)
+        out = np.empty(out_shape, dtype=self.dtypes[self.output])
         d_in = self._buffer(self.input, batch.nbytes)
         d_out = self._buffer(self.output, out.nbytes)
         kind = cudart.cudaMemcpyKind
-        cudart.cudaMemcpyAsync(
-            d_in, batch.ctypes.data, batch.nbytes, kind.cudaMemcpyHostToDevice, self.stream
+        cuda_check(
+            cudart,
+            "cudaMemcpyAsync",
+            d_in,
+            batch.ctypes.data,
+            batch.nbytes,
+            kind.cudaMemcpyHostToDevice,
+            self.stream,
         )
         self.context.set_tensor_address(self.input, d_in)
         self.context.set_tensor_address(self.output, d_out)
-        self.context.execute_async_v3(self.stream)
-        cudart.cudaMemcpyAsync(
-            out.ctypes.data, d_out, out.nbytes, kind.cudaMemcpyDeviceToHost, self.stream
+        if not self.context.execute_async_v3(self.stream):
+            raise CudaError(f"TensorRT execute_async_v3 failed at batch {batch.shape[0]}")
+        cuda_check(
+            cudart,
+            "cudaMemcpyAsync",
+            out.ctypes.data,
+            d_out,
+            out.nbytes,
+            kind.cudaMemcpyDeviceToHost,
+            self.stream,
         )
-        cudart.cudaStreamSynchronize(self.stream)
-        return out
+        cuda_check(cudart, "cudaStreamSynchronize", self.stream)
+        return out.astype(np.float32, copy=False)
 
 
 def percentiles(samples_ms: list[float]) -> dict[str, float]:
@@ -301,6 +342,14 @@ def main() -> int:
     if args.images:
         samples = labelled_images(args.images, manifest.get("classes"), manifest.get("num_outputs"))
         samples = select(samples, args.images, args.split, args.part, args.limit)
+    try:
+        return measure(args, model, cfg, samples)
+    except CudaError as exc:
+        fail(str(exc))
+
+
+def measure(args, model: Path, cfg: dict, samples: list) -> int:
+    """Load the runtime, warm up, time (and score, with images), print and write the results."""
     if args.engine or model.suffix == ".engine":
         runner = TrtRunner(model)
     elif args.openvino or model.suffix == ".xml":

@@ -1,12 +1,15 @@
-"""Build a TensorRT engine from ONNX through the TensorRT Python API (TensorRT 10 and 11).
+"""Build a TensorRT engine from ONNX through the TensorRT Python API (TensorRT 8.6 to 11).
 
-TensorRT 10 (what JetPack 6 ships) takes the precision as builder flags (FP16, BF16) on a
-weakly typed network. TensorRT 11 drops those flags and needs strongly typed networks, so the
-ONNX graph is cast to the chosen precision before parsing. Sparse kernels are allowed with
-the SPARSE_WEIGHTS flag; TensorRT picks one only where it is faster, and says which layers were
-eligible in its build log, which is collected and reported. Every build also writes a per-layer
-report from TensorRT's engine inspector (`<engine>.layers.json`): each layer's precision and
-tactic, and which of the ONNX layers with 2:4 weights actually got a sparse tactic.
+TensorRT 8.6 (JetPack 6.0) needs an explicit-batch network for the ONNX parser; 9 has the same
+flag, ignored from 10 on, where every network is explicit batch. TensorRT 8.6 to 10 take the
+precision as builder flags (FP16; BF16 from 9.0) on a weakly typed network. TensorRT 11 drops
+those flags and builds strongly typed networks only, so the ONNX graph is cast before parsing:
+to fp16/bf16 everywhere except normalization, softmax and reductions, which stay fp32 between
+explicit Casts (`cast_onnx_precision`). Sparse kernels are allowed with the SPARSE_WEIGHTS
+flag; TensorRT picks one only where it is faster, and says which layers were eligible in its
+build log, which is collected and reported. Every build also writes a per-layer report from
+TensorRT's engine inspector (`<engine>.layers.json`): each layer's precision and tactic, and
+which of the ONNX layers with 2:4 weights actually got a sparse tactic.
 
 Only `build_engine` touches TensorRT; everything around it is plain Python and tested here.
 """
@@ -28,10 +31,12 @@ from ..paths import write_with_atomic
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 SPARSITY_MODES = ("disable", "enable", "force")
+MIN_TENSORRT = (8, 6)  # the first with the tensor-name API the runner uses; JetPack 6.0 ships 8.6
 
 
 class TensorRTUnavailable(RmtDeployError):
-    """The TensorRT Python package is not installed (it needs an NVIDIA GPU machine)."""
+    """TensorRT is not installed (it needs an NVIDIA GPU machine), or the installed version
+    cannot build what was asked (too old, or no builder flag for the precision)."""
 
 
 class EngineBuildError(RmtDeployError):
@@ -73,6 +78,8 @@ class BuildReport:
     sparsity: str
     strongly_typed: bool
     profile: BatchProfile
+    # TensorRT's own "(Sparsity)" INFO log lines: the layers it found eligible, and those it
+    # gave a sparse tactic (engine layer names, fused ones joined by " + ")
     sparse_eligible: list[str] = field(default_factory=list)
     sparse_picked: list[str] = field(default_factory=list)
     # Per-layer report from the engine inspector (empty, with the reason, where unavailable)
@@ -97,66 +104,273 @@ def parse_sparsity_log(lines: list[str]) -> tuple[list[str], list[str]]:
     return eligible, picked
 
 
-def tensorrt_major(version: str) -> int:
-    return int(version.split(".")[0])
+def tensorrt_version(text: str) -> tuple[int, int]:
+    """(major, minor) of a TensorRT version string ('8.6.2.3', '10.3.0', '11.0.0b1')."""
+    match = re.match(r"\s*(\d+)\.(\d+)", str(text))
+    if match is None:
+        raise TensorRTUnavailable(f"cannot read the TensorRT version {text!r}")
+    return int(match.group(1)), int(match.group(2))
+
+
+def check_tensorrt_version(text: str) -> tuple[int, int]:
+    """The (major, minor) of a supported TensorRT, or a one-line error naming the version."""
+    version = tensorrt_version(text)
+    if version < MIN_TENSORRT:
+        raise TensorRTUnavailable(
+            f"TensorRT {text} is too old: rmt-deploy build needs TensorRT 8.6 or newer "
+            "(JetPack 6.0 ships 8.6)"
+        )
+    return version
+
+
+def network_flags(trt: Any, version: tuple[int, int]) -> int:
+    """The create_network() bit mask for this TensorRT version.
+
+    Before 10 the ONNX parser only takes explicit-batch networks (TensorRT 8.x Builder docs:
+    pass `1 << int(NetworkDefinitionCreationFlag.EXPLICIT_BATCH)`); 10 ignores that flag, every
+    network being explicit batch. 11 only builds strongly typed networks; its STRONGLY_TYPED
+    flag is kept for compatibility and ignored, so it is set where it exists.
+    """
+    flags = 0
+    if version < (10, 0):
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    strongly_typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    if version >= (11, 0) and strongly_typed is not None:
+        flags |= 1 << int(strongly_typed)
+    return flags
+
+
+def precision_flag(trt: Any, precision: str, strongly_typed: bool) -> Any | None:
+    """The builder flag for a weakly typed fp16/bf16 build (None for fp32 or strong typing),
+    or TensorRTUnavailable where this TensorRT has no such flag (BF16 arrived in 9.0)."""
+    if strongly_typed or precision == "fp32":
+        return None
+    name = {"fp16": "FP16", "bf16": "BF16"}[precision]
+    flag = getattr(trt.BuilderFlag, name, None)
+    if flag is None:
+        raise TensorRTUnavailable(
+            f"TensorRT {trt.__version__} has no BuilderFlag.{name}: {precision} engines need "
+            f"TensorRT {'9.0' if name == 'BF16' else '8.6'} or newer; build with --precision "
+            f"{'fp16' if name == 'BF16' else 'fp32'} here"
+        )
+    return flag
+
+
+# Ops a strongly typed fp16/bf16 graph keeps in fp32: their statistics (mean, variance, the
+# softmax denominator, sums) lose too much in 16 bits; Cast up before them, down after.
+KEEP_FP32_OPS = frozenset(
+    {
+        "LayerNormalization",
+        "InstanceNormalization",
+        "GroupNormalization",
+        "Softmax",
+        "LogSoftmax",
+    }
+)
+# Inputs that ONNX types as float32 whatever the data (Resize: roi and scales, Upsample: scales)
+_FP32_INPUTS = {"Resize": frozenset({1, 2}), "Upsample": frozenset({1})}
+# Ops whose outputs are never float, whatever their inputs (for graphs shape inference skips)
+_NOT_FLOAT_OUTPUTS = frozenset(
+    {
+        "Shape", "Size", "ArgMax", "ArgMin", "NonZero", "Equal", "Greater", "Less",
+        "GreaterOrEqual", "LessOrEqual", "Not", "And", "Or", "Xor", "IsNaN", "IsInf",
+    }
+)  # fmt: skip
+
+
+def keeps_fp32(op_type: str) -> bool:
+    """Normalization, softmax and every reduction (ReduceMean, ReduceSum, ...)."""
+    return op_type in KEEP_FP32_OPS or op_type.startswith("Reduce")
+
+
+def float32_to_bfloat16_bits(array: np.ndarray) -> np.ndarray:
+    """bfloat16 bit patterns (uint16) of float32 values: round to nearest, ties to even, by
+    integer arithmetic on the float32 bits; NaN becomes the quiet NaN 0x7FC0."""
+    values = np.ascontiguousarray(array, dtype=np.float32)
+    bits = values.view(np.uint32)
+    # adding 0x7FFF plus the lowest kept bit rounds half to even; no finite value overflows
+    rounded = (bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)
+    return np.where(np.isnan(values), np.uint32(0x7FC0), rounded).astype(np.uint16)
+
+
+def _low_precision_tensor(tensor, low: int):
+    """A float32 TensorProto as fp16 or bf16 (numpy conversions, never per-value Python)."""
+    from onnx import TensorProto, numpy_helper
+
+    array = numpy_helper.to_array(tensor)
+    if low == TensorProto.FLOAT16:
+        return numpy_helper.from_array(array.astype(np.float16), tensor.name)
+    converted = TensorProto()
+    converted.name = tensor.name
+    converted.data_type = TensorProto.BFLOAT16
+    converted.dims.extend(array.shape)
+    converted.raw_data = float32_to_bfloat16_bits(array).astype("<u2").tobytes()
+    return converted
+
+
+def _float32_tensors(model) -> set[str]:
+    """Names of the float32 tensors of the main graph: declared types, ONNX shape inference,
+    and where both are silent, a node output is float when a float goes in (except the ops
+    that answer integers or booleans)."""
+    import onnx
+    from onnx import TensorProto
+
+    graph = model.graph
+    elem: dict[str, int] = {}
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model).graph.value_info
+    except Exception:  # noqa: BLE001 - e.g. over 2 GB; the propagation below still types it
+        inferred = []
+    for info in [*graph.input, *graph.output, *graph.value_info, *inferred]:
+        if info.type.tensor_type.elem_type:
+            elem.setdefault(info.name, info.type.tensor_type.elem_type)
+    for init in graph.initializer:
+        elem[init.name] = init.data_type
+    for node in graph.node:
+        outputs = [o for o in node.output if o]
+        if node.op_type == "Constant":
+            attrs = {a.name: a for a in node.attribute}
+            if "value" in attrs:
+                elem[outputs[0]] = attrs["value"].t.data_type
+            elif attrs.keys() & {"value_float", "value_floats"}:
+                elem[outputs[0]] = TensorProto.FLOAT
+            else:  # value_int(s), value_string(s), sparse_value: nothing to cast
+                elem[outputs[0]] = TensorProto.UNDEFINED
+        elif node.op_type == "Cast":
+            elem[outputs[0]] = next(a.i for a in node.attribute if a.name == "to")
+        for name in outputs:
+            known = name in elem or node.op_type in _NOT_FLOAT_OUTPUTS
+            if not known and any(elem.get(i) == TensorProto.FLOAT for i in node.input if i):
+                elem[name] = TensorProto.FLOAT
+    return {name for name, kind in elem.items() if kind == TensorProto.FLOAT}
 
 
 def cast_onnx_precision(model, precision: str):
-    """Cast float32 initializers and constants to fp16/bf16, keep float32 inputs and outputs
-    (Cast nodes at the edges): what a strongly typed TensorRT 11 network needs."""
-    import onnx
+    """Cast an fp32 ONNX graph for a strongly typed fp16/bf16 TensorRT network (TensorRT 11).
+
+    Every float32 op computes in `precision` except normalization, softmax and reductions
+    (`keeps_fp32`), which get Casts to fp32 before their float inputs and back after; the
+    initializers and constants only they use stay fp32. Graph inputs and outputs stay fp32
+    (Casts at the edges); integer tensors (shapes, axes) are untouched. No op is left with
+    float inputs of two precisions, which a strongly typed network refuses. What NVIDIA
+    documents for this is ModelOpt AutoCast; this is the same idea without the dependency.
+    Subgraphs (If/Loop bodies) are left as they are.
+    """
     from onnx import TensorProto, helper, numpy_helper
 
     if precision == "fp32":
         return model
-    target = {"fp16": TensorProto.FLOAT16, "bf16": TensorProto.BFLOAT16}[precision]
+    low = {"fp16": TensorProto.FLOAT16, "bf16": TensorProto.BFLOAT16}[precision]
+    names = {TensorProto.FLOAT: "fp32", low: precision}
     graph = model.graph
-
-    def convert(tensor):
-        if tensor.data_type != TensorProto.FLOAT:
-            return tensor
-        array = numpy_helper.to_array(tensor)
-        if target == TensorProto.FLOAT16:
-            new = numpy_helper.from_array(array.astype(np.float16), tensor.name)
-        else:
-            new = helper.make_tensor(
-                tensor.name,
-                TensorProto.BFLOAT16,
-                array.shape,
-                array.astype(np.float32).flatten().tolist(),
-            )
-        return new
-
-    for i, init in enumerate(graph.initializer):
-        graph.initializer[i].CopyFrom(convert(init))
+    floats = _float32_tensors(model)
+    consumers: dict[str, list[tuple[Any, int]]] = {}
     for node in graph.node:
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.TENSOR:
-                attr.t.CopyFrom(convert(attr.t))
+        for index, name in enumerate(node.input):
+            consumers.setdefault(name, []).append((node, index))
+
+    dtype: dict[str, int] = {}  # where each float32 tensor lives after the cast
+
+    def wanted(node, index: int) -> int | None:
+        """The precision this input must have; None where any will do (a Cast's input)."""
+        if node.op_type == "Cast":
+            return None
+        if node.op_type == "Identity":  # passes its input on: as its output is
+            return dtype.get(node.output[0])
+        if keeps_fp32(node.op_type) or index in _FP32_INPUTS.get(node.op_type, ()):
+            return TensorProto.FLOAT
+        return low
+
+    def demanded(name: str) -> int:
+        """`precision` where a consumer computes in it, else fp32."""
+        users = consumers.get(name, [])
+        return low if any(wanted(n, i) == low for n, i in users) else TensorProto.FLOAT
+
+    # Sources (initializers, constants, casts to float, identities: exporters share equal
+    # weights through Identity) take the precision their consumers compute in; Identity
+    # outputs first, last to first, as an Identity's consumers come after it.
+    initializers = {init.name for init in graph.initializer}
+    graph_inputs = {v.name for v in graph.input} - initializers
+    producers = {out: node for node in graph.node for out in node.output}
+    for node in reversed(graph.node):
+        if node.op_type == "Identity" and node.output[0] in floats:
+            dtype[node.output[0]] = demanded(node.output[0])
+    for name in floats:
+        producer = producers.get(name)
+        if name in dtype:
+            continue
+        if name in graph_inputs:
+            dtype[name] = TensorProto.FLOAT
+        elif producer is None and name not in initializers:
+            continue  # a name no node of the main graph makes (stale value_info)
+        elif name in initializers or producer.op_type in ("Constant", "Cast"):
+            dtype[name] = demanded(name)
+        else:
+            dtype[name] = TensorProto.FLOAT if keeps_fp32(producer.op_type) else low
+
+    converted = {name for name in initializers if dtype.get(name) == low}
+    for i, init in enumerate(graph.initializer):
+        if init.name in converted:
+            graph.initializer[i].CopyFrom(_low_precision_tensor(init, low))
+    for value in graph.input:  # initializers listed as inputs (IR < 4) follow their data
+        if value.name in converted:
+            value.type.tensor_type.elem_type = low
+    for node in graph.node:
+        out = node.output[0] if node.output else ""
+        if dtype.get(out) != low:
+            continue
         if node.op_type == "Cast":
             for attr in node.attribute:
-                if attr.name == "to" and attr.i == TensorProto.FLOAT:
-                    attr.i = target
-    del graph.value_info[:]
-    casts = []
-    for inp in graph.input:
-        if inp.type.tensor_type.elem_type == TensorProto.FLOAT:
-            cast_name = f"{inp.name}__cast"
-            for node in graph.node:
-                for k, name in enumerate(node.input):
-                    if name == inp.name:
-                        node.input[k] = cast_name
-            casts.append(helper.make_node("Cast", [inp.name], [cast_name], to=target))
-    for out in graph.output:
-        if out.type.tensor_type.elem_type == TensorProto.FLOAT:
-            low = f"{out.name}__low"
-            for node in graph.node:
-                for k, name in enumerate(node.output):
-                    if name == out.name:
-                        node.output[k] = low
-            graph.node.append(helper.make_node("Cast", [low], [out.name], to=TensorProto.FLOAT))
-    for cast in reversed(casts):
-        graph.node.insert(0, cast)
+                if attr.name == "to":
+                    attr.i = low
+        elif node.op_type in ("Constant", "ConstantOfShape"):
+            for attr in list(node.attribute):
+                if attr.name in ("value_float", "value_floats"):
+                    array = np.asarray(attr.f if attr.name == "value_float" else attr.floats)
+                    node.attribute.remove(attr)
+                    tensor = numpy_helper.from_array(array.astype(np.float32), "value")
+                    node.attribute.append(helper.make_attribute("value", tensor))
+            for attr in node.attribute:
+                if attr.name == "value" and attr.t.data_type == TensorProto.FLOAT:
+                    attr.t.CopyFrom(_low_precision_tensor(attr.t, low))
+
+    # Graph outputs keep their name and fp32: the op writes `<name>__<precision>`, a Cast ends it
+    tails = []
+    for output in graph.output:
+        if dtype.get(output.name) != low:
+            continue
+        inner = f"{output.name}__{precision}"
+        for node in graph.node:
+            for k, name in enumerate(node.output):
+                if name == output.name:
+                    node.output[k] = inner
+            for k, name in enumerate(node.input):
+                if name == output.name:
+                    node.input[k] = inner
+        dtype[inner] = low
+        tails.append(
+            helper.make_node("Cast", [inner], [output.name], name=output.name, to=TensorProto.FLOAT)
+        )
+
+    # A Cast wherever a consumer wants the other precision, made once per tensor and precision,
+    # just before its first consumer (so the graph stays topologically sorted)
+    made: dict[tuple[str, int], str] = {}
+    nodes = []
+    for node in graph.node:
+        for index, name in enumerate(node.input):
+            need = wanted(node, index)
+            have = dtype.get(name)
+            if have is None or need is None or need == have:
+                continue
+            if (name, need) not in made:
+                cast = f"{name}__to_{names[need]}"
+                made[name, need] = cast
+                nodes.append(helper.make_node("Cast", [name], [cast], name=cast, to=need))
+            node.input[index] = made[name, need]
+        nodes.append(node)
+    del graph.node[:]
+    graph.node.extend([*nodes, *tails])
+    del graph.value_info[:]  # the types changed: let consumers infer them again
     return model
 
 
@@ -319,15 +533,33 @@ def inspect_engine(trt, blob: bytes, logger) -> tuple[list[dict], str | None]:
 @dataclass(frozen=True)
 class _BuildSettings:
     """The build_engine arguments the build steps share, with what the TensorRT version
-    implies (strong typing): passed as one value so no step reads a different precision."""
+    implies (network flags, strong typing, the precision flag): passed as one value so no step
+    reads a different precision."""
 
     precision: str
     sparsity: str
     batch: BatchProfile
     workspace_mb: int
     timing_cache: str | os.PathLike[str] | None
-    input_name: str
+    input_name: str | None  # None: the network's first input
+    version: tuple[int, int]
     strongly_typed: bool
+    precision_flag: Any  # the BuilderFlag for fp16/bf16 on a weakly typed network, or None
+
+
+@dataclass
+class BuildLog:
+    """What the build's logger kept: warnings and errors (the explanation of a failed build)
+    and TensorRT's "(Sparsity)" report lines; everything else is dropped as it comes."""
+
+    problems: list[str] = field(default_factory=list)
+    sparsity: list[str] = field(default_factory=list)
+
+    def explain(self) -> str:
+        return " | ".join(self.problems[-5:]) or "TensorRT logged no warning or error"
+
+
+_SEVERITY_NAMES = {0: "internal error", 1: "error", 2: "warning"}
 
 
 @dataclass
@@ -363,16 +595,26 @@ def _import_tensorrt() -> Any:
     return trt
 
 
-def _collecting_logger(trt: Any, lines: list[str]) -> Any:
-    """A TensorRT logger that keeps every message in `lines`: the sparsity report and the
-    build-failure message are read from them."""
+def _collecting_logger(trt: Any, log: BuildLog) -> Any:
+    """A TensorRT logger that keeps warnings, errors and the sparsity report in `log`.
+
+    TensorRT calls a Python logger for every message, VERBOSE included (thousands in a build):
+    all but those kept return at once, on an integer comparison.
+    """
+    warning, info = int(trt.ILogger.WARNING), int(trt.ILogger.INFO)
 
     class _Logger(trt.ILogger):
         def __init__(self):
             trt.ILogger.__init__(self)
 
         def log(self, severity, msg):  # noqa: D401 - TensorRT callback
-            lines.append(msg)
+            level = int(severity)
+            if level <= warning:
+                log.problems.append(f"{_SEVERITY_NAMES.get(level, 'error')}: {msg}")
+            # The sparsity report comes at INFO (TensorRT Developer Guide, "Structured
+            # Sparsity": "[I] [TRT] (Sparsity) Layers eligible for sparse math: ...")
+            elif level == info and "(Sparsity)" in msg:
+                log.sparsity.append(msg)
 
     return _Logger()
 
@@ -384,14 +626,15 @@ def _stage_graph(
     parse (the original where nothing changed) with the 2:4 layers of the graph it gets."""
     import onnx
 
-    if settings.strongly_typed:
+    cast = settings.strongly_typed and settings.precision != "fp32"
+    if cast:
         graph = cast_onnx_precision(graph, settings.precision)
     if settings.sparsity == "force":
         from .onnx_sparsity import force_24_initializers
 
         force_24_initializers(graph)
     eligible_24 = onnx_24_layers(graph)  # of the graph TensorRT gets, before saving it
-    if not (settings.strongly_typed or settings.sparsity == "force"):
+    if not (cast or settings.sparsity == "force"):
         return onnx_path, eligible_24
     parse_path = tmp_dir / "model.onnx"  # external data: no 2 GB protobuf limit
     onnx.save_model(graph, str(parse_path), save_as_external_data=True, location="model.onnx.data")
@@ -399,16 +642,18 @@ def _stage_graph(
 
 
 def _parse_network(
-    trt: Any, builder: Any, logger: Any, onnx_path: str | os.PathLike[str], settings: _BuildSettings
+    trt: Any,
+    builder: Any,
+    logger: Any,
+    onnx_path: str | os.PathLike[str],
+    settings: _BuildSettings,
+    log: BuildLog,
 ) -> _ParsedNetwork:
-    """Create the network (strongly typed on TensorRT 11) and parse the ONNX model into it,
-    failing with TensorRT's own parser errors."""
+    """Create the network (explicit batch before 10, strongly typed from 11) and parse the
+    ONNX model into it, failing with TensorRT's own parser errors."""
     import onnx
 
-    flags = 0
-    if settings.strongly_typed:
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-    network = builder.create_network(flags)
+    network = builder.create_network(network_flags(trt, settings.version))
     parser = trt.OnnxParser(network, logger)
     try:
         graph = onnx.load(str(onnx_path))
@@ -417,15 +662,62 @@ def _parse_network(
     with tempfile.TemporaryDirectory() as tmp_dir:
         parse_path, eligible_24 = _stage_graph(graph, Path(onnx_path), Path(tmp_dir), settings)
         del graph
-        parsed = parser.parse_from_file(str(parse_path))
+        try:
+            parsed = parser.parse_from_file(str(parse_path))
+        except (RuntimeError, TypeError, ValueError) as exc:
+            raise EngineBuildError(f"TensorRT cannot parse {onnx_path}: {exc}") from exc
     if not parsed:
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise EngineBuildError(f"TensorRT cannot parse {onnx_path}: {errors}")
+        raise EngineBuildError(
+            f"TensorRT {trt.__version__} cannot parse {onnx_path}: {errors or log.explain()}"
+        )
     return _ParsedNetwork(network, parser, eligible_24)
 
 
+def network_input(network: Any, name: str | None) -> Any:
+    """The network input the batch profile is for: `name`, or the first input."""
+    inputs = [network.get_input(i) for i in range(network.num_inputs)]
+    if not inputs:
+        raise EngineBuildError("the parsed network has no inputs")
+    if name is None:
+        return inputs[0]
+    for tensor in inputs:
+        if tensor.name == name:
+            return tensor
+    raise EngineBuildError(
+        f"{name!r} is not an input of the network; its inputs: "
+        + ", ".join(repr(t.name) for t in inputs)
+    )
+
+
+def _batch_profile(builder: Any, config: Any, network: Any, settings: _BuildSettings, log) -> None:
+    """Optimization profile 0: the batch range on the input's first dimension."""
+    tensor = network_input(network, settings.input_name)
+    shape = tuple(tensor.shape)
+    if not shape or any(d < 0 for d in shape[1:]):
+        raise EngineBuildError(
+            f"input {tensor.name!r} has shape {shape}: only the batch (first) dimension may "
+            "be dynamic; export with a fixed image size"
+        )
+    batch = settings.batch
+    shapes = [(n, *shape[1:]) for n in (batch.minimum, batch.optimum, batch.maximum)]
+    profile = builder.create_optimization_profile()
+    try:
+        profile.set_shape(tensor.name, *shapes)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise EngineBuildError(
+            f"TensorRT refused the optimization profile {shapes} for input {tensor.name!r}: "
+            f"{exc} ({log.explain()})"
+        ) from exc
+    if config.add_optimization_profile(profile) < 0:  # documented: -1 for an invalid profile
+        raise EngineBuildError(
+            f"TensorRT refused the optimization profile {shapes} for input {tensor.name!r}: "
+            f"{log.explain()}"
+        )
+
+
 def _builder_config(
-    trt: Any, builder: Any, network: Any, settings: _BuildSettings
+    trt: Any, builder: Any, network: Any, settings: _BuildSettings, log: BuildLog
 ) -> tuple[Any, Any]:
     """The builder config: workspace, detailed profiling, precision and sparsity flags, the
     batch profile and the timing cache (returned too: it is saved after the build)."""
@@ -433,21 +725,11 @@ def _builder_config(
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, settings.workspace_mb << 20)
     # Layer parameters and tactic names in the engine, for the per-layer report (no runtime cost)
     config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
-    if not settings.strongly_typed and settings.precision != "fp32":
-        fp16 = settings.precision == "fp16"
-        config.set_flag(trt.BuilderFlag.FP16 if fp16 else trt.BuilderFlag.BF16)
+    if settings.precision_flag is not None:
+        config.set_flag(settings.precision_flag)
     if settings.sparsity != "disable":
         config.set_flag(trt.BuilderFlag.SPARSE_WEIGHTS)
-    shape = tuple(network.get_input(0).shape)
-    batch = settings.batch
-    profile = builder.create_optimization_profile()
-    profile.set_shape(
-        settings.input_name,
-        (batch.minimum, *shape[1:]),
-        (batch.optimum, *shape[1:]),
-        (batch.maximum, *shape[1:]),
-    )
-    config.add_optimization_profile(profile)
+    _batch_profile(builder, config, network, settings, log)
     cache = None
     if settings.timing_cache is not None:
         timing_cache = Path(settings.timing_cache)
@@ -457,13 +739,37 @@ def _builder_config(
     return config, cache
 
 
-def _serialize(builder: Any, network: Any, config: Any, lines: list[str]) -> bytes:
-    """Build the engine, failing with the last lines of TensorRT's log (the only explanation
-    TensorRT gives)."""
-    serialized = builder.build_serialized_network(network, config)
+def _serialize(trt: Any, builder: Any, network: Any, config: Any, log: BuildLog) -> bytes:
+    """Build the engine, failing with the last warnings and errors of TensorRT's log (the only
+    explanation TensorRT gives)."""
+    try:
+        serialized = builder.build_serialized_network(network, config)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise EngineBuildError(
+            f"TensorRT {trt.__version__} failed to build an engine: {exc}"
+        ) from exc
     if serialized is None:
-        raise EngineBuildError(f"TensorRT failed to build an engine: {' | '.join(lines[-5:])}")
+        raise EngineBuildError(
+            f"TensorRT {trt.__version__} failed to build an engine: {log.explain()}"
+        )
     return bytes(serialized)
+
+
+def _settings(trt: Any, precision: str, sparsity: str, batch, workspace_mb, timing_cache, name):
+    """The build settings, checking first that this TensorRT can do the build at all."""
+    version = check_tensorrt_version(trt.__version__)
+    strongly_typed = version >= (11, 0)
+    return _BuildSettings(
+        precision,
+        sparsity,
+        batch,
+        workspace_mb,
+        timing_cache,
+        name,
+        version,
+        strongly_typed,
+        precision_flag(trt, precision, strongly_typed),
+    )
 
 
 def build_engine(
@@ -475,31 +781,29 @@ def build_engine(
     batch: BatchProfile = SINGLE_BATCH,
     workspace_mb: int = 2048,
     timing_cache: str | os.PathLike[str] | None = None,
-    input_name: str = "input",
+    input_name: str | None = None,
 ) -> BuildReport:
-    """Parse `onnx_path`, build a serialized engine and write it atomically to `engine_path`."""
+    """Parse `onnx_path`, build a serialized engine and write it atomically to `engine_path`.
+
+    The batch profile is for `input_name`, by default the network's first input. Every parser
+    or builder failure is one EngineBuildError with TensorRT's explanation; a TensorRT that
+    cannot do the build at all (missing, older than 8.6, no flag for the precision) is
+    TensorRTUnavailable, raised before any work.
+    """
     _check_choices(precision, sparsity)
     trt = _import_tensorrt()
-    settings = _BuildSettings(
-        precision,
-        sparsity,
-        batch,
-        workspace_mb,
-        timing_cache,
-        input_name,
-        strongly_typed=tensorrt_major(trt.__version__) >= 11,
-    )
-    lines: list[str] = []
-    logger = _collecting_logger(trt, lines)
+    settings = _settings(trt, precision, sparsity, batch, workspace_mb, timing_cache, input_name)
+    log = BuildLog()
+    logger = _collecting_logger(trt, log)
     builder = trt.Builder(logger)
-    parsed = _parse_network(trt, builder, logger, onnx_path, settings)
-    config, cache = _builder_config(trt, builder, parsed.network, settings)
-    blob = _serialize(builder, parsed.network, config, lines)
+    parsed = _parse_network(trt, builder, logger, onnx_path, settings, log)
+    config, cache = _builder_config(trt, builder, parsed.network, settings, log)
+    blob = _serialize(trt, builder, parsed.network, config, log)
     write_with_atomic(engine_path, lambda tmp: Path(tmp).write_bytes(blob))
     if cache is not None:
         write_with_atomic(timing_cache, lambda tmp: Path(tmp).write_bytes(bytes(cache.serialize())))
     layers, layers_reason = inspect_engine(trt, blob, logger)
-    eligible, picked = parse_sparsity_log(lines)
+    eligible, picked = parse_sparsity_log(log.sparsity)
     report = BuildReport(
         Path(engine_path),
         trt.__version__,

@@ -1,8 +1,10 @@
 """TensorRT: a serialized engine (`rmt-deploy build`) run on torch CUDA buffers. The engine
-is opened without CUDA buffers first, so the path is testable with a fake tensorrt module."""
+is opened without CUDA buffers first, and the run loop takes host buffers too (device="cpu"),
+so the whole path is testable with a fake tensorrt module on a machine without a GPU."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -71,34 +73,50 @@ def open_tensorrt_engine(trt, engine: Path) -> OpenedEngine:
     )
 
 
-def _tensorrt_cuda_run(opened: OpenedEngine, engine: Path) -> Callable[[np.ndarray], np.ndarray]:
-    """Run the engine on torch CUDA buffers (a batch inside the profile, checked by the caller)."""
+def engine_runner(
+    opened: OpenedEngine, engine: Path, device: str = "cuda"
+) -> Callable[[np.ndarray], np.ndarray]:
+    """Run the engine on torch buffers (a batch inside the profile, checked by the caller).
+
+    `device` is where the buffers live: "cuda" for a real engine, on a side stream (not the
+    legacy default stream: TensorRT syncs extra there). "cpu" puts them in host memory and
+    passes stream 0, which only the fake tensorrt of the tests can run on: the same loop
+    (shape, addresses, execute, read back) then runs in CI.
+    """
 
     def torch_dtype(dtype: np.dtype) -> torch.dtype:
         return torch.from_numpy(np.zeros(1, dtype)).dtype
 
     in_dtype, out_dtype = torch_dtype(opened.input_dtype), torch_dtype(opened.output_dtype)
     context, (name_in, name_out) = opened.context, (opened.inputs[0], opened.outputs[0])
-    stream = torch.cuda.Stream()  # not the legacy default stream: TensorRT syncs extra there
+    if device == "cuda":
+        stream = torch.cuda.Stream()
+        scope, handle = (lambda: torch.cuda.stream(stream)), stream.cuda_stream
+    else:
+        scope, handle = contextlib.nullcontext, 0
 
     def run(batch: np.ndarray) -> np.ndarray:
-        with torch.cuda.stream(stream):
-            x = torch.from_numpy(batch).to("cuda", in_dtype)
-            context.set_input_shape(name_in, tuple(x.shape))
+        with scope():
+            x = torch.from_numpy(np.ascontiguousarray(batch)).to(device, in_dtype)
+            if not context.set_input_shape(name_in, tuple(x.shape)):
+                raise RmtDeployError(
+                    f"TensorRT refused input shape {tuple(x.shape)} for {name_in!r} of {engine}"
+                )
             shape = tuple(context.get_tensor_shape(name_out))
-            y = torch.empty(shape, dtype=out_dtype, device="cuda")
+            y = torch.empty(shape, dtype=out_dtype, device=device)
             context.set_tensor_address(name_in, x.data_ptr())
             context.set_tensor_address(name_out, y.data_ptr())
-            if not context.execute_async_v3(stream.cuda_stream):
+            if not context.execute_async_v3(handle):
                 raise RmtDeployError(f"TensorRT failed to run {engine} at batch {batch.shape[0]}")
-            out = y.float().cpu().numpy()
+            out = y.float().cpu().numpy()  # .cpu() waits for the stream
         return out
 
     return run
 
 
-def tensorrt_engine(engine: Path | None) -> Prepared:
-    """A serialized TensorRT engine (`rmt-deploy build`), run on torch CUDA buffers."""
+def tensorrt_engine(engine: Path | None, *, device: str = "cuda") -> Prepared:
+    """A serialized TensorRT engine (`rmt-deploy build`), run on torch CUDA buffers (`device`:
+    see `engine_runner`)."""
     if engine is None or not Path(engine).is_file():
         raise BackendUnavailable("backend tensorrt needs an engine file (rmt-deploy build)")
     try:
@@ -107,21 +125,23 @@ def tensorrt_engine(engine: Path | None) -> Prepared:
         raise BackendUnavailable(
             "TensorRT is not installed (it needs an NVIDIA GPU machine or a Jetson)"
         ) from exc
-    if not torch.cuda.is_available():
+    cuda = device == "cuda"
+    if cuda and not torch.cuda.is_available():
         raise BackendUnavailable("TensorRT needs a CUDA device and none is visible")
     opened = open_tensorrt_engine(trt, Path(engine))
-    cuda_run = _tensorrt_cuda_run(opened, Path(engine))
+    engine_run = engine_runner(opened, Path(engine), device)
 
     def run(batch: np.ndarray) -> np.ndarray:
         check_engine_batch(Path(engine), batch.shape[0], opened.batch_range)
-        return cuda_run(batch)
+        return engine_run(batch)
 
     return Prepared(
         run,
-        f"TensorRT {trt.__version__} {torch.cuda.get_device_name()}",
+        f"TensorRT {trt.__version__} "
+        + (torch.cuda.get_device_name() if cuda else "(host buffers)"),
         torch.get_num_threads(),
-        torch.cuda.synchronize,
-        cuda=True,
+        torch.cuda.synchronize if cuda else (lambda: None),
+        cuda=cuda,
         batch_range=opened.batch_range,
     )
 
