@@ -6,6 +6,8 @@ its traceback.
 
 from __future__ import annotations
 
+import re
+
 
 class RmtDeployError(Exception):
     """Base class for every error caused by the user's input (model, data, files, options)."""
@@ -33,3 +35,17 @@ class OutputError(RmtDeployError):
 
 class AssetsError(RmtDeployError):
     """The shared assets folder (real checkpoints and data) cannot be found."""
+
+
+def one_line(message: str) -> str:
+    """An error message as one line. An error raised in a DataLoader worker comes back with
+    torch's wrapping ("Caught DataError in DataLoader worker process 0. Original Traceback
+    …", the worker's whole traceback): its last line is the original message."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    if not lines:
+        return message.strip()
+    if lines[0].startswith("Caught ") and "Original Traceback" in message:
+        last = lines[-1]
+        # "rmt_deploy.errors.DataError: …" → "…"
+        return re.sub(r"^[A-Za-z_][\w.]*(Error|Exception)[^:\s]*: ", "", last, count=1)
+    return " ".join(lines)

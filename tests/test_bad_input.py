@@ -15,8 +15,9 @@ import yaml
 from safetensors.torch import save_file
 from torch import nn
 
-from rmt_deploy.cli import build_parser, ddp_backend, main, one_line
+from rmt_deploy.cli import build_parser, main, one_line
 from rmt_deploy.data import load_image_dataset
+from rmt_deploy.distributed import ddp_backend
 from rmt_deploy.errors import CheckpointError, DataError, OutputError
 from rmt_deploy.exporters import export
 from rmt_deploy.exporters.onnx_export import ExportError, remove_stale_exports
@@ -252,15 +253,15 @@ def test_one_line_keeps_the_workers_own_message():
 @pytest.mark.parametrize(
     "verb, argv, said",
     [
-        ("_cmd_run", ["run", "x.yaml"], "finished stages are kept"),
-        ("_cmd_eval", ["eval", "cifar_resnet20", "--data", "d"], "nothing"),
+        ("run", ["run", "x.yaml"], "finished stages are kept"),
+        ("eval", ["eval", "cifar_resnet20", "--data", "d"], "nothing"),
     ],
 )
 def test_ctrl_c_is_one_line_and_exit_130(capsys, monkeypatch, verb, argv, said):
     def interrupted(args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(f"rmt_deploy.cli.{verb}", interrupted)
+    monkeypatch.setattr(f"rmt_deploy.cli.{verb}.command", interrupted)
     code, _, err = cli(capsys, *argv)
     assert_one_line(code, err, "rmt-deploy: interrupted; rerun the same command", status=130)
     if said != "nothing":
@@ -464,12 +465,21 @@ def test_stale_export_folders_of_live_processes_are_kept(tmp_path):
 # 4. Model arguments, the parser, DDP backend --------------------------------------------
 
 
-def test_every_verb_has_its_own_parser_function():
-    from rmt_deploy import cli as cli_module
-
+def test_every_verb_has_its_own_module():
     parser = build_parser()
-    for verb in ("analyze", "compress", "export", "build", "bench", "run", "report", "eval"):
-        assert callable(getattr(cli_module, f"_parser_{verb}"))
+    argvs = {
+        "analyze": ["m", "--out", "o"],
+        "compress": ["m", "--strategy", "seb", "--out", "o"],
+        "export": ["m", "--out", "o"],
+        "build": ["m.onnx"],
+        "bench": ["m", "--out", "o"],
+        "run": ["c.yaml"],
+        "report": ["d"],
+        "eval": ["m", "--data", "d"],
+    }
+    for verb, argv in argvs.items():
+        module = importlib.import_module(f"rmt_deploy.cli.{verb}")
+        assert parser.parse_args([verb, *argv]).func is module.command
     args = parser.parse_args(["compress", "m", "--strategy", "seb", "--out", "o"])
     assert args.device == "cpu" and args.lr is None and args.sparsity == 0.5  # lr: by optimizer
     args = parser.parse_args(["export", "m", "--out", "o", "--atol", "0", "--opset", "18"])
@@ -477,7 +487,7 @@ def test_every_verb_has_its_own_parser_function():
 
 
 def test_ddp_backend_follows_the_device(monkeypatch):
-    from rmt_deploy import cli as cli_module
+    from rmt_deploy import distributed
 
     assert ddp_backend("cpu") == "gloo"
     assert ddp_backend("cuda") == ddp_backend("cuda:1") == "nccl"
@@ -488,7 +498,7 @@ def test_ddp_backend_follows_the_device(monkeypatch):
     monkeypatch.setattr(dist, "is_initialized", lambda: False)
     monkeypatch.setattr(dist, "init_process_group", lambda backend: chosen.append(backend))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # GPUs there, CPU asked for
-    cli_module._init_distributed("cpu")
+    distributed.init_distributed("cpu")
     assert chosen == ["gloo"]
 
 
@@ -628,12 +638,14 @@ def test_int8_with_too_few_calibration_images_is_refused_before_any_stage(tmp_pa
 
 
 def test_int8_deployments_this_machine_cannot_run_are_named(monkeypatch):
-    from rmt_deploy import deploy
-    from rmt_deploy.deploy import DeploymentError, resolve
+    import importlib.util
 
-    real = deploy.importlib.util.find_spec
+    from rmt_deploy.deploy import DeploymentError, resolve
+    from rmt_deploy.runtimes import openvino
+
+    real = importlib.util.find_spec
     monkeypatch.setattr(
-        deploy.importlib.util, "find_spec", lambda n: None if n == "nncf" else real(n)
+        openvino.importlib.util, "find_spec", lambda n: None if n == "nncf" else real(n)
     )
     with pytest.raises(DeploymentError, match="openvino-nncf-int8 cannot run here: NNCF is not "
                        r"installed \(pip install nncf\)"):  # fmt: skip
@@ -641,7 +653,7 @@ def test_int8_deployments_this_machine_cannot_run_are_named(monkeypatch):
     chosen, skipped = resolve("auto")  # auto drops it and says why
     assert "openvino-nncf-int8" not in {d.name for d in chosen}
     assert skipped["openvino-nncf-int8"] == "NNCF is not installed (pip install nncf)"
-    monkeypatch.setattr(deploy, "openvino_capabilities", lambda: ["FP32"])
+    monkeypatch.setattr(openvino, "openvino_capabilities", lambda: ["FP32"])
     with pytest.raises(DeploymentError, match="openvino-int8 cannot run here: OpenVINO reports "
                        "no INT8 kernels on this CPU"):  # fmt: skip
         resolve(["openvino-int8"])

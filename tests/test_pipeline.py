@@ -293,7 +293,7 @@ def test_planner_bad_input(tmp_path):
                 latency_plan(
                     model, data, targets=["openvino-bf16"], layer_error=0.1, progress=False
                 )
-    with pytest.raises(RmtDeployError, match="latency target must be a speedup > 0"):
+    with pytest.raises(RmtDeployError, match="latency_target must be > 0"):
         latency_plan(
             model, data, heldout=data, accuracy_budget=1.0, latency_target=-2, progress=False
         )

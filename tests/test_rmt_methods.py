@@ -13,7 +13,7 @@ from torch.utils.data import TensorDataset
 from rmt_deploy import compress_, plan
 from rmt_deploy.layers import MASKED_TYPES
 from rmt_deploy.models import CifarResNet
-from rmt_deploy.recovery import FinetuneConfig, lasso_scales, scale_gradients_
+from rmt_deploy.recovery import FinetuneConfig, FinetuneResult, lasso_scales, scale_gradients_
 from rmt_deploy.strategies import StrategyError
 from rmt_deploy.strategies.classic_rmt import cycle_target, ladder_threshold, removal_factor
 from rmt_deploy.strategies.hybrid import drop_allowed
@@ -136,7 +136,12 @@ def test_seed_recovery_is_adamw_at_a_restart_learning_rate(tmp_path, monkeypatch
     assert recipe(seed_regularizers=True) == ("adamw", 1e-4, 1e-6, True)
     assert recipe(seed_regularizers=True, optimizer="sgd", lr=0.05)[:2] == ("sgd", 0.05)
     seen = []
-    monkeypatch.setattr("rmt_deploy.recovery.finetune", lambda m, d, cfg, **kw: seen.append(cfg))
+
+    def finetune(model, data, cfg, **kw):
+        seen.append(cfg)
+        return FinetuneResult(cfg.max_steps, 0, 0.0, 0.0, 0.0)
+
+    monkeypatch.setattr("rmt_deploy.recovery.finetune", finetune)
     argv = ["compress", "cifar_resnet20", "--random-init", "--strategy", "magnitude"]
     argv += ["--data", str(assets / "cifar10" / "train"), "--bn-recal-images", "0"]
     for extra, want in [

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from ..errors import RmtDeployError
+from ..errors import RmtDeployError, one_line
 
 
 class ConfigError(RmtDeployError):
@@ -157,17 +157,13 @@ def load_config(path: str | os.PathLike[str]) -> RunConfig:
     try:
         data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {_one_line(str(exc))}") from exc
+        raise ConfigError(f"{path} is not valid YAML: {one_line(str(exc))}") from exc
     except (ConfigError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: {exc}") from exc
     try:
         return RunConfig.from_dict(data)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from exc
-
-
-def _one_line(text: str) -> str:
-    return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

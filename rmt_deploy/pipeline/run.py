@@ -221,13 +221,7 @@ def _run_locked(
     keys = stage_keys(config, assets)
     selected = list(STAGES) if not stages else [s for s in STAGES if s in stages]
     if stages:
-        for stage in selected:
-            for dep in _needed([stage]):
-                if dep not in selected and not manifest.done(dep, keys[dep], out):
-                    raise StageDependencyError(
-                        f"stage {stage} needs {dep}, which has not run in {out} with this config: "
-                        f"run it first (--stages {dep},{stage}) or run the whole pipeline"
-                    )
+        _check_dependencies(selected, manifest, keys, out)
     ctx = RunContext(config, out, assets, progress, log)
     if any(not manifest.done(s, keys[s], out) or force for s in selected if s != "report"):
         check_data(ctx)  # missing folders, labels that would be wrong: before any stage runs
@@ -266,6 +260,19 @@ def _run_locked(
     return result
 
 
+def _check_dependencies(
+    selected: list[str], manifest: Manifest, keys: dict[str, str], out: Path
+) -> None:
+    """Every stage the selected ones need is selected too, or done with this config."""
+    for stage in selected:
+        for dep in _needed([stage]):
+            if dep not in selected and not manifest.done(dep, keys[dep], out):
+                raise StageDependencyError(
+                    f"stage {stage} needs {dep}, which has not run in {out} with this config: "
+                    f"run it first (--stages {dep},{stage}) or run the whole pipeline"
+                )
+
+
 def _data_folders(config: RunConfig) -> dict[str, tuple[str, bool]]:
     """The data folders this run reads: config key → (value, whether its labels are used)."""
     d, c = config.data, config.compress
@@ -285,11 +292,12 @@ def _data_folders(config: RunConfig) -> dict[str, tuple[str, bool]]:
 def check_data(ctx) -> None:
     """Every data folder the run reads exists, and its class labels are the model's.
 
-    The stages label class sub-folders by sorted position (pipeline/stages.py loads them
-    without a class list), which is right only when a folder holds exactly the reference
-    classes in order: the training folder's classes for the test folder, the model's
-    `label_names` for the training folder. A test folder with only some of the classes would
-    be scored against shifted labels (0 % top-1), so it is refused here, with the fix."""
+    The stages label class sub-folders by the model's class names where it has them, else by
+    sorted position (`verbs.labelled_images`, as the CLI does), which is right only when a
+    folder holds exactly the reference classes in order: the training folder's classes for the
+    test folder, the model's `label_names` for the training folder. A test folder with only
+    some of the classes would be scored against shifted labels (0 % top-1), so it is refused
+    here, with the fix."""
     from ..data import (
         class_folders,
         class_index,

@@ -1,5 +1,8 @@
 """The pipeline's stages. Each takes the RunContext and returns (artifacts, summary); what a
-later stage needs is read back from the output folder, so any stage can run in a new process."""
+later stage needs is read back from the output folder, so any stage can run in a new process.
+
+A stage only translates its config sections into calls of the verbs (`rmt_deploy.verbs`), the
+same calls the CLI's commands make, and records what they did."""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ import copy
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 
 import torch
@@ -15,7 +18,9 @@ from torch import nn
 
 from ..data import evenly_spaced
 from ..errors import RmtDeployError
-from ..paths import read_json, write_json_atomic, write_text_atomic
+from ..layout import VariantFiles
+from ..paths import read_json, write_json_atomic
+from ..verbs import PlanRequest, RecoveryOptions
 from .config import RunConfig
 
 
@@ -70,11 +75,18 @@ class RunContext:
 
         return load_image_dataset(self.data_path(value), transform)
 
+    def _labelled(self, value: str, transform):
+        """A folder whose labels are used (to train, to score): by class name where the model
+        names its classes, as the CLI opens --data (`verbs.labelled_images`)."""
+        from ..verbs import labelled_images
+
+        return labelled_images(self.data_path(value), transform, self.dense, self.input_shape)
+
     @cached_property
     def train(self):
         from ..data import train_transform
 
-        return self._folder(self.config.data.train, train_transform(self.data_config))
+        return self._labelled(self.config.data.train, train_transform(self.data_config))
 
     @cached_property
     def _pool(self):
@@ -83,7 +95,7 @@ class RunContext:
 
         d = self.config.data
         if d.loader is None:
-            return self._folder(d.test, eval_transform(self.data_config)), None
+            return self._labelled(d.test, eval_transform(self.data_config)), None
         limit = None
         if d.test_images is not None:
             limit = d.val_images + d.test_images + (d.calib_images if d.calib == "test" else 0)
@@ -246,12 +258,14 @@ class RunContext:
 
 
 def stage_analyze(ctx: RunContext):
-    from ..analysis import analyze
-    from ..report.spectrum import write_spectrum_report
+    from ..verbs import analyze_to
 
-    spectrum = analyze(ctx.dense, name=ctx.config.model, progress=ctx.progress)
-    written = write_spectrum_report(
-        spectrum, ctx.folder("analyze"), plots=ctx.config.analyze.plots, progress=ctx.progress
+    spectrum, written = analyze_to(
+        ctx.dense,
+        ctx.folder("analyze"),
+        name=ctx.config.model,
+        plots=ctx.config.analyze.plots,
+        progress=ctx.progress,
     )
     noise = [layer.fit.noise_fraction for layer in spectrum.fitted]
     summary = {"layers": len(spectrum.layers), "fitted": len(spectrum.fitted)}
@@ -260,8 +274,8 @@ def stage_analyze(ctx: RunContext):
     return written, summary
 
 
-def plan_inputs(ctx: RunContext) -> dict:
-    """What `plan()` gets in the pipeline, the same for every strategy."""
+def plan_request(ctx: RunContext) -> PlanRequest:
+    """The compress section as the plan verb takes it, the same for every strategy."""
     from ..budget import BudgetMetric
     from ..strategies import STRATEGIES, Budget, Target
 
@@ -278,46 +292,50 @@ def plan_inputs(ctx: RunContext) -> dict:
         )
         budget = Budget(c.accuracy_budget, metric)
     targets = "auto" if c.targets == ["auto"] else tuple(c.targets)
-    return {
-        "heldout": ctx.val,
-        "budget": budget,
-        "target": Target(targets, c.device, c.batch),
-        "config": settings,
-    }
+    return PlanRequest(
+        c.strategy,
+        c.sparsity,
+        name=ctx.config.model,
+        settings=settings,
+        target=Target(targets, c.device, c.batch),
+        budget=budget,
+    )
+
+
+def _spectrum(ctx: RunContext):
+    from ..analysis import ModelSpectrum
+
+    return ModelSpectrum.load(ctx.out / "analyze" / "spectrum.json")
 
 
 def stage_plan(ctx: RunContext):
-    from ..analysis import ModelSpectrum
     from ..planner import BudgetNotMetError
-    from ..strategies import needs_training, plan
+    from ..verbs import plan_model
+    from .planner_report import write_planner
 
-    c = ctx.config.compress
     folder = ctx.folder("plan")
     written: list[Path] = []
     for stale in ("planner.json", "planner.md", "layer_tables.json"):  # an earlier search
         (folder / stale).unlink(missing_ok=True)
-    spectrum = ModelSpectrum.load(ctx.out / "analyze" / "spectrum.json")
-    data = ctx.train if needs_training(c.strategy) else ctx.calib
     try:
-        the_plan = plan(
+        the_plan = plan_model(
             ctx.dense,
-            c.strategy,
-            c.sparsity,
-            data=data,
-            spectrum=spectrum,
-            name=ctx.config.model,
-            **plan_inputs(ctx),
+            plan_request(ctx),
+            train=lambda: ctx.train,
+            calib=lambda: ctx.calib,
+            heldout=ctx.val,
+            spectrum=_spectrum(ctx),
         )
     except BudgetNotMetError as exc:
-        written += _write_planner(folder, exc.report, outcome=str(exc))
-        if c.require_compression:
+        written += write_planner(folder, exc.report, outcome=str(exc))
+        if ctx.config.compress.require_compression:
             raise
         # No dead end: ship the best dense deployment, and say why.
         ctx.log(f"[plan] {exc}; shipping the dense model (--require-compression to fail)")
         the_plan = exc.fallback
     else:
         if the_plan.search is not None:
-            written += _write_planner(folder, the_plan.search)
+            written += write_planner(folder, the_plan.search)
     ctx.log(f"[plan] {the_plan.coverage_line()}")
     written += [
         the_plan.save(folder / "plan.json"),
@@ -326,145 +344,12 @@ def stage_plan(ctx: RunContext):
     return written, {**the_plan.summary(), "coverage": the_plan.coverage_line()}
 
 
-def _write_planner(folder: Path, report, outcome: str | None = None) -> list[Path]:
-    """planner.md / planner.json: the baselines, the validated plans and the finalists."""
-    budget = (
-        f"Budget: {report.budget_metric} loss ≤ {report.budget} (95 % upper bound) on "
-        f"{report.heldout_images} held-out images"
-        + (
-            f" (dense top-1 {report.dense_heldout_top1:.2f} %)."
-            if report.dense_heldout_top1 is not None
-            else "."
-        )
-        if report.budget is not None
-        else "Fixed per-layer error."
-    )
-    lines = [
-        f"# Latency-aware plan (batch {report.batch})",
-        "",
-        f"Deployments: {', '.join(report.deployments)}"
-        + (
-            "; not here: "
-            + "; ".join(f"{n} ({why})" for n, why in report.skipped_deployments.items())
-            if report.skipped_deployments
-            else ""
-        )
-        + f". {budget}",
-        "",
-    ]
-    if outcome:
-        lines += [f"**No compressed plan ships: {outcome}.**", ""]
-    engines = [*report.baselines, *report.finalists]
-    if engines:
-        lines += [
-            "## Engines timed whole (interleaved)",
-            "",
-            "| engine | predicted ms | measured ms (IQR) | held-out loss ± se | 95 % bound | "
-            "within budget | chosen |",
-            "|---|---:|---:|---:|---:|:-:|:-:|",
-        ]
-        for e in engines:
-            pred = "–" if e.predicted_ms is None else f"{e.predicted_ms:.2f}"
-            meas = (
-                "–"
-                if e.measured_ms is None
-                else f"{e.measured_ms:.2f} ({e.q1_ms:.2f}–{e.q3_ms:.2f})"
-            )
-            loss = (
-                "–" if e.heldout_loss is None else f"{e.heldout_loss:.3g} ± {e.heldout_loss_se:.2g}"
-            )
-            bound = "–" if e.heldout_loss_upper is None else f"{e.heldout_loss_upper:.3g}"
-            mark = "✔" if e.label == report.chosen else ""
-            lines.append(
-                f"| {e.label} | {pred} | {meas} | {loss} | {bound} | "
-                f"{'yes' if e.within_budget else 'no'} | {mark} |"
-            )
-            if e.note:
-                lines.append(f"| ↳ {e.note} | | | | | | |")
-        lines.append("")
-    confirmed = [e for e in report.finalists if e.confirmed]
-    if confirmed:
-        lines += [
-            "## Head to head with the best dense engine",
-            "",
-            "A plan ships only when the one-sided 95 % lower bound of its speedup, timed alone "
-            "with the best dense engine (paired per-call ratios, bootstrap), reaches "
-            "`min_speedup`.",
-            "",
-            "| plan | against | × median | 95 % bounds | pairs |",
-            "|---|---|---:|---:|---:|",
-        ]
-        for e in confirmed:
-            c = e.confirmed
-            lines.append(
-                f"| {e.label} | {c['against']} | ×{c['median']:.3f} | "
-                f"×{c['low']:.3f}–×{c['high']:.3f} | {c['pairs']} |"
-            )
-        lines.append("")
-    if report.calibrations:
-        lines += [
-            "## Prediction calibration",
-            "",
-            "Predicted ms = dense ms − κ · (the table's summed per-layer savings); κ is measured "
-            "on a whole-model probe (the most aggressive allocation) timed with the dense model.",
-            "",
-            "| deployment | probe layers | predicted saving | measured saving | κ |",
-            "|---|---:|---:|---:|---:|",
-        ]
-        for name, c in report.calibrations.items():
-            measured = "–" if c["measured_share"] is None else f"{100 * c['measured_share']:.1f} %"
-            lines.append(
-                f"| {name} | {c['probe_layers']} | {100 * c['predicted_share']:.1f} % | "
-                f"{measured} | {c['kappa']:.2f} |"
-            )
-        lines.append("")
-    if report.candidates:
-        lines += [
-            "## Plans validated",
-            "",
-            "| deployment | low-rank layers | params | predicted damage | table ms | "
-            "predicted ms | predicted × | held-out loss ± se | 95 % bound |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-        ]
-        for cand in report.candidates:
-            loss = (
-                "–"
-                if cand.heldout_loss is None
-                else f"{cand.heldout_loss:.3g} ± {cand.heldout_loss_se:.2g}"
-            )
-            bound = "–" if cand.heldout_loss_upper is None else f"{cand.heldout_loss_upper:.3g}"
-            table = "–" if cand.table_ms is None else f"{cand.table_ms:.2f}"
-            lines.append(
-                f"| {cand.deployment} | {cand.lowrank_layers} | {cand.params_after:,} | "
-                f"{cand.damage:.2e} | {table} | {cand.predicted_ms:.2f} | "
-                f"×{cand.predicted_speedup:.2f} | {loss} | {bound} |"
-            )
-        lines.append("")
-    for note in report.notes:
-        lines += [f"Note: {note}", ""]
-    if report.calibration:
-        lines += [
-            "Calibration: output errors are cross-validated over folds of calibration images; "
-            "ranks whose folds disagree by more than 2× move to the safe rank where the worst "
-            "fold meets the error. Per-layer tables: `plan/layer_tables.json`.",
-        ]
-    record = {**report.to_dict(), "outcome": outcome or report.outcome}
-    written = [
-        write_json_atomic(folder / "planner.json", record),
-        write_text_atomic(folder / "planner.md", "\n".join(lines) + "\n"),
-    ]
-    if report.tables:  # reusable: compress.settings.table (same model, batch and machine)
-        written.append(write_json_atomic(folder / "layer_tables.json", report.tables))
-    return written
-
-
-def _recipe(ctx: RunContext, model: nn.Module):
-    from ..recovery import recipe_for
-
+def recovery_options(ctx: RunContext) -> RecoveryOptions:
+    """The finetune section as the recover verb takes it (the CLI's recovery flags)."""
     f = ctx.config.finetune
-    return recipe_for(
-        model,
-        f.steps,
+    return RecoveryOptions(
+        steps=f.steps,
+        bn_recal_images=f.bn_recal_images,
         batch_size=f.batch_size,
         optimizer=f.optimizer,
         lr=f.lr,
@@ -477,79 +362,36 @@ def _recipe(ctx: RunContext, model: nn.Module):
     )
 
 
-def _recover(ctx: RunContext, model: nn.Module, teacher: nn.Module | None) -> dict:
-    """BatchNorm re-estimation and fine-tuning on the configured device."""
-    try:
-        return _recover_on_device(ctx, model, teacher)
-    finally:  # checkpoints and exports are written from the CPU
-        model.cpu()
-        if teacher is not None:
-            teacher.cpu()
+def _recipe(ctx: RunContext, model: nn.Module):
+    """The recipe the compress stage fine-tunes `model` with."""
+    from ..verbs import recovery_recipe
 
-
-def _recover_on_device(ctx: RunContext, model: nn.Module, teacher: nn.Module | None) -> dict:
-    from ..recovery import bn_recalibrate, finetune
-
-    f = ctx.config.finetune
-    info: dict = {}
-    has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-    if has_bn and f.bn_recal_images > 0:
-        info["bn_recal_images"] = bn_recalibrate(
-            model, ctx.calib, n_images=f.bn_recal_images, progress=ctx.progress, device=ctx.device
-        )
-    if f.steps > 0:
-        from ..analysis import ModelSpectrum
-        from ..recovery import lasso_scales
-
-        recipe = _recipe(ctx, model)
-        scales = None
-        if recipe.group_lasso or recipe.scale_gradients:
-            scales = lasso_scales(ModelSpectrum.load(ctx.out / "analyze" / "spectrum.json"))
-        result = finetune(
-            model,
-            ctx.train,
-            recipe,
-            teacher=teacher,
-            lasso_scale=scales,
-            progress=ctx.progress,
-            device=ctx.device,
-        )
-        info.update(
-            optimizer=recipe.optimizer,
-            lr=recipe.lr,
-            regularizers={
-                "group_lasso": recipe.group_lasso,
-                "l1": recipe.l1,
-                "l2": recipe.l2,
-                "scale_gradients": recipe.scale_gradients,
-            },
-            steps=result.steps,
-            images=result.images,
-            seconds=round(result.seconds, 1),
-            first_loss=result.first_loss,
-            last_loss=result.last_loss,
-        )
-    return info
+    return recovery_recipe(model, recovery_options(ctx))
 
 
 def stage_compress(ctx: RunContext):
-    from ..compress import compress_
     from ..models import save_checkpoint
-    from ..models.checkpoint import PLAN_METADATA_KEY
+    from ..verbs import compress_and_recover, recover_, save_compressed
 
     the_plan = ctx.load_plan()
     folder = ctx.folder("compress")
-    model = compress_(copy.deepcopy(ctx.dense), the_plan)
-    teacher = ctx.dense if ctx.config.finetune.distill_alpha > 0 else None
+    options = recovery_options(ctx)
+    inputs = {
+        "calib": lambda: ctx.calib,
+        "train": lambda: ctx.train,
+        "spectrum": partial(_spectrum, ctx),
+        "device": ctx.device,
+        "progress": ctx.progress,
+    }
     # Nothing compressed (no plan fitted the budget): the dense model ships as it is.
-    info = {"compressed": _recover(ctx, model, teacher) if the_plan.compressed else {}}
-    meta = {PLAN_METADATA_KEY: the_plan.to_json(), "rmt_deploy.model": ctx.config.model}
-    written = [save_checkpoint(model, folder / "model.safetensors", meta)]
+    model, recovered = compress_and_recover(ctx.dense, the_plan, options, **inputs)
+    info = {"compressed": recovered}
+    written = [save_compressed(model, the_plan, ctx.config.model, folder / "model.safetensors")]
     (folder / "dense_finetuned.safetensors").unlink(missing_ok=True)  # from an earlier config
-    if ctx.config.finetune.steps > 0 and the_plan.compressed:
+    if options.steps > 0 and the_plan.compressed:
         # The same recovery on the dense model: the fair reference for the accuracy cost.
         reference = copy.deepcopy(ctx.dense)
-        info["dense_reference"] = _recover(ctx, reference, None)
+        info["dense_reference"] = recover_(reference, options, **inputs)
         written.append(
             save_checkpoint(
                 reference,
@@ -561,10 +403,10 @@ def stage_compress(ctx: RunContext):
     return written, {k: v.get("steps", 0) for k, v in info.items()}
 
 
-def stage_evaluate(ctx: RunContext):
-    """Every model on the test part: top-1 where there are labels, and always its fidelity to
-    the dense model (top-1 agreement, cosine of the outputs, the budget's metric)."""
-    from ..budget import METRICS, Reference, measure, model_outputs
+def _test_outputs(ctx: RunContext) -> tuple[dict, torch.Tensor | None]:
+    """(name → outputs on the test part, labels or None) of dense, compressed and the
+    fine-tuned dense reference when there is one."""
+    from ..budget import model_outputs
     from ..models import load_model
 
     models = {"dense": ctx.dense, "compressed": ctx.compressed()}
@@ -575,24 +417,41 @@ def stage_evaluate(ctx: RunContext):
     for name, model in models.items():
         outputs[name], labels = model_outputs(model, ctx.test, device=ctx.device)
         model.cpu()
-    reference = "dense_finetuned" if "dense_finetuned" in outputs else "dense"
-    ref = Reference(outputs[reference], labels)
-    # Class scores (top-1, KL make sense) unless the model says it has no classifier.
+    return outputs, labels
+
+
+def _fidelity(ctx: RunContext, outputs: dict, reference: str, labels) -> dict:
+    """Per model, its distance to the `reference` model: cosine always, disagreement and KL
+    where the outputs are class scores (unless the model says it has no classifier)."""
+    from ..budget import METRICS, Reference, measure
+
     declared = (getattr(ctx.dense, "pretrained_cfg", None) or {}).get("num_classes")
     classes = (
         outputs["dense"].dim() == 2
         and declared != 0
         and getattr(ctx.dense, "num_classes", None) != 0
     )
+    ref = Reference(outputs[reference], labels)
     fidelity = {}
-    for name in models:
+    for name, out in outputs.items():
         if name == reference:
             continue
-        row = {"cosine_distance": measure(METRICS["cosine"], ref, outputs[name]).mean}
+        row = {"cosine_distance": measure(METRICS["cosine"], ref, out).mean}
         if classes:
-            row["disagreement_pp"] = measure(METRICS["agreement"], ref, outputs[name]).mean
-            row["kl"] = measure(METRICS["kl"], ref, outputs[name]).mean
+            row["disagreement_pp"] = measure(METRICS["agreement"], ref, out).mean
+            row["kl"] = measure(METRICS["kl"], ref, out).mean
         fidelity[name] = row
+    return fidelity
+
+
+def stage_evaluate(ctx: RunContext):
+    """Every model on the test part: top-1 where there are labels, and always its fidelity to
+    the dense model (top-1 agreement, cosine of the outputs, the budget's metric)."""
+    from ..budget import Reference, measure, top1
+
+    outputs, labels = _test_outputs(ctx)
+    reference = "dense_finetuned" if "dense_finetuned" in outputs else "dense"
+    ref = Reference(outputs[reference], labels)
     metric = ctx.budget_metric
     budget_loss = (
         measure(metric, ref, outputs["compressed"])
@@ -603,18 +462,15 @@ def stage_evaluate(ctx: RunContext):
         "test_images": len(ctx.test),
         "labelled": labels is not None,
         "reference": reference,
-        "fidelity": fidelity,
+        "fidelity": _fidelity(ctx, outputs, reference, labels),
         "budget_metric": metric.name,
         "budget_loss": None if budget_loss is None else budget_loss.mean,
         "budget_loss_se": None if budget_loss is None else budget_loss.se,
         "shipped": "compressed" if ctx.load_plan().compressed else "dense",
     }
     if labels is not None:
-        top1 = {
-            name: 100.0 * float((out.argmax(dim=1) == labels).float().mean())
-            for name, out in outputs.items()
-        }
-        summary.update(top1=top1, loss_pp=top1[reference] - top1["compressed"])
+        scores = {name: top1(out, labels) for name, out in outputs.items()}
+        summary.update(top1=scores, loss_pp=scores[reference] - scores["compressed"])
     folder = ctx.folder("evaluate")
     written = [
         write_json_atomic(folder / "accuracy.json", summary),
@@ -624,41 +480,23 @@ def stage_evaluate(ctx: RunContext):
 
 
 def stage_export(ctx: RunContext):
-    from ..exporters import export
-    from ..exporters.manifest import manifest_extra
-
     e = ctx.config.export
-    written: list[Path] = []
-    summary: dict = {}
     if not e.onnx:
-        return written, {"onnx": "not requested"}
+        return [], {"onnx": "not requested"}
     variants = _variants(ctx)
     for stale in {"dense", "compressed"} - {name for name, _ in variants}:
         shutil.rmtree(ctx.out / "export" / stale, ignore_errors=True)  # an earlier run's model
+    deployments = ctx.deployments(benchmark=True)
+    if ctx.config.compress.strategy == "latency":
+        deployments += ctx.deployments()
+    artifacts = {d.artifact for d in deployments}
+    written: list[Path] = []
+    summary: dict = {}
     for name, model in variants:
-        checkpoint = None if name == "dense" else ctx.out / "compress" / "model.safetensors"
-        source = {
-            "model": ctx.config.model,
-            "checkpoint": str(checkpoint or ctx.config.checkpoint or "") or None,
-            "variant": name,
-        }
-        plan = None if name == "dense" else read_json(ctx.out / "plan" / "plan.json", "plan")
-        artifact = export(
-            model,
-            ctx.folder(f"export/{name}"),
-            ctx.input_shape,
-            opset=e.opset,
-            verify_data=ctx.test,
-            n_verify=e.verify_images,
-            name=name,
-            manifest_extra=manifest_extra(model, ctx.data_config, source, plan),
-        )
+        artifact = _export_variant(ctx, name, model)
         written += [artifact.onnx_path, artifact.manifest_path]
         summary[name] = {"max_abs_diff": artifact.parity.max_abs_diff}
-        deployments = ctx.deployments(benchmark=True)
-        if ctx.config.compress.strategy == "latency":
-            deployments += ctx.deployments()
-        quantized = _quantize(ctx, artifact.onnx_path, {d.artifact for d in deployments})
+        quantized = _quantize(ctx, artifact.onnx_path, artifacts)
         if quantized:
             summary[name]["int8"] = quantized
             written += [artifact.onnx_path.with_name(n) for n in quantized]
@@ -667,38 +505,55 @@ def stage_export(ctx: RunContext):
     return written, summary
 
 
+def _export_variant(ctx: RunContext, name: str, model: nn.Module):
+    """`export/<name>/model.onnx` with its manifest, verified on the test images."""
+    from ..verbs import export_onnx
+
+    checkpoint = None if name == "dense" else ctx.out / "compress" / "model.safetensors"
+    source = {
+        "model": ctx.config.model,
+        "checkpoint": str(checkpoint or ctx.config.checkpoint or "") or None,
+        "variant": name,
+    }
+    plan = None if name == "dense" else read_json(ctx.out / "plan" / "plan.json", "plan")
+    return export_onnx(
+        model,
+        ctx.folder(f"export/{name}"),
+        ctx.data_config,
+        source=source,
+        plan=plan,
+        name=name,
+        opset=ctx.config.export.opset,
+        verify_data=ctx.test,
+        n_verify=ctx.config.export.verify_images,
+    )
+
+
 def _quantize(ctx: RunContext, onnx_path: Path, artifacts: set[str]) -> dict:
     """The INT8 models the int8 deployments run, made as the planner made and measured them:
     its recipe and its layers in float, calibrated on the same images (`int8_images`)."""
-    from torch.utils.data import Subset
+    from ..exporters.quantize import Int8Recipe
+    from ..layout import INT8_NAMES
+    from ..verbs import export_int8, int8_calibration
 
-    from ..exporters.quantize import (
-        DEFAULT_RECIPE,
-        INT8_FILES,
-        Int8Recipe,
-        calibration_batches,
-        int8_artifacts,
-        int8_images,
-    )
-
+    if not artifacts & set(INT8_NAMES):  # none asked for: only stale files are removed
+        return export_int8(onnx_path, artifacts, [])
     planner_file = ctx.out / "plan" / "planner.json"
     planner = read_json(planner_file, "planner report") if planner_file.is_file() else {}
     chosen = planner.get("int8_recipe", {}).get("recipe")
-    recipe = Int8Recipe.from_dict(chosen) if chosen else DEFAULT_RECIPE
-    ranges, _ = int8_images(ctx.calib)
-    batches = calibration_batches(Subset(ctx.calib, ranges), len(ranges))
     nncf_within = None
     if planner.get("nncf_max_drop") is not None:  # the planner's NNCF accuracy control, again
         val = ctx.val
         pairs = [(val[i][0].numpy(), int(val[i][1])) for i in range(len(val))]
         nncf_within = (pairs, planner["nncf_max_drop"])
-    reports = int8_artifacts(
-        onnx_path, artifacts, batches, recipe, planner.get("int8_float_nodes", []), nncf_within
+    return export_int8(
+        onnx_path,
+        artifacts,
+        int8_calibration(ctx.calib),
+        recipe=Int8Recipe.from_dict(chosen) if chosen else None,
+        float_nodes=planner.get("int8_float_nodes", []),
+        nncf_within=nncf_within,
     )
-    return {
-        INT8_FILES[a]: {"float_layers": len(r.excluded), "seconds": round(r.seconds, 1)}
-        for a, r in reports.items()
-    }
 
 
 def _build_engine(ctx: RunContext, onnx_path: Path, written: list[Path]) -> str:
@@ -711,7 +566,7 @@ def _build_engine(ctx: RunContext, onnx_path: Path, written: list[Path]) -> str:
     )
 
     t = ctx.config.export.tensorrt
-    engine = engine_path(onnx_path.parent, t.precision)
+    engine = VariantFiles(onnx_path.parent).engine(t.precision)
     for old in onnx_path.parent.glob("*.engine"):  # never benchmark an engine of another ONNX
         old.unlink()
         engine_info_path(old).unlink(missing_ok=True)
@@ -736,46 +591,36 @@ def _build_engine(ctx: RunContext, onnx_path: Path, written: list[Path]) -> str:
 
 
 def stage_benchmark(ctx: RunContext):
-    from ..bench import benchmark, write_report
-    from ..exporters.quantize import INT8_FILES
+    from ..verbs import BenchSettings, auto_backends, benchmark_variants, variant_files
 
-    b = ctx.config.benchmark
+    b, device = ctx.config.benchmark, ctx.config.compress.device
+    trt = ctx.config.export.tensorrt
     variants = {}
     for name, model in _variants(ctx):
         folder = ctx.out / "export" / name
-        onnx_path = folder / "model.onnx"
-        trt = ctx.config.export.tensorrt
-        engine = engine_path(folder, trt.precision) if trt is not None else None
-        variants[name] = {
-            "model": model,
-            "onnx": onnx_path if onnx_path.is_file() else None,
-            **{a: folder / f for a, f in INT8_FILES.items() if (folder / f).is_file()},
-            "engine": engine if engine is not None and engine.is_file() else None,
-        }
-    agree = evenly_spaced(ctx.test, b.agreement_images)  # None: the whole test part
-    backends = b.backends
-    if backends == ["auto"]:  # the dense model in every deployment here: the baselines
-        backends = [d.name for d in ctx.deployments(benchmark=True)]
-    # The deployment batch is always measured: the headline is read there.
-    batches = sorted({*b.batches, ctx.config.compress.batch})
-    suite = benchmark(
-        variants,
+        engine = VariantFiles(folder).engine(trt.precision) if trt is not None else None
+        variants[name] = {"model": model, **variant_files(folder, engine)}
+    # auto: the dense model in every deployment here, the baselines
+    backends = auto_backends(device)[0] if b.backends == ["auto"] else b.backends
+    settings = BenchSettings(
         backends,
-        batches,
+        sorted({*b.batches, ctx.config.compress.batch}),  # the headline is read at the latter
+        device=device,
+        runs=b.runs,
+        warmup_s=b.warmup_s,
+        power=b.power,
+    )
+    agree = evenly_spaced(ctx.test, b.agreement_images)  # None: the whole test part
+    suite, written = benchmark_variants(
+        variants,
+        settings,
         ctx.input_shape,
+        ctx.folder("bench"),
+        f"{ctx.config.model}: dense vs compressed",
         data=agree if b.agreement_images != 0 else None,
         reference="dense",
-        warmup_s=b.warmup_s,
-        runs=b.runs,
-        power=b.power,
         progress=ctx.progress,
-        backend_options={
-            "device": ctx.config.compress.device,
-            "precision": "fp16" if ctx.config.compress.device.startswith("cuda") else "fp32",
-            "sparse24": True,  # CUDA: 2:4 layers run on the sparse kernels the planner timed
-        },
     )
-    written = write_report(suite, ctx.folder("bench"), f"{ctx.config.model}: dense vs compressed")
     speedups = {
         f"{r.backend}/b{r.batch}": round(r.extra["speedup_vs_reference"], 3)
         for r in suite.results
@@ -790,10 +635,6 @@ def _variants(ctx: RunContext) -> list[tuple[str, nn.Module]]:
     if ctx.shipped_dense():
         return [("dense", ctx.dense)]
     return [("dense", ctx.dense), ("compressed", ctx.compressed())]
-
-
-def engine_path(folder: Path, precision: str) -> Path:
-    return folder / f"model_{precision}.engine"
 
 
 def stage_report(ctx: RunContext):

@@ -1,0 +1,66 @@
+"""The compress verb: a plan applied to a copy of the dense model, recovered, saved with the
+plan in its metadata (what `rmt-deploy eval`, `export` and the pipeline's later stages read)."""
+
+from __future__ import annotations
+
+import copy
+import os
+from functools import partial
+from pathlib import Path
+
+from torch import nn
+
+from ..compress import compress_
+from .recover import RecoveryOptions, recover_
+
+
+def compress_and_recover(
+    dense: nn.Module,
+    plan,
+    options: RecoveryOptions,
+    *,
+    calib=None,
+    train=None,
+    spectrum=None,
+    device: str = "cpu",
+    progress: bool = False,
+) -> tuple[nn.Module, dict]:
+    """(`plan` applied to a copy of `dense` and recovered by `options`, what recovery did).
+
+    Fine-tuning distils from `dense` when `options.distill_alpha` > 0; the seed's group-lasso
+    scales come from `spectrum`, the MP analysis of `dense` (analyzed here when not given and
+    the recipe needs it). A plan that compresses nothing is not recovered: the dense model
+    ships as it is. `calib`, `train` and `spectrum` may be callables, made only when used."""
+    model = compress_(copy.deepcopy(dense), plan)
+    if not plan.compressed:
+        return model, {}
+    if spectrum is None:  # analyzed only if the regularizers use it
+        spectrum = partial(_analysis, dense)
+    teacher = dense if options.distill_alpha > 0 else None
+    info = recover_(
+        model,
+        options,
+        calib=calib,
+        train=train,
+        teacher=teacher,
+        spectrum=spectrum,
+        device=device,
+        progress=progress,
+    )
+    return model, info
+
+
+def _analysis(dense: nn.Module):
+    from ..analysis import analyze
+
+    return analyze(dense)
+
+
+def save_compressed(model: nn.Module, plan, model_name: str, path: str | os.PathLike[str]) -> Path:
+    """The checkpoint at `path` (safetensors) with the plan and the model's name in its
+    metadata, so that `rmt-deploy eval DIR` and the pipeline load it by itself."""
+    from ..models import save_checkpoint
+    from ..models.checkpoint import PLAN_METADATA_KEY
+
+    meta = {PLAN_METADATA_KEY: plan.to_json(), "rmt_deploy.model": model_name}
+    return save_checkpoint(model, path, meta)
