@@ -500,6 +500,15 @@ def test_ddp_backend_follows_the_device(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # GPUs there, CPU asked for
     distributed.init_distributed("cpu")
     assert chosen == ["gloo"]
+    # The NCCL branch: CUDA work joins over nccl, each rank on its own GPU (LOCAL_RANK).
+    devices = []
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "set_device", devices.append)
+    distributed.init_distributed("cuda")
+    assert chosen == ["gloo", "nccl"] and devices == [1]
+    monkeypatch.setenv("WORLD_SIZE", "1")  # not under torchrun: no group at all
+    distributed.init_distributed("cuda")
+    assert chosen == ["gloo", "nccl"]
 
 
 def test_compress_device_cuda_without_a_gpu(tmp_path, capsys):
