@@ -256,122 +256,163 @@ def cast_onnx_precision(model, precision: str):
     documents for this is ModelOpt AutoCast; this is the same idea without the dependency.
     Subgraphs (If/Loop bodies) are left as they are.
     """
-    from onnx import TensorProto, helper, numpy_helper
-
     if precision == "fp32":
         return model
-    low = {"fp16": TensorProto.FLOAT16, "bf16": TensorProto.BFLOAT16}[precision]
-    names = {TensorProto.FLOAT: "fp32", low: precision}
-    graph = model.graph
-    floats = _float32_tensors(model)
-    consumers: dict[str, list[tuple[Any, int]]] = {}
-    for node in graph.node:
-        for index, name in enumerate(node.input):
-            consumers.setdefault(name, []).append((node, index))
+    cast = _GraphCast(model, precision)
+    cast.assign_sources()
+    cast.convert_constants()
+    tails = cast.output_casts()
+    cast.insert_casts(tails)
+    return model
 
-    dtype: dict[str, int] = {}  # where each float32 tensor lives after the cast
 
-    def wanted(node, index: int) -> int | None:
+class _GraphCast:
+    """One graph's cast: where each float32 tensor lives afterwards (`dtype`), and the edits
+    that make every consumer get the precision it computes in."""
+
+    def __init__(self, model, precision: str):
+        from onnx import TensorProto
+
+        self.graph, self.precision = model.graph, precision
+        self.low = {"fp16": TensorProto.FLOAT16, "bf16": TensorProto.BFLOAT16}[precision]
+        self.names = {TensorProto.FLOAT: "fp32", self.low: precision}
+        self.floats = _float32_tensors(model)
+        self.consumers: dict[str, list[tuple[Any, int]]] = {}
+        for node in self.graph.node:
+            for index, name in enumerate(node.input):
+                self.consumers.setdefault(name, []).append((node, index))
+        self.dtype: dict[str, int] = {}  # where each float32 tensor lives after the cast
+
+    def wanted(self, node, index: int) -> int | None:
         """The precision this input must have; None where any will do (a Cast's input)."""
+        from onnx import TensorProto
+
         if node.op_type == "Cast":
             return None
         if node.op_type == "Identity":  # passes its input on: as its output is
-            return dtype.get(node.output[0])
+            return self.dtype.get(node.output[0])
         if keeps_fp32(node.op_type) or index in _FP32_INPUTS.get(node.op_type, ()):
             return TensorProto.FLOAT
-        return low
+        return self.low
 
-    def demanded(name: str) -> int:
+    def demanded(self, name: str) -> int:
         """`precision` where a consumer computes in it, else fp32."""
-        users = consumers.get(name, [])
-        return low if any(wanted(n, i) == low for n, i in users) else TensorProto.FLOAT
+        from onnx import TensorProto
 
-    # Sources (initializers, constants, casts to float, identities: exporters share equal
-    # weights through Identity) take the precision their consumers compute in; Identity
-    # outputs first, last to first, as an Identity's consumers come after it.
-    initializers = {init.name for init in graph.initializer}
-    graph_inputs = {v.name for v in graph.input} - initializers
-    producers = {out: node for node in graph.node for out in node.output}
-    for node in reversed(graph.node):
-        if node.op_type == "Identity" and node.output[0] in floats:
-            dtype[node.output[0]] = demanded(node.output[0])
-    for name in floats:
-        producer = producers.get(name)
-        if name in dtype:
-            continue
-        if name in graph_inputs:
-            dtype[name] = TensorProto.FLOAT
-        elif producer is None and name not in initializers:
-            continue  # a name no node of the main graph makes (stale value_info)
-        elif name in initializers or producer.op_type in ("Constant", "Cast"):
-            dtype[name] = demanded(name)
-        else:
-            dtype[name] = TensorProto.FLOAT if keeps_fp32(producer.op_type) else low
-
-    converted = {name for name in initializers if dtype.get(name) == low}
-    for i, init in enumerate(graph.initializer):
-        if init.name in converted:
-            graph.initializer[i].CopyFrom(_low_precision_tensor(init, low))
-    for value in graph.input:  # initializers listed as inputs (IR < 4) follow their data
-        if value.name in converted:
-            value.type.tensor_type.elem_type = low
-    for node in graph.node:
-        out = node.output[0] if node.output else ""
-        if dtype.get(out) != low:
-            continue
-        if node.op_type == "Cast":
-            for attr in node.attribute:
-                if attr.name == "to":
-                    attr.i = low
-        elif node.op_type in ("Constant", "ConstantOfShape"):
-            for attr in list(node.attribute):
-                if attr.name in ("value_float", "value_floats"):
-                    array = np.asarray(attr.f if attr.name == "value_float" else attr.floats)
-                    node.attribute.remove(attr)
-                    tensor = numpy_helper.from_array(array.astype(np.float32), "value")
-                    node.attribute.append(helper.make_attribute("value", tensor))
-            for attr in node.attribute:
-                if attr.name == "value" and attr.t.data_type == TensorProto.FLOAT:
-                    attr.t.CopyFrom(_low_precision_tensor(attr.t, low))
-
-    # Graph outputs keep their name and fp32: the op writes `<name>__<precision>`, a Cast ends it
-    tails = []
-    for output in graph.output:
-        if dtype.get(output.name) != low:
-            continue
-        inner = f"{output.name}__{precision}"
-        for node in graph.node:
-            for k, name in enumerate(node.output):
-                if name == output.name:
-                    node.output[k] = inner
-            for k, name in enumerate(node.input):
-                if name == output.name:
-                    node.input[k] = inner
-        dtype[inner] = low
-        tails.append(
-            helper.make_node("Cast", [inner], [output.name], name=output.name, to=TensorProto.FLOAT)
+        users = self.consumers.get(name, [])
+        return (
+            self.low if any(self.wanted(n, i) == self.low for n, i in users) else TensorProto.FLOAT
         )
 
-    # A Cast wherever a consumer wants the other precision, made once per tensor and precision,
-    # just before its first consumer (so the graph stays topologically sorted)
-    made: dict[tuple[str, int], str] = {}
-    nodes = []
-    for node in graph.node:
-        for index, name in enumerate(node.input):
-            need = wanted(node, index)
-            have = dtype.get(name)
-            if have is None or need is None or need == have:
+    def assign_sources(self) -> None:
+        """Sources (initializers, constants, casts to float, identities: exporters share equal
+        weights through Identity) take the precision their consumers compute in; Identity
+        outputs first, last to first, as an Identity's consumers come after it."""
+        from onnx import TensorProto
+
+        graph, dtype = self.graph, self.dtype
+        self.initializers = {init.name for init in graph.initializer}
+        graph_inputs = {v.name for v in graph.input} - self.initializers
+        producers = {out: node for node in graph.node for out in node.output}
+        for node in reversed(graph.node):
+            if node.op_type == "Identity" and node.output[0] in self.floats:
+                dtype[node.output[0]] = self.demanded(node.output[0])
+        for name in self.floats:
+            producer = producers.get(name)
+            if name in dtype:
                 continue
-            if (name, need) not in made:
-                cast = f"{name}__to_{names[need]}"
-                made[name, need] = cast
-                nodes.append(helper.make_node("Cast", [name], [cast], name=cast, to=need))
-            node.input[index] = made[name, need]
-        nodes.append(node)
-    del graph.node[:]
-    graph.node.extend([*nodes, *tails])
-    del graph.value_info[:]  # the types changed: let consumers infer them again
-    return model
+            if name in graph_inputs:
+                dtype[name] = TensorProto.FLOAT
+            elif producer is None and name not in self.initializers:
+                continue  # a name no node of the main graph makes (stale value_info)
+            elif name in self.initializers or producer.op_type in ("Constant", "Cast"):
+                dtype[name] = self.demanded(name)
+            else:
+                dtype[name] = TensorProto.FLOAT if keeps_fp32(producer.op_type) else self.low
+
+    def convert_constants(self) -> None:
+        """Initializers, Cast targets and Constant values that now live in `precision`."""
+        graph, low = self.graph, self.low
+        converted = {name for name in self.initializers if self.dtype.get(name) == low}
+        for i, init in enumerate(graph.initializer):
+            if init.name in converted:
+                graph.initializer[i].CopyFrom(_low_precision_tensor(init, low))
+        for value in graph.input:  # initializers listed as inputs (IR < 4) follow their data
+            if value.name in converted:
+                value.type.tensor_type.elem_type = low
+        for node in graph.node:
+            out = node.output[0] if node.output else ""
+            if self.dtype.get(out) != low:
+                continue
+            if node.op_type == "Cast":
+                for attr in node.attribute:
+                    if attr.name == "to":
+                        attr.i = low
+            elif node.op_type in ("Constant", "ConstantOfShape"):
+                _low_precision_constant(node, low)
+
+    def output_casts(self) -> list:
+        """Graph outputs keep their name and fp32: the op writes `<name>__<precision>`, and a
+        Cast (returned, to go last) ends it."""
+        from onnx import TensorProto, helper
+
+        tails = []
+        for output in self.graph.output:
+            if self.dtype.get(output.name) != self.low:
+                continue
+            inner = f"{output.name}__{self.precision}"
+            for node in self.graph.node:
+                for k, name in enumerate(node.output):
+                    if name == output.name:
+                        node.output[k] = inner
+                for k, name in enumerate(node.input):
+                    if name == output.name:
+                        node.input[k] = inner
+            self.dtype[inner] = self.low
+            tails.append(
+                helper.make_node(
+                    "Cast", [inner], [output.name], name=output.name, to=TensorProto.FLOAT
+                )
+            )
+        return tails
+
+    def insert_casts(self, tails: list) -> None:
+        """A Cast wherever a consumer wants the other precision, made once per tensor and
+        precision, just before its first consumer (so the graph stays topologically sorted)."""
+        from onnx import helper
+
+        made: dict[tuple[str, int], str] = {}
+        nodes = []
+        for node in self.graph.node:
+            for index, name in enumerate(node.input):
+                need = self.wanted(node, index)
+                have = self.dtype.get(name)
+                if have is None or need is None or need == have:
+                    continue
+                if (name, need) not in made:
+                    cast = f"{name}__to_{self.names[need]}"
+                    made[name, need] = cast
+                    nodes.append(helper.make_node("Cast", [name], [cast], name=cast, to=need))
+                node.input[index] = made[name, need]
+            nodes.append(node)
+        del self.graph.node[:]
+        self.graph.node.extend([*nodes, *tails])
+        del self.graph.value_info[:]  # the types changed: let consumers infer them again
+
+
+def _low_precision_constant(node, low: int) -> None:
+    """A Constant's float value (tensor or value_float(s)) as `low`."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    for attr in list(node.attribute):
+        if attr.name in ("value_float", "value_floats"):
+            array = np.asarray(attr.f if attr.name == "value_float" else attr.floats)
+            node.attribute.remove(attr)
+            tensor = numpy_helper.from_array(array.astype(np.float32), "value")
+            node.attribute.append(helper.make_attribute("value", tensor))
+    for attr in node.attribute:
+        if attr.name == "value" and attr.t.data_type == TensorProto.FLOAT:
+            attr.t.CopyFrom(_low_precision_tensor(attr.t, low))
 
 
 def onnx_24_layers(model) -> list[str]:
