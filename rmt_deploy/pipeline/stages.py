@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property, partial
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -25,6 +26,14 @@ from .config import RunConfig
 
 
 @dataclass
+@dataclass
+class _TestPool:
+    """The test images (a folder or a user's loader) and the loader's own metric, if any."""
+
+    images: Any
+    metric: Any = None
+
+
 class RunContext:
     config: RunConfig
     out: Path
@@ -89,17 +98,17 @@ class RunContext:
         return self._labelled(self.config.data.train, train_transform(self.data_config))
 
     @cached_property
-    def _pool(self):
-        """(the images plans are validated and reported on, the loader's metric or None)."""
+    def _pool(self) -> _TestPool:
+        """The images plans are validated and reported on, with the loader's metric."""
         from ..data import eval_transform, images_from_loader
 
         d = self.config.data
         if d.loader is None:
-            return self._labelled(d.test, eval_transform(self.data_config)), None
+            return _TestPool(self._labelled(d.test, eval_transform(self.data_config)))
         limit = None
         if d.test_images is not None:
             limit = d.val_images + d.test_images + (d.calib_images if d.calib == "test" else 0)
-        return images_from_loader(d.loader, self.input_shape, limit)
+        return _TestPool(*images_from_loader(d.loader, self.input_shape, limit))
 
     @cached_property
     def split(self) -> dict:
@@ -113,7 +122,7 @@ class RunContext:
         sizes["val"] = d.val_images
         sizes["test"] = d.test_images
         where = f"data.loader {d.loader}" if d.loader else f"data.test ({self.data_path(d.test)})"
-        return split_parts(self._pool[0], sizes, seed=self.config.seed, where=where)
+        return split_parts(self._pool.images, sizes, seed=self.config.seed, where=where)
 
     @cached_property
     def calib(self):
@@ -141,7 +150,7 @@ class RunContext:
 
         name = self.config.compress.budget_metric
         if name == "loader":
-            metric = self._pool[1]
+            metric = self._pool.metric
             if metric is None:
                 raise RmtDeployError(
                     f"compress.budget_metric is loader but data.loader {self.config.data.loader} "
