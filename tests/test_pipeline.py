@@ -495,13 +495,21 @@ def test_loader_callable_with_its_metric_and_bad_loaders(tmp_path):
         run(raising, **quiet)
 
 
+def _bench_row(ms: float):
+    """A benchmark result (as the bench stage records it) timed at `ms`."""
+    from rmt_deploy.bench import BenchResult
+    from rmt_deploy.bench.stats import LatencyStats
+
+    stats = LatencyStats(10, 8, ms, ms, ms, ms, ms, ms, ms, 0.0, 8000.0 / ms)
+    return BenchResult("dense", "-", 8, "cpu", 2, stats, 0, None, None, None, None)
+
+
 def test_speed_headline_takes_the_predictions_own_ratio():
     # The planner predicted 40 ms against a dense 48 ms (×1.20) while the machine was slow; the
     # baselines were timed again later at 30 ms. The headline must say ×1.20, not 30/40.
     from rmt_deploy.pipeline.report import speed_headline
 
-    def row(ms):
-        return {"latency": {"median_ms": ms}}
+    row = _bench_row
 
     rows = {
         ("dense", "onnxruntime", 8): row(30.0),
@@ -539,8 +547,7 @@ def test_headline_names_the_best_of_the_fields_own_engines():
     from rmt_deploy.exporters.quantize import DEFAULT_RECIPE, Int8Recipe
     from rmt_deploy.pipeline.report import speed_headline
 
-    def row(ms):
-        return {"latency": {"median_ms": ms}}
+    row = _bench_row
 
     rows = {
         ("dense", "onnxruntime", 8): row(35.0),

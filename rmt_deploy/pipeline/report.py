@@ -57,7 +57,7 @@ def write_run_report(ctx) -> list[Path]:
         *_accuracy_lines(files.accuracy, config.compress.accuracy_budget),
         *_plan_lines(files.plan, files.planner),
     ]
-    rows = {(r["variant"], r["backend"], r["batch"]): r for r in files.bench["results"]}
+    rows = bench_rows(files.bench)
     headline = _report_headline(out, files, rows, config)
     if rows:
         lines += speed_lines(rows, headline, batch)
@@ -273,6 +273,15 @@ def field_baselines(dense: dict, planner: dict | None) -> dict:
     return {b: r for b, r in dense.items() if b in field}
 
 
+def bench_rows(bench: dict | None) -> dict:
+    """The benchmark's results, typed, by (variant, backend, batch)."""
+    from ..bench import BenchSuite
+
+    if not bench or not bench.get("results"):
+        return {}
+    return {(r.variant, r.backend, r.batch): r for r in BenchSuite.from_dict(bench).results}
+
+
 def speed_headline(rows: dict, planner: dict | None, batch: int) -> dict:
     """The shipped engine against the best dense deployment within budget and against dense
     ONNX Runtime fp32, at the deployment batch, from the benchmark stage's interleaved run."""
@@ -287,26 +296,26 @@ def speed_headline(rows: dict, planner: dict | None, batch: int) -> dict:
     dense = {b: r for (v, b, n), r in rows.items() if v == "dense" and n == batch and b in within}
     if shipped is None or not dense:
         return {}
-    best = min(dense, key=lambda b: dense[b]["latency"]["median_ms"])
-    mine = shipped["latency"]["median_ms"]
+    best = min(dense, key=lambda b: dense[b].latency.median_ms)
+    mine = shipped.latency.median_ms
     out = {
         "batch": batch,
         "shipped": f"{variant} / {deployment}",
         "shipped_ms": mine,
         "best_dense": best,
-        "best_dense_ms": dense[best]["latency"]["median_ms"],
-        "speedup_vs_best_dense": dense[best]["latency"]["median_ms"] / mine,
+        "best_dense_ms": dense[best].latency.median_ms,
+        "speedup_vs_best_dense": dense[best].latency.median_ms / mine,
     }
     field = field_baselines(dense, planner)
     if field:
-        best_field = min(field, key=lambda b: field[b]["latency"]["median_ms"])
+        best_field = min(field, key=lambda b: field[b].latency.median_ms)
         out["best_baseline"] = best_field
-        out["best_baseline_ms"] = field[best_field]["latency"]["median_ms"]
+        out["best_baseline_ms"] = field[best_field].latency.median_ms
         out["speedup_vs_best_baseline"] = out["best_baseline_ms"] / mine
-    if shipped.get("top1") is not None:  # in its own runtime and precision, on the test part
-        out["shipped_top1"] = shipped["top1"]
+    if shipped.top1 is not None:  # in its own runtime and precision, on the test part
+        out["shipped_top1"] = shipped.top1
     if ("dense", "onnxruntime", batch) in rows:
-        ort = rows["dense", "onnxruntime", batch]["latency"]["median_ms"]
+        ort = rows["dense", "onnxruntime", batch].latency.median_ms
         out["speedup_vs_onnxruntime_fp32"] = ort / mine
     chosen = next(
         (e for e in (planner or {}).get("finalists", []) if e["label"] == planner["chosen"]), None
@@ -327,7 +336,7 @@ def speed_headline(rows: dict, planner: dict | None, batch: int) -> dict:
             out["planner_confirmed_low"] = chosen["confirmed"]["low"]
         measured_same = rows.get(("dense", deployment, batch))
         if measured_same is not None:
-            out["measured_speedup_same_deployment"] = measured_same["latency"]["median_ms"] / mine
+            out["measured_speedup_same_deployment"] = measured_same.latency.median_ms / mine
     return out
 
 
@@ -345,16 +354,16 @@ def speed_lines(rows: dict, headline: dict, batch: int) -> list[str]:
     ]
     best = headline.get("best_dense_ms")
     for (variant, backend, n), r in sorted(
-        rows.items(), key=lambda kv: kv[1]["latency"]["median_ms"]
+        rows.items(), key=lambda kv: kv[1].latency.median_ms
     ):
         if n != batch:
             continue
-        median = r["latency"]["median_ms"]
+        median = r.latency.median_ms
         ratio = f"×{best / median:.2f}" if best else "–"
-        top1 = "–" if r.get("top1") is None else f"{r['top1']:.2f}"
+        top1 = "–" if r.top1 is None else f"{r.top1:.2f}"
         mark = " **(ships)**" if f"{variant} / {backend}" == headline.get("shipped") else ""
         lines.append(
-            f"| {variant}{mark} | {backend} | {median:.3f} | {r['latency']['p90_ms']:.3f} | "
+            f"| {variant}{mark} | {backend} | {median:.3f} | {r.latency.p90_ms:.3f} | "
             f"{ratio} | {top1} |"
         )
     if headline:
@@ -412,8 +421,8 @@ def _other_batch_lines(rows: dict, batch: int) -> list[str]:
     ]
     for (variant, backend, n), r in rows.items():
         if variant == "compressed" and n in others and ("dense", backend, n) in rows:
-            dense = rows["dense", backend, n]["latency"]["median_ms"]
-            mine = r["latency"]["median_ms"]
+            dense = rows["dense", backend, n].latency.median_ms
+            mine = r.latency.median_ms
             lines.append(f"| {backend} | {n} | {dense:.3f} | {mine:.3f} | ×{dense / mine:.2f} |")
     return lines
 
@@ -445,9 +454,9 @@ def baseline_lines(rows: dict, planner: dict | None, headline: dict, batch: int,
         if verdict.get("note"):
             budget += f" ({verdict['note']})"
         what = DEPLOYMENTS[backend].summary if backend in DEPLOYMENTS else backend
-        top1 = "–" if r.get("top1") is None else f"{r['top1']:.2f}"
+        top1 = "–" if r.top1 is None else f"{r.top1:.2f}"
         lines.append(
-            f"| {backend} | {what} | {r['latency']['median_ms']:.3f} | {top1} | {budget} |"
+            f"| {backend} | {what} | {r.latency.median_ms:.3f} | {top1} | {budget} |"
         )
     for name, why in ((planner or {}).get("skipped_deployments") or {}).items():
         lines.append(f"| {name} | not run here | – | – | {why} |")

@@ -26,7 +26,6 @@ from .config import RunConfig
 
 
 @dataclass
-@dataclass
 class _TestPool:
     """The test images (a folder or a user's loader) and the loader's own metric, if any."""
 
@@ -34,6 +33,7 @@ class _TestPool:
     metric: Any = None
 
 
+@dataclass
 class RunContext:
     config: RunConfig
     out: Path
