@@ -1,11 +1,14 @@
 """analyze(): which layers, what is reported, JSON round trip, bad weights."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from rmt_deploy import ModelSpectrum, analyze
+from rmt_deploy.analysis import LayerSpectrum
 from rmt_deploy.errors import NonFiniteWeightsError
 from tests.families import FAMILIES
 
@@ -20,23 +23,53 @@ class Toy(nn.Module):
         self.norm = nn.LayerNorm(256)  # not analyzed
 
 
+def _four_spikes_in_clipped_noise(m: int, n: int, noise_std: float) -> torch.Tensor:
+    """Gaussian noise (entry std `noise_std`) with its singular values clipped at their 90th
+    percentile, plus 4 orthogonal directions of singular value 5: the noise tops out near
+    noise_std·(√m + √n)·0.8 and the MP edge cannot fall below the clipped value, so the
+    layer has exactly 4 spikes whatever the edge's fine print."""
+    noise = torch.randn(m, n, dtype=torch.float64) * noise_std
+    u, s, vh = torch.linalg.svd(noise, full_matrices=False)
+    s = s.clamp(max=float(torch.quantile(s, 0.9)))
+    u_sig, _ = torch.linalg.qr(torch.randn(m, 4, dtype=torch.float64))
+    v_sig, _ = torch.linalg.qr(torch.randn(n, 4, dtype=torch.float64))
+    return ((u * s) @ vh + 5.0 * u_sig @ v_sig.T).float()
+
+
 def test_layers_fits_and_reasons():
+    """Which layers, why the others are skipped, and the low-rank arithmetic by hand: fc is
+    256×576 with 4 planted spikes; conv is PyTorch's default init, uniform ±1/√288, i.e.
+    per-entry std 1/√864 = 0.034021 (pure noise)."""
     torch.manual_seed(0)
-    spectrum = analyze(Toy(), name="toy")
+    toy = Toy()
+    with torch.no_grad():
+        toy.fc.weight.copy_(_four_spikes_in_clipped_noise(256, 576, 0.01))
+    spectrum = analyze(toy, name="toy")
     by_name = {layer.name: layer for layer in spectrum.layers}
     assert list(by_name) == ["conv", "depthwise", "fc", "head"]
-    assert by_name["conv"].shape == (64, 288) and by_name["conv"].fit is not None
+    conv = by_name["conv"]
+    assert conv.shape == (64, 288) and conv.kind == "conv2d"  # 32·3·3 = 288
+    assert conv.fit.noise_std == pytest.approx(0.034021, rel=0.03)
     assert "grouped convolution" in by_name["depthwise"].skipped
-    assert "min dimension 10" in by_name["head"].skipped
+    assert by_name["depthwise"].fit is None and by_name["depthwise"].edge_rank is None
+    assert "min dimension 10" in by_name["head"].skipped and by_name["head"].param_saving is None
     fc = by_name["fc"]
-    assert fc.break_even_rank == pytest.approx(576 * 256 / (576 + 256))
-    assert fc.edge_rank == fc.fit.n_spikes
-    assert fc.lowrank_params == min(576 * 256, fc.edge_rank * (576 + 256))
-    assert fc.param_saving == pytest.approx(1 - fc.lowrank_params / (576 * 256))
-    # Random init is noise: nearly every singular value is in the bulk.
-    assert fc.noise_fraction > 0.95 and fc.param_saving > 0.9
+    assert fc.fit.noise_std == pytest.approx(0.01, rel=0.03)  # the window misses the clipping
+    assert fc.break_even_rank == pytest.approx(177.230769, abs=1e-6)  # 147456 / 832
+    assert fc.edge_rank == 4
+    assert fc.lowrank_params == 3328  # 4 · (256 + 576)
+    assert fc.param_saving == pytest.approx(0.977430556, abs=1e-9)  # 1 − 3328 / 147456
+    assert fc.noise_fraction == 1 - 4 / 256
     s = spectrum.summary()
     assert (s["layers"], s["fitted"], s["skipped"]) == (4, 2, 2)
+
+    # More spikes than break-even (64·288/352 = 52.4): the dense matrix is the cheaper form.
+    def spiked(n_spikes: int) -> LayerSpectrum:
+        fit = SimpleNamespace(n_spikes=n_spikes)
+        return LayerSpectrum("x", "conv2d", (64, 32, 3, 3), (64, 288), fit=fit)
+
+    assert (spiked(60).lowrank_params, spiked(60).param_saving) == (18432, 0.0)
+    assert spiked(52).lowrank_params == 18304  # 52 · 352, just below 64 · 288 = 18432
 
 
 def test_energy_outside_bulk_of_planted_signal():

@@ -204,21 +204,44 @@ def _fake_engine(tmp_path, profile):
 
 
 def test_batch_outside_engine_profile_fails_before_timing(tmp_path):
-    from rmt_deploy.exporters.tensorrt_build import read_engine_profile
+    from rmt_deploy.errors import OutputError, RmtDeployError
+    from rmt_deploy.exporters.tensorrt_build import BatchProfile, read_engine_profile
     from rmt_deploy.runtimes.tensorrt import EngineProfileError
 
     engine = _fake_engine(tmp_path, (1, 8, 32))
-    assert read_engine_profile(engine).maximum == 32
-    variants = {"m": {"model": tiny(), "engine": engine}}
-    with pytest.raises(EngineProfileError, match=r"batch 64 is outside .* --batch 1:64:64"):
+    assert read_engine_profile(engine) == BatchProfile(1, 8, 32)
+    model = tiny()
+    calls = []
+    model.register_forward_pre_hook(lambda *_: calls.append(1))
+    variants = {"m": {"model": model, "engine": engine}}
+    # 64 > 32: the rebuild keeps MIN 1 and widens OPT and MAX to 64
+    with pytest.raises(EngineProfileError, match=r"batch 64 is outside .* --batch 1:64:64`"):
         benchmark(variants, ["torch", "tensorrt"], [1, 64], (3, 8, 8), runs=2)
+    assert calls == []  # refused before the model ran once (timing, FLOPs, warm-up)
+    low = tmp_path / "low"
+    low.mkdir()
+    variants = {"m": {"model": model, "engine": _fake_engine(low, (4, 8, 32))}}
+    with pytest.raises(EngineProfileError, match=r"\(batch 4 to 32\).* --batch 2:2:32`"):
+        benchmark(variants, ["torch", "tensorrt"], [2], (3, 8, 8), runs=2)
+    assert calls == []
     assert read_engine_profile(tmp_path / "other.engine") is None
     (tmp_path / "m.engine.json").write_text("{broken")
-    with pytest.raises(Exception, match="cannot read engine build record"):
+    with pytest.raises(OutputError, match="cannot read engine build record"):
+        read_engine_profile(engine)
+    (tmp_path / "m.engine.json").write_text(json.dumps({"profile": [1, 8]}))
+    with pytest.raises(RmtDeployError, match=r"no valid 'profile' \[MIN, OPT, MAX\]"):
         read_engine_profile(engine)
 
 
 def test_gpu_backends_say_why_they_cannot_run_here(tmp_path):
+    """What runs and why the rest cannot, from what this machine has (onnxruntime's providers,
+    whether tensorrt is installed, a visible GPU); the fake engine file never loads. The tiny
+    model by hand: conv 8·3·3·3 + 8 and linear 8·4 + 4 = 260 parameters; 2·(6·6·8·27 + 8·4) =
+    15,616 FLOPs per image (the 3×3 conv has 6×6 outputs on an 8×8 image; pooling not counted)."""
+    import importlib.util
+
+    import onnxruntime as ort
+
     onnx_path = export(tiny(), tmp_path / "x", (3, 8, 8), n_verify=2, name="x").onnx_path
     engine = _fake_engine(tmp_path, (1, 1, 4))
     suite = benchmark(
@@ -228,12 +251,30 @@ def test_gpu_backends_say_why_they_cannot_run_here(tmp_path):
         (3, 8, 8),
         warmup_s=0.01,
         runs=2,
+        memory=False,
     )
     reasons = {s["backend"]: s["reason"] for s in suite.skipped}
-    if not torch.cuda.is_available():
-        assert "CUDAExecutionProvider is not available" in reasons["onnxruntime-cuda"]
-        assert "TensorRT" in reasons["tensorrt"] or "CUDA" in reasons["tensorrt"]
-    assert [r.backend for r in suite.results] == ["torch"]
+    providers = ort.get_available_providers()
+    expected_runs = ["torch"]
+    if "CUDAExecutionProvider" in providers:
+        expected_runs.append("onnxruntime-cuda")
+    else:
+        listed = ", ".join(providers)
+        assert reasons["onnxruntime-cuda"] == (
+            f"CUDAExecutionProvider is not available in this onnxruntime ({listed})"
+        )
+    if importlib.util.find_spec("tensorrt") is None:
+        assert reasons["tensorrt"].startswith("TensorRT is not installed")
+    elif not torch.cuda.is_available():
+        assert reasons["tensorrt"] == "TensorRT needs a CUDA device and none is visible"
+    else:
+        assert "cannot load" in reasons["tensorrt"]  # b"not a real engine"
+    assert set(reasons) == {"onnxruntime-cuda", "tensorrt"} - set(expected_runs)
+    assert [r.backend for r in suite.results] == expected_runs
+    for result in suite.results:
+        assert (result.batch, result.latency.runs) == (1, 2)
+        assert (result.params, result.flops_per_image) == (260, 15616)
+        assert 0 < result.latency.min_ms <= result.latency.median_ms <= result.latency.max_ms
 
 
 def test_jtop_stats_and_power_summary():
@@ -279,19 +320,50 @@ def test_variant_memory_is_not_the_parents_peak():
     assert 0 < rss < parent_mb
 
 
+def cpu_deployments_here() -> tuple[set[str], set[str]]:
+    """(float, float + INT8) CPU deployments this machine runs, from what is installed and the
+    CPU's flags, not from rmt_deploy: ONNX Runtime fp32 and INT8; OpenVINO's CPU plugin runs
+    bf16 by default where the CPU has AVX512_BF16 (or AMX), f32 elsewhere (OpenVINO's CPU
+    device docs), so `openvino` is that default and only the *other* precision is a second
+    deployment (bf16 without those flags is not one); INT8 on any x86-64 CPU; NNCF's IR
+    needs nncf."""
+    import importlib.util
+    import platform
+
+    def have(name: str) -> bool:
+        return importlib.util.find_spec(name) is not None
+
+    flags: set[str] = set()
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            break
+    float_only, int8 = set(), set()
+    if have("onnxruntime"):
+        float_only.add("onnxruntime")
+        int8.add("onnxruntime-int8")
+    if have("openvino"):
+        float_only.add("openvino")
+        if flags & {"avx512_bf16", "amx_bf16"}:
+            float_only.add("openvino-f32")  # the default is bf16: f32 is the other one
+        if platform.machine() in ("x86_64", "AMD64"):
+            int8.add("openvino-int8")
+        if have("nncf"):
+            int8.add("openvino-nncf-int8")
+    return float_only, float_only | int8
+
+
 def test_bench_cli_auto_runs_every_deployment_here(tmp_path, assets, cifar_test):
     """`--backends auto` is every deployment this CPU runs, INT8 included when --calib is given
     (calibrated on those images, not on the --data images top-1 is read on). Run as a user
     runs it, one process per command: OpenVINO loaded into a process that has already run
     other tests' runtimes can crash it (the pipeline isolates these stages the same way)."""
-    from rmt_deploy.deploy import resolve
 
     def cli(*args: str) -> subprocess.CompletedProcess:
         command = [sys.executable, "-m", "rmt_deploy", "--quiet", "--assets", str(assets)]
         return subprocess.run([*command, *args], capture_output=True, text=True, timeout=600)
 
-    expected = {d.name for d in resolve("auto")[0]}
-    float_only = {d.name for d in resolve("auto")[0] if not d.quantized}
+    float_only, expected = cpu_deployments_here()
     assert expected - float_only >= {"onnxruntime-int8", "openvino-int8", "openvino-nncf-int8"}
     common = ["bench", "cifar_resnet20", "--backends", "auto", "--batches", "2", "--runs", "3"]
     common += ["--warmup", "0.05"]

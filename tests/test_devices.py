@@ -69,13 +69,34 @@ def test_a_device_that_is_not_there_is_refused():
     assert not model.seen  # refused before any work
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_cuda_finetune_uses_autocast():
+def _finetune_recording_dtypes(device: str) -> tuple[Spy, dict, list[torch.dtype]]:
+    """Two fine-tuning steps on `device`; the dtype of fc's output at every forward call, and
+    the weights before (a CPU copy)."""
     model = Spy()
-    dtypes = []
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    dtypes: list[torch.dtype] = []
     model.fc.register_forward_hook(lambda m, i, o: dtypes.append(o.dtype))
     finetune(
-        model, data(), FinetuneConfig(max_steps=2, batch_size=8), device="cuda", progress=False
+        model, data(), FinetuneConfig(max_steps=2, batch_size=8), device=device, progress=False
     )
-    assert set(dtypes) <= {torch.float16, torch.bfloat16}
-    assert next(model.parameters()).dtype == torch.float32  # master weights stay fp32
+    return model, before, dtypes
+
+
+def test_cpu_finetune_stays_in_float32():
+    """On the CPU autocast is off: both steps' forwards are float32 and the weights move."""
+    model, before, dtypes = _finetune_recording_dtypes("cpu")
+    assert dtypes == [torch.float32, torch.float32]  # one forward per step, nothing else
+    assert not torch.equal(model.fc.weight.detach(), before["fc.weight"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_finetune_uses_autocast():
+    """Each of the two steps runs its forward in bf16 on a GPU with bf16 tensor cores (compute
+    capability 8.0, Ampere, and newer), in fp16 before; the fp32 master weights are trained."""
+    model, before, dtypes = _finetune_recording_dtypes("cuda")
+    major, _ = torch.cuda.get_device_capability()
+    expected = torch.bfloat16 if major >= 8 else torch.float16
+    assert dtypes == [expected, expected]
+    for name, param in model.named_parameters():
+        assert param.dtype == torch.float32 and param.device.type == "cuda", name
+    assert not torch.equal(model.fc.weight.detach().cpu(), before["fc.weight"])

@@ -5,38 +5,38 @@ import pytest
 import torch
 
 from rmt_deploy.errors import NonFiniteWeightsError
-from rmt_deploy.spectral import MatrixTooSmallError, fit_mp, tw1_quantile
+from rmt_deploy.spectral import MatrixTooSmallError, fit_mp
 
 STD = 0.02
+# Singular-value edges of m×n noise with unit entry variance, as literal numbers (σ = 1):
+# - asymptotic (Marchenko & Pastur 1967): eigenvalues of WWᵀ/N end at (1 + √γ)², so singular
+#   values at √N·(1 + √γ) = √m + √n;
+# - the fit's β = 0.8 edge, Johnstone's (2001) finite-N TW₁ scale added at TW₁'s 20 % quantile
+#   t = −2.2832 (between −2.78 at 10 % and −1.91 at 30 % in Johnstone's Table 1; a GOE
+#   simulation here, n = 300, 6,000 draws, finite-n shift of the mean removed, gave −2.27):
+#   √(N·[(1 + √γ)² + t·(√N + √p)(1/√N + 1/√p)^(1/3) / N]).
 # Aspect ratios 1/9 … 9, smaller side 64 … 1024.
-NOISE_SHAPES = [
-    (64, 64),
-    (64, 576),
-    (576, 64),
-    (128, 256),
-    (256, 128),
-    (100, 900),
-    (900, 100),
-    (256, 256),
-    (384, 1536),
-    (1536, 384),
-    (512, 512),
-    (1024, 1024),
-    (768, 3072),
-    (113, 1017),
-]
+NOISE_EDGES = {  # (m, n): (asymptotic, finite-N β = 0.8)
+    (64, 64): (16.0, 15.2639),
+    (64, 576): (32.0, 31.36546),
+    (576, 64): (32.0, 31.36546),
+    (128, 256): (27.31371, 26.69903),
+    (256, 128): (27.31371, 26.69903),
+    (100, 900): (40.0, 39.41247),
+    (900, 100): (40.0, 39.41247),
+    (256, 256): (32.0, 31.42402),
+    (384, 1536): (58.78775, 58.30102),
+    (1536, 384): (58.78775, 58.30102),
+    (512, 512): (45.25483, 44.74342),
+    (1024, 1024): (64.0, 63.54534),
+    (768, 3072): (83.13844, 82.70548),
+    (113, 1017): (42.52058, 41.94524),
+}
+NOISE_SHAPES = list(NOISE_EDGES)
 
 
 def _noise(m: int, n: int, seed: int) -> torch.Tensor:
     return torch.randn(m, n, generator=torch.Generator().manual_seed(seed)) * STD
-
-
-def _tw_margin(m: int, n: int, beta: float = 0.8) -> float:
-    """Johnstone's finite-N shift of the edge, in eigenvalue units for σ² = 1 (written out
-    independently of the implementation: (√N+√p)(1/√N+1/√p)^(1/3) / N)."""
-    p, big_n = min(m, n), max(m, n)
-    scale = (np.sqrt(big_n) + np.sqrt(p)) * (1 / np.sqrt(big_n) + 1 / np.sqrt(p)) ** (1 / 3)
-    return tw1_quantile(1 - beta) * scale / big_n
 
 
 @pytest.mark.parametrize(("m", "n"), NOISE_SHAPES)
@@ -46,20 +46,18 @@ def test_pure_noise(m, n):
     # draw would miss a 2 % band by chance 14 % of the time; the mean of three does not.
     fits = [fit_mp(_noise(m, n, seed=m * 7 + n + 1000 * draw)) for draw in range(3)]
     assert np.mean([f.noise_std for f in fits]) == pytest.approx(STD, rel=0.02)
-    p, big_n = min(m, n), max(m, n)
-    asymptotic_edge = STD * (np.sqrt(m) + np.sqrt(n))
-    # The edge of the fitted law at finite N: the asymptotic edge moved by the TW margin.
-    finite_edge = STD * np.sqrt(big_n * ((1 + np.sqrt(p / big_n)) ** 2 + _tw_margin(m, n)))
+    asymptotic, finite = NOISE_EDGES[m, n]
     mean_edge = np.mean([f.singular_edge for f in fits])
-    assert mean_edge == pytest.approx(finite_edge, rel=0.03)
+    assert mean_edge == pytest.approx(STD * finite, rel=0.03)
     # Against std·(√m+√n) wherever the β = 0.8 margin itself is below 2.5 % (all but the
     # smallest square shapes, where TW theory puts the liberal edge further inside).
-    if abs(finite_edge / asymptotic_edge - 1) < 0.025:
-        assert mean_edge == pytest.approx(asymptotic_edge, rel=0.03)
+    if abs(finite / asymptotic - 1) < 0.025:
+        assert mean_edge == pytest.approx(STD * asymptotic, rel=0.03)
     for fit in fits:
+        assert fit.shape == (m, n) and fit.aspect_ratio == min(m, n) / max(m, n)
         assert fit.noise_std == pytest.approx(STD, rel=0.045)
-        # Per draw, the edge is the finite-N edge of the law with the fitted σ (exactly).
-        assert fit.singular_edge == pytest.approx(finite_edge * fit.noise_std / STD, rel=1e-9)
+        # Per draw, the edge is the tabulated β = 0.8 edge for the fitted σ.
+        assert fit.singular_edge == pytest.approx(finite * fit.noise_std, rel=1e-5)
         assert fit.n_spikes <= 3  # the liberal default β flags the top noise value ~80 % of runs
         assert fit.gof < 0.06
         assert fit.noise_fraction > 0.95

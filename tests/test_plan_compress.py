@@ -7,7 +7,13 @@ import torch
 from torch.utils.data import TensorDataset
 
 from rmt_deploy.compress import compress_
-from rmt_deploy.layers import MaskedConv2d, MaskedLinear, is_nm_sparse
+from rmt_deploy.layers import (
+    LowRankConv2d,
+    LowRankLinear,
+    MaskedConv2d,
+    MaskedLinear,
+    is_nm_sparse,
+)
 from rmt_deploy.models import CifarResNet, load_model, save_checkpoint
 from rmt_deploy.models.checkpoint import PLAN_METADATA_KEY
 from rmt_deploy.plan import CompressionPlan, PlanError
@@ -100,13 +106,25 @@ def test_nm24_keeps_incompatible_layers_dense_with_reason():
 
 
 def test_lowrank_plan_meets_parameter_budget():
+    """ResNet-20's Conv/Linear weights by hand (He et al. 2016, option-A shortcuts): the stem
+    16·3·9 = 432; stage 1, 6·16·16·9 = 13,824; stage 2, 32·16·9 + 5·32·32·9 = 50,688; stage 3,
+    64·32·9 + 5·64·64·9 = 202,752; fc 64·10 = 640: 268,336 in all. Everything else (BatchNorm
+    2·(7·16 + 6·32 + 6·64) = 1,376, the fc bias 10) is 1,386 and stays. At sparsity 0.3 the
+    compressed model, counted module by module, keeps at most 0.7 of the 268,336."""
     model = small_resnet()
     data = TensorDataset(torch.randn(64, 3, 32, 32), torch.randint(0, 10, (64,)))
     p = plan(model, "lowrank", 0.3, data=data, calib_images=64, batch_size=32)
-    s = p.summary()
-    assert s["sparsity"] >= 0.3 - 1e-6 and s["lowrank_layers"] > 0
-    x = torch.randn(2, 3, 32, 32)
-    before = sum(q.numel() for q in model.parameters())
+    assert sum(layer.params_before for layer in p.layers) == 268336
+    assert sum(q.numel() for q in model.parameters()) == 268336 + 1386
+    assert p.summary()["lowrank_layers"] > 0
     compress_(model, p)
-    assert sum(q.numel() for q in model.parameters()) < before
+    kept = sum(q.numel() for q in model.parameters()) - 1386
+    assert 0.6 * 268336 < kept <= 0.7 * 268336
+    assert p.summary()["sparsity"] == pytest.approx(1 - kept / 268336, abs=1e-12)
+    factorized = [m for m in model.modules() if isinstance(m, LowRankConv2d | LowRankLinear)]
+    assert len(factorized) == p.summary()["lowrank_layers"]
+    for module in factorized:  # each one smaller than the dense matrix it replaced
+        dense = module.dense_weight().numel()
+        assert module.first.weight.numel() + module.second.weight.numel() < dense
+    x = torch.randn(2, 3, 32, 32)
     assert model(x).shape == (2, 10)

@@ -31,16 +31,33 @@ def test_bn_recalibration_matches_the_data():
 
 
 def test_lasso_scales_follow_fit_quality():
+    """The seed's s_ℓ = 1/(1 + 10⁴·L∞_ℓ/cycle) by hand on given fit gaps, then the order it
+    gives two real layers."""
+    from types import SimpleNamespace
+
     from rmt_deploy import analyze
+    from rmt_deploy.errors import RmtDeployError
     from rmt_deploy.recovery import lasso_scales
+
+    gaps = {"exact": 0.0, "close": 1e-4, "far": 0.01, "unfitted": None}
+    fake = SimpleNamespace(
+        layers=[
+            SimpleNamespace(name=n, fit=None if g is None else SimpleNamespace(gof=g))
+            for n, g in gaps.items()
+        ]
+    )
+    # 10⁴·0 = 0 → 1; 10⁴·10⁻⁴ = 1 → 1/2; 10⁴·0.01 = 100 → 1/101; no fit → no entry
+    assert lasso_scales(fake) == pytest.approx({"exact": 1.0, "close": 0.5, "far": 1 / 101})
+    # cycle 4 divides the gap term: 1/(1 + 1/4) = 0.8, 1/(1 + 25) = 1/26
+    assert lasso_scales(fake, cycle=4) == pytest.approx({"exact": 1.0, "close": 0.8, "far": 1 / 26})
+    with pytest.raises(RmtDeployError, match="counts from 1, got 0"):
+        lasso_scales(fake, cycle=0)
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(128, 256), nn.Linear(256, 64))
     model[1].weight.data = torch.randn(64, 3) @ torch.randn(3, 256) + 0.01 * torch.randn(64, 256)
-    spectrum = analyze(model)
-    scales = lasso_scales(spectrum)
-    for layer in spectrum.layers:
-        assert scales[layer.name] == pytest.approx(1 / (1 + 1e4 * layer.fit.gof))
+    scales = lasso_scales(analyze(model))
+    assert set(scales) == {"0", "1"}
     assert scales["0"] > scales["1"]  # pure noise fits MP better than a low-rank + noise layer
 
 

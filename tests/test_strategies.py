@@ -1,5 +1,7 @@
 """Each strategy against its definition (not against its own output)."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -10,7 +12,7 @@ from rmt_deploy.compress import compress_
 from rmt_deploy.models import CifarResNet
 from rmt_deploy.strategies import StrategyError, plan
 from rmt_deploy.strategies.classic_rmt import sparsify_singular_vectors
-from rmt_deploy.strategies.seb import layer_kind, seb_regime
+from rmt_deploy.strategies.seb import layer_kind, seb_regime, seb_weights
 
 
 def model20():
@@ -44,22 +46,53 @@ def test_magnitude_is_a_global_threshold():
     assert kept.min() >= pruned.max()
 
 
-def test_seb_scales_follow_the_formula():
-    model = model20()
-    p = plan(model, "seb", 0.5)
-    from rmt_deploy import analyze
+def _spectrum(edges: dict[str, float | None]) -> SimpleNamespace:
+    """A stand-in for analyze()'s result: each layer's MP singular-value edge σ₊ (None: no fit)."""
+    fit = lambda e: None if e is None else SimpleNamespace(singular_edge=e)  # noqa: E731
+    return SimpleNamespace(layers=[SimpleNamespace(name=n, fit=fit(e)) for n, e in edges.items()])
 
-    spectrum = analyze(model)
-    edges = {lay.name: lay.fit.singular_edge for lay in spectrum.layers if lay.fit}
-    values = np.array(list(edges.values()))
-    beta, s_d = 1.25, 0.70  # the successor's regime for 0.40 < s ≤ 0.55
-    for layer in p.layers:
-        z = (edges[layer.name] - values.mean()) / values.std() if layer.name in edges else 0.0
-        expected = max(0.1, 1 + beta * (1 - 0.5 / s_d) * z)
-        assert layer.stats["seb_scale"] == pytest.approx(expected, rel=1e-9)
-    scale = {layer.name: layer.stats["seb_scale"] for layer in p.layers}
-    kept, pruned = kept_and_pruned(model, p, scale)
-    assert kept.min() >= pruned.max()
+
+def test_seb_scales_follow_the_formula():
+    """SEB weights w = max(0.1, 1 + β·[1 − s/s_d]₊·z) worked out by hand on tiny cases, then a
+    plan checked against global pruning by |W|/w done here."""
+    # σ₊ = 1, 2, 3: mean 2, population std √(2/3), z = −√1.5, 0, +√1.5 = ∓1.2247449; at
+    # s = 0.5 β = 1.25, s_d = 0.7: β·(1 − 5/7) = 5/14, and 5/14·√1.5 = 0.4374089.
+    edges = {"a": 1.0, "b": 2.0, "c": 3.0, "d": None}
+    weights = seb_weights(_spectrum(edges), list(edges), 0.5)
+    assert weights == pytest.approx({"a": 0.5625911, "b": 1.0, "c": 1.4374089, "d": 1.0}, abs=1e-7)
+    # s = 0.6: MLP β = 2, attention β = 1, s_d = 0.85, 1 − 0.6/0.85 = 5/17; two layers: z = ±1
+    pair = {"blocks.0.mlp.fc1": 3.0, "blocks.0.attn.qkv": 1.0}
+    assert seb_weights(_spectrum(pair), list(pair), 0.6) == pytest.approx(
+        {"blocks.0.mlp.fc1": 1 + 10 / 17, "blocks.0.attn.qkv": 1 - 5 / 17}, abs=1e-12
+    )  # 1.5882353 and 0.7058824
+    # s = 0.3: β = 1, s_d = 0.5, factor 0.4; σ₊ = 0 once and 1 nine times: mean 0.9, std 0.3,
+    # z = −3 (w = 1 − 1.2 < 0.1: the floor) and +1/3 (w = 1 + 0.4/3)
+    ten = {"low": 0.0, **{f"l{i}": 1.0 for i in range(9)}}
+    floor = seb_weights(_spectrum(ten), list(ten), 0.3)
+    assert floor == pytest.approx({"low": 0.1, **{f"l{i}": 1 + 0.4 / 3 for i in range(9)}})
+    # below 0.30 (β = 0) and past s_d ([1 − 0.9/0.85]₊ = 0) every layer keeps w = 1
+    for sparsity in (0.2, 0.9):
+        assert seb_weights(_spectrum(pair), list(pair), sparsity) == pytest.approx(
+            dict.fromkeys(pair, 1.0)
+        )
+
+    # Two fitted layers have z = ±1 whatever their edges: at s = 0.5 w = 1 ± 5/14. The
+    # noisier layer (4× the entry variance, the larger σ₊) is pruned harder.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(96, 64, bias=False), nn.Linear(64, 96, bias=False))
+    with torch.no_grad():
+        model[0].weight.normal_(0, 2.0)
+        model[1].weight.normal_(0, 1.0)
+    p = plan(model, "seb", 0.5)
+    hand = {"0": 1 + 5 / 14, "1": 1 - 5 / 14}
+    assert {layer.name: layer.stats["seb_scale"] for layer in p.layers} == pytest.approx(hand)
+    scores = np.concatenate(
+        [np.abs(model[int(n)].weight.detach().numpy()).ravel() / w for n, w in hand.items()]
+    )
+    keep = scores > np.median(scores)  # 12,288 scores, no ties: exactly half kept
+    masks = np.concatenate([layer.payload["mask"].numpy().ravel() for layer in p.layers])
+    assert np.array_equal(masks.astype(bool), keep)
+    assert p.layers[0].density < 0.5 < p.layers[1].density
 
 
 def test_seb_regimes_and_kinds():

@@ -101,9 +101,67 @@ def test_run_onnx_on_real_images_matches_eval(exported, tmp_path, cifar_test, as
     assert "p99" in data["latency_ms"] and "top-1" in done.stdout
 
 
-def test_run_random_input_latency(exported):
-    done = run_kit(exported, "--batch", "4", "--iterations", "20")
-    assert "batch 4, 20 runs" in done.stdout and "median" in done.stdout
+def test_run_random_input_latency(exported, tmp_path):
+    """20 timed runs at batch 4 of random input: statistics of 20 samples (ordered, the mean
+    inside them, std within Popoviciu's bound), throughput = 4 images / mean, printed as
+    written, the 20 runs inside the process's wall time, and each within 10× of what ONNX
+    Runtime takes for the same model and batch, timed here without the kit."""
+    import time
+
+    import numpy as np
+    import onnxruntime as ort
+
+    result = tmp_path / "latency.json"
+    began = time.perf_counter()
+    done = run_kit(
+        exported, "--batch", "4", "--iterations", "20", "--threads", "2", "--json", str(result)
+    )
+    wall_ms = (time.perf_counter() - began) * 1e3
+    data = json.loads(result.read_text())
+    stats = data["latency_ms"]
+    assert (data["batch"], data["runs"]) == (4, 20) and "top1" not in data
+    order = ("min", "median", "p90", "p95", "p99", "max")
+    assert all(stats[a] <= stats[b] for a, b in zip(order, order[1:], strict=False))
+    assert stats["min"] <= stats["mean"] <= stats["max"]
+    assert 0 <= stats["std"] <= (stats["max"] - stats["min"]) / 2 + 1e-9
+    assert data["throughput_images_per_s"] == pytest.approx(4e3 / stats["mean"], rel=1e-9)
+    assert 20 * stats["mean"] < wall_ms
+    for key in order:
+        assert f"{key} {stats[key]:.3f} ms" in done.stdout
+    assert "batch 4, 20 runs" in done.stdout
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 2
+    session = ort.InferenceSession(
+        str(exported / "model.onnx"), options, providers=["CPUExecutionProvider"]
+    )
+    manifest = json.loads((exported / "manifest.json").read_text())
+    shape = (4, *manifest["preprocessing"]["input_size"])
+    x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+    name = session.get_inputs()[0].name
+    times = []
+    for i in range(25):
+        t0 = time.perf_counter()
+        session.run(None, {name: x})
+        if i >= 5:  # five warm-up runs
+            times.append((time.perf_counter() - t0) * 1e3)
+    reference = float(np.median(times))
+    assert reference / 10 < stats["median"] < reference * 10, (stats["median"], reference)
+
+
+def test_kit_statistics_by_hand():
+    """The kit's statistics of 1, 2, …, 10 ms worked out by hand: percentile q lies at rank
+    (n − 1)·q/100 = 9q/100 between the sorted samples (numpy's linear rule, which
+    rmt_deploy.bench reports too); the population variance of 1…10 is (10² − 1)/12 = 8.25."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("kit_run", KIT / "run.py")
+    kit = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(kit)
+    stats = kit.percentiles([float(v) for v in (7, 1, 10, 4, 2, 9, 3, 8, 6, 5)])
+    expected = {"min": 1.0, "mean": 5.5, "median": 5.5, "p90": 9.1, "p95": 9.55, "p99": 9.91}
+    expected.update({"max": 10.0, "std": 8.25**0.5})
+    assert stats == pytest.approx(expected, abs=1e-12)
 
 
 KIT_RUN = {

@@ -3,6 +3,7 @@ what the layer did in its forward (same padding, weight standardization, unfused
 exact outputs at full rank, ONNX export and ONNX Runtime parity."""
 
 import copy
+import math
 
 import pytest
 import torch
@@ -112,16 +113,49 @@ def test_conv_subclasses_are_planned_and_exact_at_full_rank(tmp_path):
 
 
 def test_plan_covers_subclasses_and_low_rank_stays_close():
+    """Every conv subclass is planned; each factorized layer, measured directly on images the
+    plan never saw (the original layer's own inputs), loses within 2× of the output error the
+    plan predicted, ‖(W − W')x‖² / ‖Wx‖², and holds exactly the parameters the plan counts."""
     model = conv_zoo()
     x = torch.randn(4, 3, 16, 16)
     model(x)
     model.eval()
+    original = copy.deepcopy(model)
+    torch.manual_seed(2)
     data = torch.utils.data.TensorDataset(torch.randn(64, 3, 16, 16), torch.zeros(64).long())
     p = plan(model, "lowrank", 0.1, data=data, calib_images=64)
     assert [layer.name for layer in p.layers] == ["0", "2", "4", "6", "8", "10", "12"]
     assert p.skipped == []
     compress_(model, p)
-    assert any(isinstance(m, LowRankConv2d | LowRankLinear) for m in model.modules())
+    factorized = [layer for layer in p.layers if layer.action == "lowrank"]
+    assert len(factorized) >= 3
+    assert sum(layer.params_after for layer in p.layers) <= 0.9 * sum(
+        layer.params_before for layer in p.layers
+    )
+    inputs = {}
+    hooks = [
+        original.get_submodule(layer.name).register_forward_pre_hook(
+            lambda _m, args, name=layer.name: inputs.__setitem__(name, args[0])
+        )
+        for layer in factorized
+    ]
+    with torch.no_grad():
+        original(torch.randn(64, 3, 16, 16))  # images the plan did not calibrate on
+    for hook in hooks:
+        hook.remove()
+    for layer in factorized:
+        old, new = original.get_submodule(layer.name), model.get_submodule(layer.name)
+        assert isinstance(new, LowRankConv2d | LowRankLinear), layer.name
+        m, n = layer.weight_shape[0], math.prod(layer.weight_shape[1:])
+        kept = sum(t.numel() for key, t in new.named_parameters() if not key.endswith("bias"))
+        assert kept == layer.rank * (m + n) == layer.params_after < m * n, layer.name
+        with torch.no_grad():
+            before = old(inputs[layer.name])
+            after = new(inputs[layer.name])
+        bias = 0 if old.bias is None else old.bias.detach().view(1, -1, *[1] * (before.ndim - 2))
+        measured = float((after - before).pow(2).sum() / (before - bias).pow(2).sum())
+        predicted = layer.stats["output_error"]
+        assert predicted / 2 <= measured <= 2 * predicted, (layer.name, measured, predicted)
 
 
 class EncoderBlock(nn.Module):
