@@ -1,6 +1,7 @@
 """The CLI end to end: outputs written, and one clear line plus exit 2 for bad input."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -111,10 +112,27 @@ def test_bad_options_are_rejected_by_the_parser(capsys, tmp_path):
 
 
 def test_console_entry_point():
-    done = subprocess.run(
-        [sys.executable, "-m", "rmt_deploy", "--help"], capture_output=True, text=True, check=True
-    )
-    assert "analyze" in done.stdout and "eval" in done.stdout
+    """`python -m rmt_deploy` and the installed `rmt-deploy` script are the same CLI: every
+    verb listed, a verb's own help, and an unknown verb refused in one line with exit 2."""
+    from pathlib import Path
+
+    import tomllib
+
+    root = Path(__file__).resolve().parent.parent
+    scripts = tomllib.loads((root / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts == {"rmt-deploy": "rmt_deploy.cli:main"}
+    script = Path(sys.executable).parent / "rmt-deploy"
+    for command in ([sys.executable, "-m", "rmt_deploy"], [str(script)]):
+        done = subprocess.run([*command, "--help"], capture_output=True, text=True)
+        assert done.returncode == 0
+        listed = re.findall(r"^    (\w+)  ", done.stdout, flags=re.MULTILINE)
+        verbs = ["analyze", "compress", "export", "build", "bench", "run", "report", "eval"]
+        assert listed == verbs
+        verb = subprocess.run([*command, "export", "--help"], capture_output=True, text=True)
+        assert verb.returncode == 0 and "--opset" in verb.stdout
+        bad = subprocess.run([*command, "prune"], capture_output=True, text=True)
+        assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+        assert "invalid choice: 'prune'" in bad.stderr
 
 
 def test_compress_then_eval(capsys, tmp_path, assets, cifar_test):

@@ -11,6 +11,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from rmt_deploy import compress_, plan
+from rmt_deploy.errors import RmtDeployError
 from rmt_deploy.layers import MASKED_TYPES
 from rmt_deploy.models import CifarResNet
 from rmt_deploy.recovery import FinetuneConfig, FinetuneResult, lasso_scales, scale_gradients_
@@ -96,7 +97,7 @@ def test_lasso_scales_and_gradient_scaling_by_hand():
     assert torch.all(model[0].weight.grad == 0.25) and torch.all(model[0].bias.grad == 0.25)
     seed = FinetuneConfig.seed_regularizers(max_steps=1)
     assert (seed.group_lasso, seed.l1, seed.l2, seed.scale_gradients) == (1e-6, 5e-7, 2e-7, True)
-    with pytest.raises(Exception, match="l1 must be a finite number ≥ 0"):
+    with pytest.raises(RmtDeployError, match="l1 must be a finite number ≥ 0, got -1.0"):
         FinetuneConfig(max_steps=1, l1=-1.0)
 
 
@@ -222,18 +223,21 @@ def test_ser_never_restores_what_an_earlier_cycle_zeroed():
 
 
 def test_nm24_layers_chosen_in_seb_order():
-    from rmt_deploy.strategies.seb import seb_weights
-
-    model = model20()
+    """SEB's weight grows with a layer's MP edge, and a pure-noise layer's edge grows with its
+    noise: four equal noise layers with σ = 2, 0.5, 4, 1 at half the weights must take 2:4 on
+    the σ = 4 and σ = 2 layers (known by construction, not from SEB's own weights); by size,
+    the two largest layers."""
+    torch.manual_seed(0)
+    model = nn.Sequential(*[nn.Linear(64, 64) for _ in range(4)])
+    with torch.no_grad():
+        for layer, sigma in zip(model, (2.0, 0.5, 4.0, 1.0), strict=True):
+            layer.weight.normal_(0.0, sigma)
     p = plan(model, "nm24", fraction=0.5, order="seb")
-    chosen = [layer.name for layer in p.layers if layer.action == "nm24"]
-    dense = [layer.name for layer in p.layers if layer.category == "not_chosen"]
-    assert chosen and dense
-    weights = seb_weights(_spectrum(model), chosen + dense, 0.5)
-    assert min(weights[n] for n in chosen) >= max(weights[n] for n in dense)
-    covered = sum(layer.params_before for layer in p.layers if layer.action == "nm24")
-    eligible = covered + sum(layer.params_before for layer in p.layers if layer.name in dense)
-    assert covered >= 0.5 * eligible
+    assert {layer.name for layer in p.layers if layer.action == "nm24"} == {"0", "2"}
+    assert {layer.name for layer in p.layers if layer.category == "not_chosen"} == {"1", "3"}
+    sized = nn.Sequential(nn.Linear(64, 32), nn.Linear(32, 128), nn.Linear(128, 16))
+    p = plan(sized, "nm24", fraction=0.5, order="size")  # 4096 ≥ half of 2048 + 4096 + 2048
+    assert [layer.name for layer in p.layers if layer.action == "nm24"] == ["1"]
     with pytest.raises(StrategyError, match=r"fraction must lie in \(0, 1\]"):
         plan(model, "nm24", fraction=0.0)
 
