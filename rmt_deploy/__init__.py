@@ -14,7 +14,7 @@ from .evaluate import EvalResult, evaluate
 from .models import DataConfig, load_model
 from .pipeline import RunConfig, load_config, run
 from .plan import CompressionPlan, LayerPlan
-from .planner import latency_plan
+from .planner import LatencySearch, SearchConfig, latency_plan
 from .recovery import FinetuneConfig, bn_recalibrate, finetune
 from .spectral import MarchenkoPastur, MPFit, fit_mp
 from .strategies import STRATEGIES, plan
@@ -25,6 +25,8 @@ __all__ = [
     "STRATEGIES",
     "CompressionPlan",
     "FinetuneConfig",
+    "LatencySearch",
+    "SearchConfig",
     "LayerPlan",
     "bn_recalibrate",
     "compress_",
