@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib.util
 import json
 import sys
 import time
@@ -128,7 +129,12 @@ def preprocess(path: Path, cfg: dict) -> np.ndarray:
     resample = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}.get(
         cfg.get("interpolation", "bilinear"), Image.BILINEAR
     )
-    with Image.open(path) as img:
+    try:
+        img = Image.open(path)
+        img.load()
+    except (OSError, ValueError) as exc:  # PIL's UnidentifiedImageError is an OSError
+        fail(f"cannot read the image {path}: {exc} (remove it or replace it with a valid one)")
+    with img:
         img = img.convert("RGB")
         scale = int(min(height, width) / cfg.get("crop_pct", 1.0))
         w, h = img.size
@@ -336,6 +342,8 @@ def main() -> int:
         value = getattr(args, name)
         if value is not None and value < 1:
             fail(f"--{name} must be at least 1, got {value}")
+    if args.json and not args.json.parent.is_dir():
+        fail(f"--json: the folder {args.json.parent} does not exist")
     manifest = load_manifest(args.manifest, model)
     cfg = manifest["preprocessing"]
     samples = []
@@ -348,14 +356,32 @@ def main() -> int:
         fail(str(exc))
 
 
+def open_runner(args, model: Path):
+    """The runtime that runs `model` (TensorRT for an engine, OpenVINO for IR or when asked,
+    else ONNX Runtime), or one line saying why it cannot be loaded here."""
+    if args.engine or model.suffix == ".engine":
+        try:
+            import tensorrt  # noqa: F401
+        except ImportError:
+            fail(f"{model} is a TensorRT engine and TensorRT is not installed here: run it on "
+                 "the device it was built for, or run the model.onnx instead")  # fmt: skip
+        return TrtRunner(model)
+    kind = "OpenVINO" if args.openvino or model.suffix == ".xml" else "ONNX Runtime"
+    module = "openvino" if kind == "OpenVINO" else "onnxruntime"
+    if importlib.util.find_spec(module) is None:
+        fail(f"{kind} is not installed: pip3 install {module}")
+    try:
+        if kind == "OpenVINO":
+            return OpenVinoRunner(model, args.threads, args.openvino)
+        return OrtRunner(model, args.threads)
+    except Exception as exc:  # noqa: BLE001 - each runtime raises its own classes
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        fail(f"{kind} cannot load {model}: {first} (is it the file rmt-deploy export wrote?)")
+
+
 def measure(args, model: Path, cfg: dict, samples: list) -> int:
     """Load the runtime, warm up, time (and score, with images), print and write the results."""
-    if args.engine or model.suffix == ".engine":
-        runner = TrtRunner(model)
-    elif args.openvino or model.suffix == ".xml":
-        runner = OpenVinoRunner(model, args.threads, args.openvino)
-    else:
-        runner = OrtRunner(model, args.threads)
+    runner = open_runner(args, model)
     shape = (args.batch, *cfg["input_size"])
     warm = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     end = time.perf_counter() + args.warmup_seconds

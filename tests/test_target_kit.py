@@ -1,6 +1,7 @@
 """The target-side kit in export/: standalone (no torch, no rmt_deploy), run through ORT."""
 
 import ast
+import importlib.util
 import json
 import subprocess
 import sys
@@ -297,3 +298,35 @@ def test_kit_refuses_what_eval_refuses(tmp_path, cifar_test):
         load_image_dataset(root, classes=CIFAR)
     with pytest.raises(SystemExit, match="zebra are not among the model's classes"):
         _kit_module().labelled_images(root, CIFAR, 10)
+
+
+def test_kit_bad_files_are_one_line_errors(exported, tmp_path, cifar_test):
+    """A file that is not a model, an image that is not one, a --json folder that does not
+    exist, an engine without TensorRT: one `error:` line and exit 1, never a traceback."""
+    manifest = exported / "manifest.json"
+    (tmp_path / "m.onnx").write_text("not onnx")
+    (tmp_path / "m.engine").write_bytes(b"not an engine")
+    images = tmp_path / "imgs"
+    (images / "cat").mkdir(parents=True)
+    (images / "cat" / "0.jpg").write_bytes((cifar_test / "cat").iterdir().__next__().read_bytes())
+    (images / "cat" / "1.jpg").write_text("not a jpeg")
+    cases = [
+        (["--model", str(tmp_path / "m.onnx")], "ONNX Runtime cannot load"),
+        (["--model", str(exported / "model.onnx"), "--images", str(images)],
+         "cannot read the image"),
+        (["--model", str(exported / "model.onnx"), "--json", str(tmp_path / "no" / "r.json")],
+         "--json: the folder"),
+        (["--model", str(tmp_path / "m.engine")], "TensorRT is not installed here"),
+    ]  # fmt: skip
+    for argv, said in cases:
+        done = subprocess.run(
+            [sys.executable, str(KIT / "run.py"), *argv, "--manifest", str(manifest),
+             "--warmup-seconds", "0"],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        if said.startswith("TensorRT") and importlib.util.find_spec("tensorrt") is not None:
+            continue  # with TensorRT the engine is opened, and refused by TensorRT itself
+        assert done.returncode == 1, (argv, done.stderr)
+        assert "Traceback" not in done.stderr, done.stderr
+        last = done.stderr.strip().splitlines()[-1]
+        assert last.startswith("error: ") and said in last, done.stderr
