@@ -66,6 +66,8 @@ def _config(tmp_path, **changes) -> RunConfig:
         ({"model": "x", "finetun": {}}, "unknown key finetun"),
         ({"model": "x", "finetune": {"step": 3}}, "unknown key finetune.step"),
         ({"model": "x", "finetune": {"steps": "many"}}, "finetune.steps: expected an integer"),
+        ({"model": "x", "finetune": None}, r"finetune: null .* off: finetune: \{steps: 0\}"),
+        ({"model": "x", "export": None}, "export: null is not a section: leave it out"),
         ({"model": "x", "benchmark": {"batches": [1, "a"]}}, r"benchmark.batches\[1\]"),
         ({"model": "x", "compress": {"sparsity": 1.5}}, r"sparsity must lie in \[0, 1\)"),
         ({"model": "x", "compress": {"strategy": "magic"}}, "unknown 'magic'"),

@@ -224,7 +224,10 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
         (inner,) = [o for o in options if o is not type(None)]
         return _convert(inner, value, where)
     if dataclasses.is_dataclass(hint):
-        return _build(hint, {} if value is None else value, where)
+        if value is None:  # `finetune: null` read as "the defaults" fine-tuned 100 steps
+            off = " (to turn fine-tuning off: finetune: {steps: 0})" if where == "finetune" else ""
+            raise ConfigError(f"{where}: null is not a section: leave it out for its defaults{off}")
+        return _build(hint, value, where)
     if origin is list:
         (item,) = typing.get_args(hint)
         if not isinstance(value, list):
