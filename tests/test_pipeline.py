@@ -576,3 +576,27 @@ def test_headline_names_the_best_of_the_fields_own_engines():
     head = speed_headline(rows, planner, 8)
     assert head["best_baseline"] == "onnxruntime-int8"
     assert head["speedup_vs_best_baseline"] == 16.0 / 12.5
+
+
+def test_outputs_are_refused_inside_the_inputs(tmp_path, cifar_test, assets):
+    """An output folder inside a data folder or the shared assets, and a new per-layer table
+    outside the output folder, are refused before anything is written."""
+    from rmt_deploy.errors import OutputError
+
+    quiet = dict(progress=False, log=lambda _: None)
+    flat = _flat_unlabelled(tmp_path / "flat", cifar_test, n=40)
+    inside_data = _config(tmp_path, data={**ONE_FOLDER, "test": str(flat)}, finetune=NO_TRAINING)
+    inside_data.output = str(flat / "results")
+    with pytest.raises(OutputError, match=r"inside data.test .*choose an output folder outside"):
+        run(inside_data, **quiet)
+    assert not (flat / "results").exists()
+    in_assets = _config(tmp_path)
+    in_assets.output = str(assets / "cifar10" / "new-run")
+    with pytest.raises(OutputError, match="inside data.train|inside data.test|shared assets"):
+        run(in_assets, **quiet)
+    assert not (assets / "cifar10" / "new-run").exists()
+    table = _config(tmp_path)
+    table.compress.settings["table"] = str(tmp_path / "elsewhere" / "tables.json")
+    with pytest.raises(OutputError, match="table: .* written only inside the output folder"):
+        run(table, **quiet)
+    assert not (tmp_path / "elsewhere").exists() and not (tmp_path / "run").exists()

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import AssetsError, DataError, RmtDeployError
+from ..errors import AssetsError, DataError, OutputError, RmtDeployError
 from ..paths import (
     assets_dir,
     ensure_output_dir,
@@ -192,6 +192,7 @@ def run(
     config = RunConfig.from_dict(config.to_dict())  # edited in place since loading? checked again
     stages = check_stages(stages)
     out_path = Path(config.output)
+    check_output_place(config, out_path)
     existed = is_dir(out_path)
     out = ensure_output_dir(out_path)
     try:
@@ -201,6 +202,39 @@ def run(
         if not existed:  # refused before anything was written: leave no empty folder behind
             with contextlib.suppress(OSError):
                 out.rmdir()
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    path, folder = path.resolve(), folder.resolve()
+    return path == folder or folder in path.parents
+
+
+def check_output_place(config: RunConfig, out: Path) -> None:
+    """Refuse, before anything is written, an output folder inside the data the run reads or
+    the shared assets (the run would write among the images), and a per-layer `table` that
+    does not exist outside the output folder (a new table is written only inside it)."""
+    try:
+        assets = assets_dir(config.assets)
+    except AssetsError:
+        assets = None
+    inputs = {key: Path(value) for key, (value, _) in _data_folders(config).items()}
+    inputs = {
+        k: (p if p.is_absolute() or assets is None else assets / p) for k, p in inputs.items()
+    }
+    if assets is not None:
+        inputs["the shared assets"] = assets
+    for key, folder in inputs.items():
+        if is_dir(folder) and _inside(out, folder):
+            raise OutputError(
+                f"output {out} is inside {key} ({folder}): the run would write among its "
+                "files; choose an output folder outside it"
+            )
+    table = config.compress.settings.get("table")
+    if table and not Path(table).is_file() and not _inside(Path(table), out):
+        raise OutputError(
+            f"compress.settings.table: {table} does not exist, and a new table is written only "
+            f"inside the output folder {out}: point it at an existing table or into {out}"
+        )
 
 
 def _run_locked(
