@@ -268,6 +268,33 @@ def test_ctrl_c_is_one_line_and_exit_130(capsys, monkeypatch, verb, argv, said):
         assert said in err
 
 
+def test_sigterm_is_like_ctrl_c(capsys, monkeypatch, tmp_path):
+    """SIGTERM (a job runner stopping the run) unwinds as Ctrl-C does: one line, exit 143, the
+    output lock released (a rerun may take the folder), the previous handler restored."""
+    import os
+    import signal
+    import time
+
+    from rmt_deploy.paths import output_lock
+
+    def command(args):
+        with output_lock(tmp_path):
+            assert (tmp_path / ".rmt-deploy.lock").is_file()
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the signal lands here
+        return 0
+
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr("rmt_deploy.cli.run.command", command)
+    began = time.perf_counter()
+    code, _, err = cli(capsys, "run", "x.yaml")
+    assert time.perf_counter() - began < 4
+    assert_one_line(code, err, "rmt-deploy: terminated (SIGTERM); rerun the same", status=143)
+    assert "finished stages are kept" in err
+    assert not (tmp_path / ".rmt-deploy.lock").exists()
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
 # 2c / 2f / 3e. Config values: finite, in range, known ------------------------------------
 
 

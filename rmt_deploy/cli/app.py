@@ -6,7 +6,9 @@ from __future__ import annotations
 import argparse
 import errno
 import re
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -55,23 +57,45 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is so that it unwinds as for Ctrl-C: stage processes
+    stopped, the output lock released, nothing half-written, the run resumable."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated
+
+
+def _sigterm_as_interrupt():
+    """Handle SIGTERM like Ctrl-C (from the main thread only, where signals are delivered)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_terminated)
+
+
+def _rerun(args) -> str:
+    if args.command == "run":
+        return "rerun the same command to resume — finished stages are kept"
+    return "rerun the same command — no output was left half-written"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # a bad option (exit 2, said in one line) or --help (0)
         return exc.code if isinstance(exc.code, int) else 2
     keep_large_allocations()
+    previous = _sigterm_as_interrupt()
     try:
         return args.func(args)
+    except Terminated:
+        print(f"rmt-deploy: terminated (SIGTERM); {_rerun(args)}", file=sys.stderr)
+        return 143
     except RmtDeployError as exc:
         print(f"rmt-deploy: error: {one_line(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        if args.command == "run":
-            line = "interrupted; rerun the same command to resume — finished stages are kept"
-        else:
-            line = "interrupted; rerun the same command — no output was left half-written"
-        print(f"rmt-deploy: {line}", file=sys.stderr)
+        print(f"rmt-deploy: interrupted; {_rerun(args)}", file=sys.stderr)
         return 130
     except OSError as exc:
         if exc.errno not in _ENVIRONMENT_ERRNOS:
@@ -79,3 +103,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = f": {exc.filename}" if exc.filename else ""
         print(f"rmt-deploy: error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 2
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
