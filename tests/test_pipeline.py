@@ -175,6 +175,24 @@ def test_pipeline_end_to_end(finished_run):
     assert not list(out.rglob("*.tmp"))
 
 
+def test_every_file_of_the_run_is_where_the_layout_says(finished_run):
+    """One object owns the run folder's paths: every stage's record file is at its RunLayout
+    path, and every artifact the manifest lists exists there."""
+    from rmt_deploy.layout import RunLayout
+
+    _, _, result = finished_run
+    at = RunLayout(result.output)
+    for path in (at.manifest, at.config, at.spectrum, at.plan, at.payloads, at.planner,
+                 at.compressed, at.finetune, at.accuracy, at.split, at.bench, at.report_md,
+                 at.report_json):  # fmt: skip
+        assert path.is_file(), path
+    assert at.export("dense").onnx.is_file() and at.export("compressed").manifest.is_file()
+    listed = json.loads(at.manifest.read_text())["stages"]
+    for stage, entry in listed.items():
+        for artifact in entry["artifacts"]:
+            assert (result.output / artifact).exists(), (stage, artifact)
+
+
 def test_rerun_skips_and_changes_rerun_only_what_depends(finished_run, monkeypatch, tmp_path):
     _, _, result = finished_run
     shutil.copytree(result.output, tmp_path / "run")  # the other tests keep the original

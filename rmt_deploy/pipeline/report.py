@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..bench import BenchResult, BenchSuite
+from ..layout import RunLayout
 from ..paths import read_json, write_json_atomic, write_text_atomic
 from ..plan import CompressionPlan
 from .config import RunConfig
@@ -35,13 +36,14 @@ class _RunFiles:
     @classmethod
     def read(cls, out: Path) -> _RunFiles:
         """Each file from the run folder `out`, or its empty stand-in."""
+        at = RunLayout(out)
         return cls(
-            manifest=_read(out / "manifest.json") or {"stages": {}},
-            accuracy=_read(out / "evaluate" / "accuracy.json") or {},
-            plan=_read(out / "plan" / "plan.json") or {},
-            planner=_read(out / "plan" / "planner.json"),
-            bench=_read(out / "bench" / "bench.json") or {"results": [], "skipped": []},
-            split=_read(out / "evaluate" / "split.json") or {},
+            manifest=_read(at.manifest) or {"stages": {}},
+            accuracy=_read(at.accuracy) or {},
+            plan=_read(at.plan) or {},
+            planner=_read(at.planner),
+            bench=_read(at.bench) or {"results": [], "skipped": []},
+            split=_read(at.split) or {},
         )
 
 
@@ -73,8 +75,8 @@ def write_run_report(ctx) -> list[Path]:
         "measured": _measured_speedups(BenchSuite.from_dict(files.bench)),
     }
     return [
-        write_text_atomic(out / "report.md", "\n".join(lines)),
-        write_json_atomic(out / "report.json", record),
+        write_text_atomic(RunLayout(out).report_md, "\n".join(lines)),
+        write_json_atomic(RunLayout(out).report_json, record),
     ]
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import AssetsError, DataError, OutputError, RmtDeployError
+from ..layout import RunLayout
 from ..paths import (
     assets_dir,
     ensure_output_dir,
@@ -107,7 +108,7 @@ class Manifest:
     """`manifest.json`: per stage its key, artifacts, timing and a small summary."""
 
     def __init__(self, out: Path):
-        self.path = out / "manifest.json"
+        self.path = RunLayout(out).manifest
         self.data = read_json(self.path, "run manifest") if self.path.is_file() else {}
         self.data.setdefault("stages", {})
 
@@ -260,7 +261,7 @@ def _run_locked(
     if any(not manifest.done(s, keys[s], out) or force for s in selected if s != "report"):
         check_data(ctx)  # missing folders, labels that would be wrong: before any stage runs
         ctx.validate()  # bad data, split or budget: one clear error before any stage runs
-    write_json_atomic(out / "config.json", config.to_dict())
+    write_json_atomic(RunLayout(out).config, config.to_dict())
     result = RunResult(out)
     for stage in selected:
         if not force and manifest.done(stage, keys[stage], out):
@@ -286,7 +287,7 @@ def _run_locked(
         )
         log(f"[{stage}] done in {seconds:.1f} s")
         result.ran.append(stage)
-    report = out / "report.md"
+    report = RunLayout(out).report_md
     result.report = report if report.is_file() else None
     result.summaries = {
         name: entry.get("summary", {}) for name, entry in manifest.data["stages"].items()

@@ -19,7 +19,7 @@ from torch import nn
 
 from ..data import evenly_spaced
 from ..errors import RmtDeployError
-from ..layout import VariantFiles
+from ..layout import RunLayout, VariantFiles
 from ..paths import read_json, write_json_atomic
 from ..verbs import PlanRequest, RecoveryOptions
 from .config import RunConfig
@@ -40,6 +40,10 @@ class RunContext:
     assets: Path
     progress: bool = True
     log: Callable[[str], None] = print
+
+    @property
+    def layout(self) -> RunLayout:
+        return RunLayout(self.out)
 
     def folder(self, name: str) -> Path:
         path = self.out / name
@@ -250,9 +254,8 @@ class RunContext:
     def load_plan(self):
         from ..plan import CompressionPlan
 
-        folder = self.out / "plan"
-        return CompressionPlan.load(folder / "plan.json").load_payloads(
-            folder / "payload.safetensors"
+        return CompressionPlan.load(self.layout.plan).load_payloads(
+            self.layout.payloads
         )
 
     def shipped_dense(self) -> bool:
@@ -263,7 +266,7 @@ class RunContext:
     def compressed(self) -> nn.Module:
         from ..models import load_model
 
-        return load_model(self.config.model, self.out / "compress" / "model.safetensors")
+        return load_model(self.config.model, self.layout.compressed)
 
 
 def stage_analyze(ctx: RunContext):
@@ -314,7 +317,7 @@ def plan_request(ctx: RunContext) -> PlanRequest:
 def _spectrum(ctx: RunContext):
     from ..analysis import ModelSpectrum
 
-    return ModelSpectrum.load(ctx.out / "analyze" / "spectrum.json")
+    return ModelSpectrum.load(ctx.layout.spectrum)
 
 
 def stage_plan(ctx: RunContext):
@@ -347,8 +350,8 @@ def stage_plan(ctx: RunContext):
             written += write_planner(folder, the_plan.search)
     ctx.log(f"[plan] {the_plan.coverage_line()}")
     written += [
-        the_plan.save(folder / "plan.json"),
-        the_plan.save_payloads(folder / "payload.safetensors"),
+        the_plan.save(ctx.layout.plan),
+        the_plan.save_payloads(ctx.layout.payloads),
     ]
     return written, {**the_plan.summary(), "coverage": the_plan.coverage_line()}
 
@@ -383,7 +386,7 @@ def stage_compress(ctx: RunContext):
     from ..verbs import compress_and_recover, recover_, save_compressed
 
     the_plan = ctx.load_plan()
-    folder = ctx.folder("compress")
+    ctx.folder("compress")  # made for the files below
     options = recovery_options(ctx)
     inputs = {
         "calib": lambda: ctx.calib,
@@ -395,8 +398,8 @@ def stage_compress(ctx: RunContext):
     # Nothing compressed (no plan fitted the budget): the dense model ships as it is.
     model, recovered = compress_and_recover(ctx.dense, the_plan, options, **inputs)
     info = {"compressed": recovered}
-    written = [save_compressed(model, the_plan, ctx.config.model, folder / "model.safetensors")]
-    (folder / "dense_finetuned.safetensors").unlink(missing_ok=True)  # from an earlier config
+    written = [save_compressed(model, the_plan, ctx.config.model, ctx.layout.compressed)]
+    ctx.layout.dense_finetuned.unlink(missing_ok=True)  # from an earlier config
     if options.steps > 0 and the_plan.compressed:
         # The same recovery on the dense model: the fair reference for the accuracy cost.
         reference = copy.deepcopy(ctx.dense)
@@ -404,11 +407,11 @@ def stage_compress(ctx: RunContext):
         written.append(
             save_checkpoint(
                 reference,
-                folder / "dense_finetuned.safetensors",
+                ctx.layout.dense_finetuned,
                 {"rmt_deploy.model": ctx.config.model},
             )
         )
-    written.append(write_json_atomic(folder / "finetune.json", info))
+    written.append(write_json_atomic(ctx.layout.finetune, info))
     return written, {k: v.get("steps", 0) for k, v in info.items()}
 
 
@@ -419,7 +422,7 @@ def _test_outputs(ctx: RunContext) -> tuple[dict, torch.Tensor | None]:
     from ..models import load_model
 
     models = {"dense": ctx.dense, "compressed": ctx.compressed()}
-    reference_file = ctx.out / "compress" / "dense_finetuned.safetensors"
+    reference_file = ctx.layout.dense_finetuned
     if reference_file.is_file():
         models["dense_finetuned"] = load_model(ctx.config.model, reference_file)
     outputs, labels = {}, None
@@ -480,10 +483,10 @@ def stage_evaluate(ctx: RunContext):
     if labels is not None:
         scores = {name: top1(out, labels) for name, out in outputs.items()}
         summary.update(top1=scores, loss_pp=scores[reference] - scores["compressed"])
-    folder = ctx.folder("evaluate")
+    ctx.folder("evaluate")  # made for the files below
     written = [
-        write_json_atomic(folder / "accuracy.json", summary),
-        write_json_atomic(folder / "split.json", ctx.split_record(names=True)),
+        write_json_atomic(ctx.layout.accuracy, summary),
+        write_json_atomic(ctx.layout.split, ctx.split_record(names=True)),
     ]
     return written, summary
 
@@ -518,13 +521,13 @@ def _export_variant(ctx: RunContext, name: str, model: nn.Module):
     """`export/<name>/model.onnx` with its manifest, verified on the test images."""
     from ..verbs import export_onnx
 
-    checkpoint = None if name == "dense" else ctx.out / "compress" / "model.safetensors"
+    checkpoint = None if name == "dense" else ctx.layout.compressed
     source = {
         "model": ctx.config.model,
         "checkpoint": str(checkpoint or ctx.config.checkpoint or "") or None,
         "variant": name,
     }
-    plan = None if name == "dense" else read_json(ctx.out / "plan" / "plan.json", "plan")
+    plan = None if name == "dense" else read_json(ctx.layout.plan, "plan")
     return export_onnx(
         model,
         ctx.folder(f"export/{name}"),
@@ -547,7 +550,7 @@ def _quantize(ctx: RunContext, onnx_path: Path, artifacts: set[str]) -> dict:
 
     if not artifacts & set(INT8_NAMES):  # none asked for: only stale files are removed
         return export_int8(onnx_path, artifacts, [])
-    planner_file = ctx.out / "plan" / "planner.json"
+    planner_file = ctx.layout.planner
     planner = read_json(planner_file, "planner report") if planner_file.is_file() else {}
     chosen = planner.get("int8_recipe", {}).get("recipe")
     nncf_within = None
