@@ -339,9 +339,6 @@ def int8_model(
     return report
 
 
-# The INT8 files of a variant, by the artifact a deployment runs (deploy.Deployment.artifact).
-INT8_FILES = INT8_NAMES  # the file of each INT8 artifact (layout.py names them)
-
 
 def int8_artifacts(
     onnx_path: Path,
@@ -358,7 +355,7 @@ def int8_artifacts(
 
     folder = Path(onnx_path).parent
     reports = {}
-    for artifact, name in INT8_FILES.items():
+    for artifact, name in INT8_NAMES.items():
         path = folder / name
         path.unlink(missing_ok=True)
         if name.endswith(".xml"):

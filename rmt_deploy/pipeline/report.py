@@ -72,7 +72,7 @@ def write_run_report(ctx) -> list[Path]:
         "plan_summary": files.plan.get("summary", {}),
         "shipped": files.accuracy.get("shipped"),
         "headline": headline,
-        "measured": _measured_speedups(BenchSuite.from_dict(files.bench)),
+        "measured": _measured_speedups(rows),
     }
     return [
         write_text_atomic(RunLayout(out).report_md, "\n".join(lines)),
@@ -244,16 +244,13 @@ def _stage_lines(manifest: dict) -> list[str]:
     return lines + [""]
 
 
-def _measured_speedups(suite: BenchSuite) -> dict[str, float]:
+def _measured_speedups(rows: dict[tuple[str, str, int], BenchResult]) -> dict[str, float]:
     """Compressed against dense on the same deployment and batch (`backend/bN` → ×), from the
-    benchmark stage's own interleaved timings."""
-    by_key: dict[tuple[str, str, int], BenchResult] = {
-        (r.variant, r.backend, r.batch): r for r in suite.results
-    }
+    benchmark stage's own interleaved timings (`bench_rows`)."""
     return {
-        f"{b}/b{n}": by_key["dense", b, n].latency.median_ms / r.latency.median_ms
-        for (v, b, n), r in by_key.items()
-        if v == "compressed" and ("dense", b, n) in by_key
+        f"{b}/b{n}": rows["dense", b, n].latency.median_ms / r.latency.median_ms
+        for (v, b, n), r in rows.items()
+        if v == "compressed" and ("dense", b, n) in rows
     }
 
 
@@ -277,7 +274,6 @@ def field_baselines(dense: dict, planner: dict | None) -> dict:
 
 def bench_rows(bench: dict | None) -> dict:
     """The benchmark's results, typed, by (variant, backend, batch)."""
-    from ..bench import BenchSuite
 
     if not bench or not bench.get("results"):
         return {}

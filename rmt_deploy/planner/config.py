@@ -5,7 +5,6 @@ naming the setting, before any stage runs."""
 from __future__ import annotations
 
 import math
-import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -97,12 +96,3 @@ def _check_range(name: str, value: Any, rule: dict) -> None:
         bound = f"> {low:g}" if above else f"≥ {low:g}"
         raise SearchConfigError(f"{name} must be {bound}, got {value!r}")
 
-
-def setting_defaults(exclude: tuple[str, ...] = ()) -> dict[str, Any]:
-    """The settings a strategy built on the search offers, with their defaults."""
-    return {f.name: f.default for f in fields(SearchConfig) if f.name not in exclude}
-
-
-def setting_types() -> dict[str, Any]:
-    """Each setting's declared type (for coercing values read from YAML or `--set`)."""
-    return typing.get_type_hints(SearchConfig)
