@@ -84,6 +84,9 @@ def compress_(model: nn.Module, plan: CompressionPlan, structure_only: bool = Fa
     """
     unfuse_attention_(model)
     modules = [(layer, _target(model, layer)) for layer in plan.layers]  # validate everything first
+    narrowed = [layer for layer in plan.layers if layer.action == "channels"]
+    if narrowed:
+        _narrow(model, plan, narrowed, structure_only)
     if plan.extra_state and not structure_only:
         unknown = set(plan.extra_state) - set(model.state_dict())
         if unknown:
@@ -92,9 +95,48 @@ def compress_(model: nn.Module, plan: CompressionPlan, structure_only: bool = Fa
     for layer, module in modules:
         if "weight" in layer.payload and not structure_only:
             module.weight.copy_(layer.payload["weight"])
-        if layer.action == "dense":
+        if layer.action in ("dense", "channels"):
             continue
         view = layer_view(module)
         new = _replacement(view, layer, structure_only)
         replace_module(model, layer.name, new.to(module.weight.device, module.weight.dtype))
     return model
+
+
+def _narrow(
+    model: nn.Module, plan: CompressionPlan, layers: list[LayerPlan], structure_only: bool
+) -> None:
+    """Remove channels as the plan's `channels` entries say (whole groups, every consumer):
+    the kept channels from the plan's tensors, else the highest-magnitude ones; with
+    `structure_only`, the first `width` (weights come from the checkpoint)."""
+    from .channels import ChannelError, channel_graph, channel_scores, keep_top, prune_channels_
+    from .models import DataConfig
+
+    others = sorted({la.action for la in plan.layers} - {"dense", "channels"})
+    if others:
+        raise PlanError(f"a plan that narrows channels cannot also use {', '.join(others)}")
+    for layer in layers:
+        floor = int(layer.stats.get("floor", 0))
+        if layer.width < floor:
+            raise PlanError(
+                f"layer {layer.name!r}: width {layer.width} is below its spectral floor {floor} "
+                "(the channels its spectrum says carry signal); raise the width, or plan with "
+                "floor: none"
+            )
+    size = plan.config.get("input_size") or DataConfig.from_model(model).input_size
+    device = next(model.parameters()).device
+    example = torch.zeros(1, *[int(v) for v in size], device=device)
+    try:
+        with torch.enable_grad():
+            cg = channel_graph(model, example)
+        keep = {}
+        for layer in layers:
+            if structure_only:
+                keep[layer.name] = torch.arange(layer.width)
+            elif "keep" in layer.payload:
+                keep[layer.name] = layer.payload["keep"]
+            elif layer.name in cg.groups:
+                keep[layer.name] = keep_top(channel_scores(cg, layer.name), layer.width)
+        prune_channels_(model, keep, example, cg)
+    except ChannelError as exc:
+        raise PlanError(str(exc)) from exc

@@ -28,8 +28,16 @@ class Factorization(Protocol):
 
     def factors(self, rank: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]: ...
 
-ACTIONS = ("dense", "lowrank", "mask", "nm24")
+
+ACTIONS = ("dense", "lowrank", "mask", "nm24", "channels")
 PLAN_SCHEMA = 1
+# How the coverage line names each compressed form.
+FORM_LABELS = (
+    ("lowrank", "low-rank"),
+    ("nm24", "2:4"),
+    ("mask", "masked"),
+    ("channels", "narrowed"),
+)
 
 
 class PlanError(RmtDeployError):
@@ -46,6 +54,8 @@ class LayerPlan:
     rank: int | None = None
     density: float | None = None  # share of weights kept (mask / nm24)
     reason: str = ""
+    # channels: the output channels its group keeps (the group is named by this layer)
+    width: int | None = None
     stats: dict[str, float] = field(default_factory=dict)  # e.g. output error, spikes
     # Why a layer stays dense, as a short code for counting (grouped_conv, not_faster, …).
     category: str = ""
@@ -57,6 +67,8 @@ class LayerPlan:
             raise PlanError(f"layer {self.name!r}: unknown action {self.action!r} (use {ACTIONS})")
         if self.action == "lowrank" and not (self.rank and self.rank > 0):
             raise PlanError(f"layer {self.name!r}: low-rank needs a positive rank")
+        if self.action == "channels" and not (self.width and self.width > 0):
+            raise PlanError(f"layer {self.name!r}: channel pruning needs a positive width")
         if self.action == "mask" and not (self.density is not None and 0 <= self.density <= 1):
             raise PlanError(f"layer {self.name!r}: a mask needs a density in [0, 1]")
 
@@ -69,6 +81,7 @@ class LayerPlan:
             "params_after": self.params_after,
             "rank": self.rank,
             "density": self.density,
+            "width": self.width,
             "reason": self.reason,
             "category": self.category,
             "stats": self.stats,
@@ -85,6 +98,7 @@ class LayerPlan:
                 params_after=int(data["params_after"]),
                 rank=data.get("rank"),
                 density=data.get("density"),
+                width=data.get("width"),
                 reason=data.get("reason", ""),
                 stats=dict(data.get("stats", {})),
                 category=data.get("category", ""),
@@ -134,9 +148,7 @@ class CompressionPlan:
         """One line for the CLI and the report: planned / skipped counts by reason."""
         s = self.summary()
         forms = ", ".join(
-            f"{s[f'{a}_layers']} {label}"
-            for a, label in (("lowrank", "low-rank"), ("nm24", "2:4"), ("mask", "masked"))
-            if s[f"{a}_layers"]
+            f"{s[f'{a}_layers']} {label}" for a, label in FORM_LABELS if s[f"{a}_layers"]
         )
         dense = s["dense_layers"]
         why = ", ".join(f"{n} {code}" for code, n in sorted(s["dense_by_reason"].items()))
@@ -309,4 +321,28 @@ def lowrank_entry(
         reason=reason,
         stats=stats or {},
         payload=payload or {},
+    )
+
+
+def channels_entry(
+    name: str,
+    module: nn.Module,
+    width: int,
+    reason: str,
+    stats: dict[str, float] | None = None,
+    keep: torch.Tensor | None = None,
+) -> LayerPlan:
+    """A channel group narrowed to `width` output channels, named by its first producer
+    `module`; its parameters are that layer's (the rest of the group shrinks alike)."""
+    n = module.weight.numel()
+    return LayerPlan(
+        name,
+        "channels",
+        tuple(module.weight.shape),
+        n,
+        n * width // module.weight.shape[0],
+        width=width,
+        reason=reason,
+        stats=stats or {},
+        payload={} if keep is None else {"keep": keep},
     )

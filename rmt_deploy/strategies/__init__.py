@@ -15,6 +15,7 @@ from ..layers.attention import unfuse_attention_
 from ..plan import CompressionPlan
 from ..targets import find_targets
 from . import (  # noqa: F401  (registry)
+    channels,
     classic_rmt,
     hybrid,
     latency,

@@ -1,0 +1,292 @@
+"""Which width each channel group gets: measured damage and measured latency, one DP.
+
+For every group and every candidate width (multiples of the runtime's block from the group's
+spectral floor up), a copy of the model with only that group narrowed is (1) run on
+calibration images — its damage is the relative output error against the dense model — and
+(2) timed on the deployment inside its neighbours: the smallest module that holds the whole
+group (a residual block for the channels inside a block, the model for a residual stage's
+channels), the widths of one group timed interleaved. The per-group (damage, latency) options
+go to the same multiple-choice knapsack as low-rank ranks (`planner.allocate`); the least
+damaging allocation predicted to reach the speedup asked for is chosen (`uniform`: every group
+at the same share of its channels, for comparison).
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import RmtDeployError
+from ..planner.allocate import DAMAGE_CAPS, allocate, relative_output_error
+from ..planner.layer_table import LayerEntry, LayerOption
+from ..planner.timing import capture_input_shapes, spread, time_interleaved
+from ..progress import tqdm
+from .graph import ChannelGraph, channel_graph
+from .importance import IMPORTANCE, channel_scores
+from .prune import keep_top, prune_channels_
+from .widths import WidthFloor, spectral_floors, width_options
+
+
+@dataclass
+class ChannelSearchConfig:
+    """The `channels` strategy's settings, with their ranges."""
+
+    importance: str = "magnitude"  # magnitude | bn
+    floor: str = "spectrum"  # spectrum: no width below the MP spike count | none
+    allocation: str = "dp"  # dp | uniform
+    multiple: int = 8  # widths are multiples of this (the CPU kernels' block)
+    speedup: float = 1.5  # the least damaging widths predicted this much faster
+    deployment: str = "auto"  # the deployment widths are timed on (auto: the target's first)
+    calib_images: int = 256
+    rounds: int = 3
+    runs: int = 10
+
+    def __post_init__(self) -> None:
+        choices = {"importance": IMPORTANCE, "floor": ("spectrum", "none")}
+        choices["allocation"] = ("dp", "uniform")
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise RmtDeployError(f"{key} must be one of {', '.join(allowed)}")
+        for key in ("multiple", "calib_images", "rounds", "runs"):
+            if int(getattr(self, key)) < 1:
+                raise RmtDeployError(f"{key} must be at least 1, got {getattr(self, key)}")
+        if not self.speedup > 1.0:
+            raise RmtDeployError(f"speedup must be above 1 (× over dense), got {self.speedup}")
+
+
+@dataclass
+class GroupChoice:
+    """A group's chosen width and why: the floor, whether it bound, damage and latency."""
+
+    name: str
+    channels: int
+    width: int
+    floor: WidthFloor
+    floor_bound: bool  # the narrowest option was taken and the floor set it above the block
+    damage: float
+    saving_ms: float
+    keep: torch.Tensor
+
+
+@dataclass
+class ChannelSearch:
+    """What the search measured and chose."""
+
+    choices: list[GroupChoice]
+    dense_ms: float
+    predicted_ms: float
+    predicted_damage: float
+    skipped: list
+    deployment: str
+
+
+def block_of(names: list[str]) -> str:
+    """The smallest module holding every layer in `names` ("" is the model)."""
+    parts = [n.split(".") for n in names]
+    common: list[str] = []
+    for level in zip(*parts, strict=False):
+        if len(set(level)) != 1:
+            break
+        common.append(level[0])
+    return ".".join(common[: min(len(p) for p in parts) - 1])
+
+
+def narrowed_copy(model: nn.Module, example: torch.Tensor, keep: dict[str, torch.Tensor]):
+    """A copy of `model` (shortcuts exposed) with the groups in `keep` narrowed."""
+    clone = copy.deepcopy(model)
+    prune_channels_(clone, keep, example)
+    return clone.eval()
+
+
+def _members(cg: ChannelGraph, name: str) -> list[str]:
+    group = cg.groups[name]
+    return group.producers + group.consumers + group.fixed
+
+
+@torch.no_grad()
+def measure_group(
+    model: nn.Module,
+    cg: ChannelGraph,
+    name: str,
+    widths: list[int],
+    scores: torch.Tensor,
+    ctx: MeasureContext,
+) -> LayerEntry:
+    """The group's options: dense and each width, damage on `ctx.images`, time in context."""
+    block = block_of(_members(cg, name))
+    shape = ctx.shapes.setdefault(block, _input_shape(model, block, ctx))
+    copies = {w: narrowed_copy(model, ctx.example, {name: keep_top(scores, w)}) for w in widths}
+    runners = {0: ctx.runner(model.get_submodule(block), shape, f"{name}-dense")}
+    runners.update(
+        {w: ctx.runner(m.get_submodule(block), shape, f"{name}-{w}") for w, m in copies.items()}
+    )
+    inputs = {k: ctx.batch(shape) for k in runners}
+    samples = time_interleaved(runners, inputs, ctx.rounds, ctx.runs)
+    options = [LayerOption("dense", **_timing(samples[0]))]
+    for w, m in copies.items():
+        damage = relative_output_error(ctx.reference, ctx.outputs(m))
+        options.append(LayerOption("channels", w, damage, **_timing(samples[w])))
+    channels = cg.groups[name].channels
+    return LayerEntry(name, "channels", list(shape), [channels, 0], 0, options, sensitivity=1.0)
+
+
+def _timing(samples: list[float]) -> dict[str, float]:
+    s = spread(samples)
+    return {"ms": s["median_ms"], "q1_ms": s["q1_ms"], "q3_ms": s["q3_ms"]}
+
+
+def _input_shape(model: nn.Module, block: str, ctx: MeasureContext) -> tuple[int, ...]:
+    if not block:
+        return (ctx.batch_size, *ctx.example.shape[1:])
+    seen = capture_input_shapes(model, {block: model.get_submodule(block)}, ctx.example)
+    return (ctx.batch_size, *seen[block][1:])
+
+
+@dataclass
+class MeasureContext:
+    """What measuring needs: calibration images and the dense outputs on them, an example
+    input, the deployment's runner factory and timing settings."""
+
+    images: torch.Tensor
+    reference: torch.Tensor
+    example: torch.Tensor
+    deployment: object  # runtimes.Deployment
+    folder: Path
+    batch_size: int
+    rounds: int
+    runs: int
+    threads: int
+    shapes: dict
+
+    def outputs(self, model: nn.Module) -> torch.Tensor:
+        return torch.cat([model(self.images[i : i + 64]) for i in range(0, len(self.images), 64)])
+
+    def runner(self, module: nn.Module, shape: tuple[int, ...], tag: str):
+        from ..runtimes import RUNTIMES
+
+        run = RUNTIMES[self.deployment.runtime].layer_runner(
+            self.deployment, copy.deepcopy(module), shape, self.folder, tag.replace(".", "_"),
+            self.threads,
+        )  # fmt: skip
+        if run is None:
+            raise RmtDeployError(f"deployment {self.deployment.name} cannot run a pruned block")
+        return run
+
+    def batch(self, shape: tuple[int, ...]):
+        return torch.randn(shape, generator=torch.Generator().manual_seed(0)).numpy()
+
+
+def group_options(
+    cg: ChannelGraph, spikes: dict[str, int | None], config: ChannelSearchConfig
+) -> dict[str, tuple[WidthFloor, list[int]]]:
+    """Each group's floor and candidate widths (floor 0 everywhere with `floor: none`)."""
+    floors = spectral_floors(cg, spikes if config.floor == "spectrum" else {})
+    return {
+        name: (floors[name], width_options(g.channels, floors[name].floor, config.multiple))
+        for name, g in cg.groups.items()
+    }
+
+
+def measure_table(
+    model: nn.Module,
+    cg: ChannelGraph,
+    options: dict[str, tuple[WidthFloor, list[int]]],
+    ctx: MeasureContext,
+    importance: str,
+    progress: bool = False,
+) -> tuple[list[LayerEntry], dict[str, torch.Tensor]]:
+    """One entry per group with at least one candidate width, and every group's scores."""
+    scores = {name: channel_scores(cg, name, importance) for name in cg.groups}
+    entries = []
+    for name in tqdm(list(options), desc="channel widths", unit="group", disable=not progress):
+        widths = options[name][1]
+        if widths:
+            entries.append(measure_group(model, cg, name, widths, scores[name], ctx))
+    return entries, scores
+
+
+def choose_dp(entries: list[LayerEntry], dense_ms: float, speedup: float):
+    """The least damaging DP allocation predicted to reach `speedup` (else the fastest)."""
+    allocations = allocate(entries, list(DAMAGE_CAPS) + [4.0, 16.0], min_gain=0.0)
+    goal = dense_ms - dense_ms / speedup
+    reaching = [a for a in allocations if a.saving_ms >= goal]
+    if reaching:
+        return min(reaching, key=lambda a: a.damage)
+    return max(allocations, key=lambda a: a.saving_ms)
+
+
+def choose_uniform(entries: list[LayerEntry], dense_ms: float, speedup: float):
+    """Every group at the same share of its channels (its nearest measured width), the
+    largest share predicted to reach `speedup` (else the smallest share)."""
+    from ..planner.allocate import Allocation
+
+    def at(share: float):
+        choices = {}
+        for e in entries:
+            want = share * e.matrix_shape[0]
+            fits = [o for o in e.options[1:] if o.rank >= want] or [e.options[-1]]
+            pick = min(fits, key=lambda o: o.rank) if share < 1 else e.dense
+            choices[e.name] = pick
+        saving = sum((e.dense.ms or 0) - (choices[e.name].ms or 0) for e in entries)
+        damage = sum(choices[e.name].error for e in entries)
+        return Allocation(choices, saving, damage)
+
+    shares = [s / 64 for s in range(64, 0, -1)]
+    goal = dense_ms - dense_ms / speedup
+    for share in shares:
+        allocation = at(share)
+        if allocation.saving_ms >= goal:
+            return allocation
+    return at(shares[-1])
+
+
+def search_widths(
+    model: nn.Module,
+    images: torch.Tensor,
+    spikes: dict[str, int | None],
+    config: ChannelSearchConfig,
+    deployment,
+    batch_size: int = 8,
+    progress: bool = False,
+) -> ChannelSearch:
+    """Measure every group's widths on `deployment` and choose them (model left unchanged)."""
+    work = copy.deepcopy(model).eval()
+    example = images[:1]
+    with torch.enable_grad():
+        cg = channel_graph(work, example)
+    options = group_options(cg, spikes, config)
+    with tempfile.TemporaryDirectory(prefix="rmt-channels-") as folder, torch.no_grad():
+        reference = torch.cat([work(images[i : i + 64]) for i in range(0, len(images), 64)])
+        ctx = MeasureContext(
+            images, reference, example, deployment, Path(folder), batch_size,
+            config.rounds, config.runs, torch.get_num_threads(), {},
+        )  # fmt: skip
+        entries, scores = measure_table(work, cg, options, ctx, config.importance, progress)
+        shape = (batch_size, *example.shape[1:])
+        whole = time_interleaved({0: ctx.runner(work, shape, "model")}, {0: ctx.batch(shape)})
+    dense_ms = spread(whole[0])["median_ms"]
+    pick = choose_dp if config.allocation == "dp" else choose_uniform
+    allocation = pick(entries, dense_ms, config.speedup)
+    choices = [
+        _choice(cg, e, allocation.choices[e.name], options[e.name], scores[e.name], config)
+        for e in entries
+        if allocation.choices[e.name].form == "channels"
+    ]
+    return ChannelSearch(
+        choices, dense_ms, dense_ms - allocation.saving_ms, allocation.damage, cg.skipped,
+        deployment.name,
+    )  # fmt: skip
+
+
+def _choice(cg, entry, option, options, scores, config) -> GroupChoice:
+    floor, widths = options
+    bound = option.rank == widths[0] and widths[0] > config.multiple
+    return GroupChoice(
+        entry.name, cg.groups[entry.name].channels, option.rank, floor, bound, option.error,
+        (entry.dense.ms or 0.0) - (option.ms or 0.0), keep_top(scores, option.rank),
+    )  # fmt: skip

@@ -1,0 +1,65 @@
+"""Channel pruning as a strategy: whole output channels removed through Torch-Pruning's
+dependency graph, each group's width no smaller than its spectrum's spike count, widths chosen
+by a DP over damage and latency measured on the deployment (`rmt_deploy/channels/`)."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+
+import torch
+
+from ..channels import ChannelError
+from ..channels.search import ChannelSearch, ChannelSearchConfig, search_widths
+from ..plan import LayerPlan, channels_entry, dense_entry
+from .base import PlanContext, StrategyError, register_strategy
+
+SETTINGS = {f.name: f.name for f in fields(ChannelSearchConfig)}
+
+
+def _deployment(name: str, target):
+    from ..deploy import DeploymentError, resolve
+
+    wanted = target.deployments if name == "auto" else [name]
+    try:
+        chosen, _ = resolve(wanted, target.device)
+    except DeploymentError as exc:
+        raise StrategyError(f"strategy channels: {exc}") from exc
+    return chosen[0]
+
+
+def _layers(ctx: PlanContext, search: ChannelSearch) -> list[LayerPlan]:
+    chosen = {c.name: c for c in search.choices}
+    layers = []
+    for name, module in ctx.targets:
+        c = chosen.get(name)
+        if c is None:
+            layers.append(dense_entry(name, module, "kept: its channel group stays whole", "kept"))
+            continue
+        reason = (
+            f"{c.width} of {c.channels} channels (floor {c.floor.floor} from "
+            f"{c.floor.source}{', bound' if c.floor_bound else ''})"
+        )
+        stats = {
+            "floor": float(c.floor.floor), "floor_bound": float(c.floor_bound),
+            "damage": c.damage, "saving_ms": c.saving_ms,
+        }  # fmt: skip
+        layers.append(channels_entry(name, module, c.width, reason, stats, c.keep))
+    return layers
+
+
+@register_strategy("channels", needs_data=True, config=ChannelSearchConfig, settings=SETTINGS)
+def channels(ctx: PlanContext):
+    """Whole channels removed (Torch-Pruning), widths from the MP spikes up, by measured DP."""
+    config = ChannelSearchConfig(**{k: ctx.config[k] for k in SETTINGS})
+    count = min(config.calib_images, len(ctx.data))
+    images = torch.stack([ctx.data[i][0] for i in range(count)])
+    spikes = {layer.name: layer.edge_rank for layer in ctx.spectrum.layers}
+    deployment = _deployment(config.deployment, ctx.target)
+    try:
+        search = search_widths(
+            ctx.model, images, spikes, config, deployment, ctx.target.batch, progress=True
+        )
+    except ChannelError as exc:
+        raise StrategyError(str(exc)) from exc
+    ctx.config["input_size"] = list(images.shape[1:])  # what compress traces the model with
+    return _layers(ctx, search)

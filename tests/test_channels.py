@@ -1,0 +1,229 @@
+"""The `channels` form: coupled groups found by Torch-Pruning, exact removal, spectral floors,
+plans that round-trip and export with parity."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from rmt_deploy import compress_
+from rmt_deploy.channels import (
+    ChannelError,
+    ShortcutSelect,
+    channel_graph,
+    channel_scores,
+    keep_top,
+    prune_channels_,
+    spectral_floors,
+    width_options,
+)
+from rmt_deploy.channels.search import block_of
+from rmt_deploy.channels.shortcuts import expose_shortcuts_
+from rmt_deploy.models.cifar_resnet import CifarResNet
+from rmt_deploy.plan import CompressionPlan, PlanError, channels_entry, dense_entry, lowrank_entry
+
+
+def resnet20(seed: int = 0) -> nn.Module:
+    """A CIFAR ResNet-20 with random weights and non-trivial BatchNorm statistics."""
+    torch.manual_seed(seed)
+    model = CifarResNet(20)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    return model.eval()
+
+
+X = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+
+
+def test_option_a_shortcut_as_a_selection_conv_is_exact():
+    model = resnet20()
+    before = model(X)
+    assert expose_shortcuts_(model, X[:1]) == ["layer2.0.shortcut", "layer3.0.shortcut"]
+    select = model.layer2[0].shortcut
+    assert isinstance(select, ShortcutSelect) and not select.weight.requires_grad
+    assert select.weight.shape == (32, 16, 1, 1) and select.weight.sum() == 16
+    # the padded channels (8 on each side) get nothing, channel i of the input lands at 8 + i
+    assert select.weight[8 + 5, 5, 0, 0] == 1 and select.weight[:8].sum() == 0
+    torch.testing.assert_close(model(X), before, rtol=0, atol=1e-6)
+
+
+def test_resnet_groups_couple_each_stage_and_keep_the_head():
+    cg = channel_graph(resnet20(), X[:1])
+    # 3 residual streams (one per stage) + one group inside each of the 9 blocks
+    assert len(cg.groups) == 12
+    stage2 = cg.groups["layer2.0.conv2"]
+    assert stage2.channels == 32
+    assert stage2.producers == [f"layer2.{i}.conv2" for i in range(3)]
+    assert sorted(stage2.fixed) == ["layer2.0.shortcut", "layer3.0.shortcut"]
+    assert {"layer2.1.conv1", "layer2.2.conv1", "layer3.0.conv1"} <= set(stage2.consumers)
+    stage1 = cg.groups["conv1"]
+    assert stage1.producers == ["conv1"] + [f"layer1.{i}.conv2" for i in range(3)]
+    inner = cg.groups["layer3.1.conv1"]
+    assert (inner.producers, inner.consumers, inner.channels) == (
+        ["layer3.1.conv1"], ["layer3.1.conv2"], 64,
+    )  # fmt: skip
+    assert [(s.name, s.code) for s in cg.skipped] == [("linear", "output_layer")]
+    stage3 = cg.groups["layer3.0.conv2"]
+    assert "linear" in stage3.consumers  # the head loses the removed inputs, not its outputs
+
+
+def _silence(bn: nn.BatchNorm2d, channels: list[int]) -> None:
+    bn.weight.data[channels] = 0
+    bn.bias.data[channels] = 0
+
+
+def test_removing_silent_channels_leaves_the_output_unchanged():
+    """Channels whose BatchNorm outputs are zero contribute nothing downstream: removing
+    exactly them (inner groups and a padded residual channel of stage 2) must not change the
+    output — removing any other channel would."""
+    model = resnet20()
+    inner, padded = [1, 6, 30], [0, 31]  # stage 2's channels 0..7 and 24..31 are padding
+    _silence(model.layer3[1].bn1, inner)
+    for block in model.layer2:
+        _silence(block.bn2, padded)
+    before = model(X)
+    keep = {
+        "layer3.1.conv1": torch.tensor([c for c in range(64) if c not in inner]),
+        "layer2.0.conv2": torch.tensor([c for c in range(32) if c not in padded]),
+    }
+    prune_channels_(model, keep, X[:1])
+    assert model.layer3[1].conv1.out_channels == 61 and model.layer3[1].conv2.in_channels == 61
+    assert [b.conv2.out_channels for b in model.layer2] == [30, 30, 30]
+    assert model.layer3[0].conv1.in_channels == 30
+    assert tuple(model.layer3[0].shortcut.weight.shape) == (64, 30, 1, 1)
+    torch.testing.assert_close(model(X), before, rtol=0, atol=1e-5)
+
+
+def test_removing_a_live_channel_changes_the_output():
+    model = resnet20()
+    before = model(X)
+    prune_channels_(model, {"layer3.1.conv1": torch.arange(1, 64)}, X[:1])
+    assert (model(X) - before).abs().max() > 1e-3
+
+
+def test_scores_rank_the_bn_scale_and_keep_top_picks_the_largest():
+    model = resnet20()
+    model.layer1[0].bn1.weight.data = torch.linspace(0.1, 1.6, 16).flip(0)
+    cg = channel_graph(model, X[:1])
+    scores = channel_scores(cg, "layer1.0.conv1", "bn")
+    assert torch.argsort(scores, descending=True).tolist() == list(range(16))
+    assert keep_top(torch.tensor([0.1, 3.0, 2.0, 5.0]), 2).tolist() == [1, 3]
+    assert keep_top(torch.tensor([1.0, 1.0, 1.0]), 2).tolist() == [0, 1]  # ties: lower index
+    with pytest.raises(ChannelError, match="outside 1..3"):
+        keep_top(torch.ones(3), 0)
+
+
+def test_magnitude_scores_sum_each_layers_normalized_norms():
+    model = resnet20()
+    cg = channel_graph(model, X[:1])
+    block = model.layer1[0]
+    rows = block.conv1.weight.flatten(1).norm(dim=1)
+    cols = block.conv2.weight.transpose(0, 1).flatten(1).norm(dim=1)
+    gamma = block.bn1.weight.abs()
+    expected = sum(v.double() / v.double().mean() for v in (rows, cols, gamma))
+    torch.testing.assert_close(channel_scores(cg, "layer1.0.conv1"), expected.detach())
+
+
+def test_width_options_start_at_the_floor_in_blocks_of_eight():
+    assert width_options(64, 21, 8) == [24, 32, 40, 48, 56]
+    assert width_options(64, 0, 8) == [8, 16, 24, 32, 40, 48, 56]
+    assert width_options(16, 12, 8) == []  # the floor leaves no narrower block
+    assert width_options(32, 8, 8) == [8, 16, 24]
+
+
+def test_a_groups_floor_is_its_largest_producer_spike_count():
+    cg = channel_graph(resnet20(), X[:1])
+    spikes = {"layer2.0.conv2": 7, "layer2.1.conv2": 19, "layer2.2.conv2": None}
+    floors = spectral_floors(cg, spikes)
+    assert (floors["layer2.0.conv2"].floor, floors["layer2.0.conv2"].source) == (
+        19, "layer2.1.conv2",
+    )  # fmt: skip
+    assert (floors["layer1.0.conv1"].floor, floors["layer1.0.conv1"].source) == (0, "none")
+
+
+def test_the_block_timed_for_a_group_holds_all_its_layers():
+    assert block_of(["layer1.0.conv1", "layer1.0.conv2"]) == "layer1.0"
+    assert block_of(["layer2.0.conv2", "layer2.1.conv2", "layer3.0.conv1"]) == ""
+    assert block_of(["features.3.conv", "features.3.bn"]) == "features.3"
+
+
+class Untraceable(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x):
+        y = self.conv(x)
+        y = torch.from_numpy(y.numpy())  # leaves autograd: nothing to trace through
+        return self.head(y.mean((2, 3)))
+
+
+def test_a_model_torch_pruning_cannot_trace_is_one_clear_error():
+    with pytest.raises(ChannelError, match="cannot trace Untraceable.*lowrank form instead"):
+        channel_graph(Untraceable().eval(), X[:1])
+
+
+def _plan(model: nn.Module, widths: dict[str, int], floor: int = 0) -> CompressionPlan:
+    cg = channel_graph(copy.deepcopy(model), X[:1])
+    layers = []
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.Conv2d | nn.Linear):
+            continue
+        if name in widths:
+            keep = keep_top(channel_scores(cg, name), widths[name])
+            stats = {"floor": float(floor)}
+            layers.append(channels_entry(name, module, widths[name], "test", stats, keep))
+        else:
+            layers.append(dense_entry(name, module, "kept"))
+    return CompressionPlan("channels", {"input_size": [3, 32, 32]}, layers)
+
+
+def test_a_channels_plan_round_trips_and_loads_as_a_checkpoint(tmp_path):
+    model = resnet20()
+    widths = {"layer2.0.conv2": 24, "layer3.2.conv1": 40, "layer1.1.conv1": 8}
+    plan = _plan(model, widths)
+    plan.save(tmp_path / "plan.json")
+    plan.save_payloads(tmp_path / "plan.safetensors")
+    loaded = CompressionPlan.load(tmp_path / "plan.json").load_payloads(
+        tmp_path / "plan.safetensors"
+    )
+    assert loaded.layer("layer3.2.conv1").width == 40
+    assert "3 narrowed" in loaded.coverage_line()
+    pruned = compress_(copy.deepcopy(model), loaded)
+    direct = copy.deepcopy(model)
+    prune_channels_(direct, {n: plan.layer(n).payload["keep"] for n in widths}, X[:1])
+    torch.testing.assert_close(pruned(X), direct(X), rtol=0, atol=0)
+    assert pruned.layer3[2].conv1.out_channels == 40 and pruned.layer2[1].conv2.out_channels == 24
+    # a compressed checkpoint: the structure from the plan, the weights from the state dict
+    shell = compress_(resnet20(seed=5), loaded, structure_only=True)
+    shell.load_state_dict(pruned.state_dict())
+    torch.testing.assert_close(shell.eval()(X), pruned(X), rtol=0, atol=0)
+
+
+def test_a_width_below_the_floor_and_mixed_forms_are_refused():
+    model = resnet20()
+    with pytest.raises(PlanError, match="width 8 is below its spectral floor 12.*floor: none"):
+        compress_(copy.deepcopy(model), _plan(model, {"layer3.2.conv1": 8}, floor=12))
+    plan = _plan(model, {"layer3.2.conv1": 32})
+    conv = model.layer3[1].conv1
+    plan.layers = [
+        lowrank_entry("layer3.1.conv1", conv, 8, "t") if la.name == "layer3.1.conv1" else la
+        for la in plan.layers
+    ]
+    with pytest.raises(PlanError, match="cannot also use lowrank"):
+        compress_(copy.deepcopy(model), plan)
+
+
+def test_a_pruned_resnet_exports_with_parity(tmp_path):
+    from rmt_deploy.exporters import export
+
+    model = compress_(resnet20(), _plan(resnet20(), {"layer2.0.conv2": 16, "layer3.0.conv1": 24}))
+    data = torch.utils.data.TensorDataset(torch.randn(16, 3, 32, 32), torch.zeros(16).long())
+    artifact = export(model, tmp_path, (3, 32, 32), verify_data=data, name="channels")
+    assert artifact.parity.passed and artifact.parity.max_abs_diff < 1e-4
