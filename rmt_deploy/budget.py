@@ -102,18 +102,10 @@ def resolve_metric(spec: str | BudgetMetric) -> BudgetMetric:
 
 def _user_loss(spec: str, fn: Callable) -> LossFn:
     def loss(reference, outputs, labels):
-        from .usercode import call_user
+        from .usercode import call_user, metric_value
 
         value = call_user(fn, spec, reference, outputs, labels)
-        if isinstance(value, torch.Tensor) and value.dim() == 1 and len(value) == len(outputs):
-            return value.double()  # a loss per input: the budget gets a confidence bound
-        try:
-            return float(value)
-        except (TypeError, ValueError) as exc:
-            raise BudgetError(
-                f"budget metric {spec} returned {type(value).__name__}, not a number "
-                "(or one loss per input)"
-            ) from exc
+        return metric_value(value, spec, len(outputs))  # a loss per input: a confidence bound
 
     return loss
 
@@ -156,8 +148,15 @@ def model_outputs(
     return torch.cat(outputs), None if bool((all_labels < 0).any()) else all_labels
 
 
-def check_metric(metric: BudgetMetric, labelled: bool, output_shape: tuple[int, ...]) -> None:
-    """Refuse a metric the data or the model's outputs cannot support, naming the fix."""
+def check_metric(
+    metric: BudgetMetric,
+    labelled: bool,
+    output_shape: tuple[int, ...],
+    sample: torch.Tensor | None = None,
+) -> None:
+    """Refuse a metric the data or the model's outputs cannot support, naming the fix; with
+    `sample` (the model's outputs on a few images) call it once, so that a user metric that
+    raises or returns NaN or a non-number fails here, before any stage, not after planning."""
     if metric.needs_labels and not labelled:
         raise BudgetError(
             f"budget metric {metric.name} needs labelled images, and the held-out data has no "
@@ -169,6 +168,18 @@ def check_metric(metric: BudgetMetric, labelled: bool, output_shape: tuple[int, 
             f"budget metric {metric.name} needs N × classes scores, but the model outputs shape "
             f"{tuple(output_shape)}: use cosine (or a metric of your own)"
         )
+    if sample is not None:
+        _probe_metric(metric, labelled, sample)
+
+
+def _probe_metric(metric: BudgetMetric, labelled: bool, sample: torch.Tensor) -> None:
+    """The metric on `sample` against a slightly perturbed copy (a compressed model's
+    outputs are never identical), labels the sample's own top-1 where the data has labels."""
+    reference = sample.detach().float()
+    noise = torch.randn(reference.shape, generator=torch.Generator().manual_seed(0))
+    outputs = reference + 1e-3 * (float(reference.std()) if reference.numel() > 1 else 1.0) * noise
+    labels = reference.argmax(1) if labelled and reference.dim() == 2 else None
+    metric.loss(reference, outputs, labels)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .errors import DataError
 from .progress import tqdm
+from .usercode import labels_tensor, logits_of
 
 
 @dataclass
@@ -45,8 +46,8 @@ def evaluate(
     correct1 = correct5 = seen = 0
     start = time.perf_counter()
     for images, labels in tqdm(loader, desc="eval", unit="batch", disable=not progress):
-        logits = model(images.to(target)).float()
-        labels = labels.to(target)
+        logits = logits_of(model(images.to(target))).float()
+        labels = labels_tensor(labels, "the dataset").to(target)
         if labels.max() >= logits.shape[1]:
             raise DataError(
                 f"the model has {logits.shape[1]} outputs but the data has label "

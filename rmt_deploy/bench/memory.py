@@ -8,8 +8,12 @@ row's figure: what the variant costs when deployed alone.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import resource
+import signal
+import threading
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -56,6 +60,24 @@ def _child(spec, backend, options, shape, runs, conn) -> None:
         conn.close()
 
 
+@contextlib.contextmanager
+def _sigint_blocked() -> Iterator[None]:
+    """Start children with SIGINT blocked (the mask survives fork and exec): Ctrl-C reaches
+    the whole process group, and a child that gets it dies printing its own traceback (45
+    frames of torch's import). The parent alone takes it, once unblocked, and stops them."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    from multiprocessing import resource_tracker
+
+    resource_tracker.ensure_running()  # started inside, it would unblock SIGINT on its way out
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def peak_memory_mb(
     spec: dict, backend: str, options: dict, shape: tuple[int, ...], runs: int = 3
 ) -> tuple[float | None, float | None, str | None]:
@@ -64,7 +86,8 @@ def peak_memory_mb(
     parent, child = context.Pipe(duplex=False)
     try:
         process = context.Process(target=_child, args=(spec, backend, options, shape, runs, child))
-        process.start()
+        with _sigint_blocked():
+            process.start()
     except Exception as exc:  # e.g. a user's model class that does not pickle
         return None, None, f"cannot start a process for it: {exc}"
     child.close()
@@ -72,6 +95,10 @@ def peak_memory_mb(
         answer = parent.recv()
     except EOFError:
         answer = f"the process died (exit code {process.exitcode})"
+    except BaseException:  # Ctrl-C here: stop the child too, then let the CLI say one line
+        process.terminate()
+        process.join()
+        raise
     process.join()
     if isinstance(answer, str):
         return None, None, answer

@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..data import take_images
 from ..errors import RmtDeployError
 from ..paths import ensure_output_dir, file_sha256, pid_alive, write_json_atomic
+from ..usercode import check_model_output, logits_of
 
 _TWO_GB = 2**31 - 2**20  # protobuf's hard limit, less headroom for the graph itself
 
@@ -96,6 +97,12 @@ def _inputs(data: Dataset | None, n: int, shape: tuple[int, ...], batch: int):
     yield from take_images(DataLoader(data, batch_size=batch, shuffle=False, num_workers=1), n)
 
 
+def _static_batch(session) -> int | None:
+    """The batch size an ONNX file's input is fixed to (`--static-batch`), None when dynamic."""
+    first = session.get_inputs()[0].shape[0] if session.get_inputs()[0].shape else None
+    return first if isinstance(first, int) and first > 0 else None
+
+
 @torch.no_grad()
 def verify_onnx(
     model: nn.Module,
@@ -115,11 +122,16 @@ def verify_onnx(
     """
     session = ort_session(Path(onnx_path))
     input_name = session.get_inputs()[0].name
+    static = _static_batch(session)
+    if static is not None:  # a fixed batch axis runs only batches of exactly that size
+        batch_size, n_images = static, max(static, n_images - n_images % static)
     model.eval()
     max_abs = scale = 0.0
     agree = total = 0
     for images in _inputs(data, n_images, input_shape, batch_size):
-        ref = model(images).float().numpy()
+        if len(images) != batch_size and static is not None:
+            break  # fewer images than the static batch holds: the last short batch is left out
+        ref = logits_of(model(images), "the model").float().numpy()
         got = session.run(None, {input_name: images.numpy()})[0]
         if got.shape != ref.shape:
             raise ExportMismatchError(f"ONNX output shape {got.shape} != PyTorch {ref.shape}")
@@ -488,6 +500,7 @@ def export(
         rtol=rtol,
         min_agreement=min_agreement,
     )
+    check_model_output(model, input_shape, f"model {name}")  # before any file is touched
     out = ensure_output_dir(out_dir)
     remove_stale_exports(out)
     model = model.eval()

@@ -147,6 +147,9 @@ def _from_callable(spec: str, **kwargs: object) -> nn.Module:
     model = call_user(factory, spec, **kwargs)
     if not isinstance(model, nn.Module):
         raise UnknownModelError(f"{spec!r} returned a {type(model).__name__}, not an nn.Module")
+    from ..usercode import check_model_output
+
+    check_model_output(model, DataConfig.from_model(model).input_size, f"model {spec}")
     return model
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from ..errors import CheckpointError, NonFiniteWeightsError
 _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "module")
 _PREFIXES = ("module.", "_orig_mod.")  # DataParallel/DDP and torch.compile wrappers
 _OPTIONAL_KEY_SUFFIXES = ("num_batches_tracked",)  # absent from older BatchNorm checkpoints
+_TORCH_ADVICE = ("Weights only load failed", "Please file an issue", "Check the documentation")
 
 
 def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
@@ -34,12 +36,38 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
         else:
             raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # any parse failure means the file is not a usable checkpoint
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(
-            f"cannot read checkpoint {path}: not a valid safetensors/torch file or not loadable "
-            f"with weights_only=True ({first_line[:200]})"
-        ) from exc
+        if "weights only load failed" not in str(exc).lower():
+            raise _unreadable(path, exc) from exc
+        # torch's text advises weights_only=False: neither it nor its cause is passed on
+        if re.search(r"GLOBAL [\w.]+", str(exc)):
+            raise _holds_objects(path, exc) from None
+        raise _unreadable(path, exc) from None
     return _unwrap(raw, path)
+
+
+def _unreadable(path: Path, exc: BaseException) -> CheckpointError:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if lines and lines[0].startswith("Weights only load failed"):  # its detail, not its advice
+        lines = [line for line in lines if not line.startswith(_TORCH_ADVICE)]
+    first_line = lines[0] if lines else type(exc).__name__
+    return CheckpointError(
+        f"cannot read checkpoint {path}: not a valid safetensors/torch file or not loadable "
+        f"with weights_only=True ({first_line[:200]})"
+    )
+
+
+def _holds_objects(path: Path, exc: BaseException) -> CheckpointError:
+    """A pickle that needs arbitrary Python objects to load: loading it may run any code, so
+    it is refused, and the message says how to save the weights safely — never torch's own
+    advice to retry with weights_only=False."""
+    found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+    what = f" ({found.group(1)})" if found else ""
+    return CheckpointError(
+        f"checkpoint {path} holds arbitrary Python objects{what}, which rmt-deploy does not load "
+        "(it reads with weights_only=True: unpickling them can run any code): where the file "
+        "is trusted, save only the weights, torch.save(model.state_dict(), 'model.pth') or "
+        "safetensors.torch.save_file(model.state_dict(), 'model.safetensors'), and pass that file"
+    )
 
 
 def _unwrap(raw: object, path: Path) -> dict[str, torch.Tensor]:
