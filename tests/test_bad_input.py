@@ -312,7 +312,7 @@ def test_sigterm_is_like_ctrl_c(capsys, monkeypatch, tmp_path):
         ({"benchmark": {"runs": 0}}, "benchmark.runs must be an integer ≥ 1"),
         ({"benchmark": {"batches": [1, -8]}}, r"benchmark.batches\[1\] must be an integer ≥ 1"),
         ({"export": {"verify_images": 0}}, "export.verify_images must be an integer ≥ 1"),
-        ({"export": {"opset": 3}}, "export.opset must be an integer ≥ 7"),
+        ({"export": {"opset": 3}}, r"export.opset must lie in \[7, 20\], got 3"),
         ({"data": {"test_images": 0}}, "data.test_images must be an integer ≥ 1"),
         ({"data": {"preprocess": {"crop_pct": 1.5}}}, r"crop_pct must lie in \(0, 1\]"),
         ({"data": {"preprocess": {"interpolation": "cubic"}}}, "interpolation: one of"),

@@ -340,7 +340,9 @@ _RULES: dict[str, _Range] = {
     "finetune.group_lasso": _NONNEG,
     "finetune.l1": _NONNEG,
     "finetune.l2": _NONNEG,
-    "export.opset": _Range(7, integer=True),
+    # the TorchScript exporter the pipeline uses (torch.onnx ONNX_MIN_OPSET to
+    # ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET): an opset outside fails only in the export stage
+    "export.opset": _Range(7, 20, integer=True),
     "export.verify_images": _AT_LEAST_1,
     "benchmark.batches[]": _AT_LEAST_1,
     "benchmark.runs": _AT_LEAST_1,
@@ -522,12 +524,133 @@ def _check_strategy_settings(config: RunConfig) -> None:
             "(or compress.accuracy_budget: null with settings.layer_error)"
         )
     if c.strategy in STRATEGIES:
-        from ..strategies import StrategyError, check_settings
+        _check_settings_of(c.strategy, c.settings)
 
+
+@dataclass(frozen=True)
+class _Choice:
+    """The valid values of one text setting."""
+
+    options: tuple[str, ...]
+
+    def holds(self, value: Any) -> bool:
+        return value in self.options
+
+    def message(self, key: str, value: Any) -> str:
+        return f"{key} must be one of {', '.join(self.options)}, got {value!r}"
+
+
+_BELOW_1 = _Range(0.0, 1.0, high_open=True)
+# The ranges of the strategies' own settings (strategy.setting) that their registry does not
+# declare (only `latency`'s config dataclass does): the values each strategy refuses when it
+# starts, refused here at load, naming compress.settings.<setting>, before any stage runs.
+_STRATEGY_RULES: dict[str, _Range | _Choice] = {
+    "classic_rmt.cycles": _Range(1, 1000, integer=True),
+    "classic_rmt.reg_lr": _BELOW_1,
+    "classic_rmt.l1": _BELOW_1,
+    "classic_rmt.l2": _BELOW_1,
+    "classic_rmt.batch_size": _AT_LEAST_1,
+    "hybrid.variant": _Choice(("threshold", "fixed")),
+    "hybrid.step": _Range(0.001, 1.0, high_open=True),
+    "hybrid.handoff": _Range(0.0, 1.0, low_open=True, high_open=True),
+    "hybrid.holdout_images": _AT_LEAST_1,
+    "hybrid.batch_size": _AT_LEAST_1,
+    "ser.batch_size": _AT_LEAST_1,
+    "lowrank.batch_size": _AT_LEAST_1,
+    "lowrank.calib_images": _AT_LEAST_1,
+    "lowrank.rank_multiple": _AT_LEAST_1,
+    "nm24.fraction": _Range(0.0, 1.0, low_open=True),
+    "nm24.order": _Choice(("seb", "size")),
+    "svd.rank_multiple": _AT_LEAST_1,
+}
+
+
+def _check_settings_of(strategy: str, settings: dict[str, Any]) -> None:
+    """Each setting alone (so the error names compress.settings.<key>), against the
+    strategy's registry and then the ranges above; then all of them together."""
+    from ..strategies import StrategyError, check_settings
+
+    for key, value in settings.items():
+        where = f"compress.settings.{key}"
         try:
-            check_settings(c.strategy, c.settings)
+            coerced = check_settings(strategy, {key: value}).get(key, value)
         except StrategyError as exc:
-            raise ConfigError(f"compress.settings: {exc}") from exc
+            raise ConfigError(f"{where}: {exc}") from exc
+        rule = _STRATEGY_RULES.get(f"{strategy}.{key}")
+        if rule is not None and coerced is not None and not rule.holds(coerced):
+            raise ConfigError(f"{rule.message(where, coerced)} (strategy {strategy})")
+    try:
+        check_settings(strategy, settings)
+    except StrategyError as exc:
+        raise ConfigError(f"compress.settings: {exc}") from exc
+
+
+def check_machine(config: RunConfig) -> None:
+    """What the config asks of this machine — the compress device, the planning targets named,
+    the power meter — checked by `run` before the first stage. Loading stays machine-free, so
+    a GPU config can be read (and checked) anywhere."""
+    _check_device_here(config.compress.device)
+    if config.compress.strategy == "latency":
+        _check_targets_here(config.compress.targets)
+    if config.benchmark.power:
+        _check_power_here()
+
+
+def _check_device_here(device: str) -> None:
+    """A CUDA device must be visible, and cuda:N one of them."""
+    if not device.startswith("cuda"):
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError(
+            f"compress.device: {device}, but no CUDA device is visible here "
+            "(torch.cuda.is_available() is False): set compress.device: cpu, or run on a "
+            "machine with an NVIDIA GPU and a CUDA build of torch"
+        )
+    index, count = int(device.partition(":")[2] or 0), torch.cuda.device_count()
+    if index >= count:
+        raise ConfigError(
+            f"compress.device: {device}, but this machine has {count} CUDA device(s): "
+            f"use cuda:0 to cuda:{count - 1}"
+        )
+
+
+# What each GPU runtime needs, said when a target of it cannot run here.
+_RUNTIME_NEEDS = {
+    "tensorrt": "TensorRT needs an NVIDIA GPU and the tensorrt package (pip install tensorrt)",
+    "torch": "PyTorch CUDA needs an NVIDIA GPU and a CUDA build of torch",
+}
+
+
+def _check_targets_here(targets: list[str]) -> None:
+    """Named GPU targets must run here (CPU ones are checked when planning starts: asking
+    OpenVINO would load it into this process)."""
+    from ..deploy import DEPLOYMENTS, unavailable
+
+    for name in targets:
+        deployment = DEPLOYMENTS.get(name)
+        if deployment is None or deployment.device != "cuda":
+            continue
+        why = unavailable(deployment)
+        if why is not None:
+            needs = _RUNTIME_NEEDS.get(deployment.runtime, "it needs an NVIDIA GPU")
+            raise ConfigError(
+                f"compress.targets: {name} cannot run on this machine ({why}): {needs}; "
+                "or plan for deployments this machine offers (compress.targets: [auto])"
+            )
+
+
+def _check_power_here() -> None:
+    """Power is sampled by tegrastats or jtop, which only a Jetson has."""
+    import importlib.util
+    import shutil
+
+    if shutil.which("tegrastats") is None and importlib.util.find_spec("jtop") is None:
+        raise ConfigError(
+            "benchmark.power: true needs a Jetson (tegrastats on PATH, or jetson-stats' jtop) "
+            "and neither is here: set benchmark.power: false"
+        )
 
 
 def _check_backend_exports(config: RunConfig) -> None:

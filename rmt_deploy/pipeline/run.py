@@ -3,8 +3,10 @@
 Every stage writes its artifacts into one output folder (atomically) and is recorded in
 `manifest.json` with a key: the hash of the config it depends on and of the keys of the
 stages before it. A rerun skips a stage whose key is unchanged and whose artifacts are all
-there; a run killed mid-way redoes only the stage it was in (its files were never moved into
-place). Changing, say, `benchmark.batches` reruns the benchmark and the report only.
+there as it wrote them (the sizes the manifest recorded, JSON that parses: a truncated or
+edited artifact reruns its stage); a run killed mid-way redoes only the stage it was in
+(its files were never moved into place). Changing, say, `benchmark.batches` reruns the
+benchmark and the report only.
 """
 
 from __future__ import annotations
@@ -13,6 +15,9 @@ import contextlib
 import datetime as dt
 import hashlib
 import json
+import os
+import stat
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,7 +36,7 @@ from ..paths import (
     read_json,
     write_json_atomic,
 )
-from .config import ConfigError, RunConfig
+from .config import ConfigError, RunConfig, check_machine
 from .isolate import run_isolated
 
 STAGES = ("analyze", "plan", "compress", "evaluate", "export", "benchmark", "report")
@@ -105,9 +110,11 @@ class RunResult:
 
 
 class Manifest:
-    """`manifest.json`: per stage its key, artifacts, timing and a small summary."""
+    """`manifest.json`: per stage its key, artifacts (with their sizes), timing and a small
+    summary."""
 
     def __init__(self, out: Path):
+        self.out = out
         self.path = RunLayout(out).manifest
         self.data = read_json(self.path, "run manifest") if self.path.is_file() else {}
         self.data.setdefault("stages", {})
@@ -115,22 +122,51 @@ class Manifest:
     def stage(self, name: str) -> dict | None:
         return self.data["stages"].get(name)
 
-    def done(self, name: str, key: str, out: Path) -> bool:
+    def has_key(self, name: str, key: str) -> bool:
+        """Whether stage `name` was last run with `key` (its artifacts aside)."""
         entry = self.stage(name)
-        return (
-            entry is not None
-            and entry.get("key") == key
-            and all((out / a).exists() for a in entry.get("artifacts", []))
-        )
+        return entry is not None and entry.get("key") == key
+
+    def artifact_problem(self, name: str) -> str | None:
+        """Why an artifact of stage `name` is not as the stage wrote it (None when all are):
+        missing, another size (truncated, overwritten) or JSON that does not parse."""
+        entry = self.stage(name) or {}
+        sizes = entry.get("sizes", {})
+        for artifact in entry.get("artifacts", []):
+            problem = _artifact_problem(self.out / artifact, sizes.get(artifact))
+            if problem is not None:
+                return f"{artifact} {problem}"
+        return None
+
+    def done(self, name: str, key: str, out: Path | None = None) -> bool:
+        """Run with `key`, and every artifact still as the stage wrote it."""
+        return self.has_key(name, key) and self.artifact_problem(name) is None
 
     def record(self, name: str, entry: dict) -> None:
-        """Record `name` as done and forget every stage downstream of it: their artifacts
-        were made from what `name` has just replaced."""
-        self.data["stages"][name] = entry
+        """Record `name` as done (with its artifacts' sizes) and forget every stage downstream
+        of it: their artifacts were made from what `name` has just replaced."""
+        sizes = {a: (self.out / a).stat().st_size for a in entry.get("artifacts", [])}
+        self.data["stages"][name] = {**entry, "sizes": sizes}
         for later in STAGES:
             if later != name and name in _needed([later]):
                 self.data["stages"].pop(later, None)
         write_json_atomic(self.path, self.data)
+
+
+def _artifact_problem(path: Path, size: int | None) -> str | None:
+    """What is wrong with one recorded artifact, or None. Sizes are compared where the
+    manifest has them (not in one written before they were recorded)."""
+    if not path.is_file():
+        return "is missing" if not path.exists() else None
+    actual = path.stat().st_size
+    if size is not None and actual != size:
+        return f"has {actual} bytes, not the {size} its stage wrote"
+    if path.suffix == ".json":
+        try:
+            json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return "is not valid JSON"
+    return None
 
 
 def _lookup(config: dict, dotted: str):
@@ -197,12 +233,44 @@ def run(
     existed = is_dir(out_path)
     out = ensure_output_dir(out_path)
     try:
-        with output_lock(out):
+        with output_lock(out), _caches_out_of_home():
             return _run_locked(config, out, stages, force, progress, log)
     finally:
         if not existed:  # refused before anything was written: leave no empty folder behind
             with contextlib.suppress(OSError):
                 out.rmdir()
+
+
+@contextlib.contextmanager
+def _caches_out_of_home():
+    """While the run lasts (its stage processes inherit it), the libraries that would write
+    under HOME write nowhere or in the temp directory: ONNX Runtime's telemetry store and
+    device id (~/.cache/Microsoft) off, matplotlib's config and font cache (~/.config and
+    ~/.cache/matplotlib) in a private temp folder, kept between runs. A value the user set is
+    kept. (OpenVINO's and NNCF's telemetry still write ~/intel: only HOME moves it.)"""
+    wanted = {"ORT_DISABLE_TELEMETRY": "1", "MPLCONFIGDIR": str(_private_temp("matplotlib"))}
+    added = {key: value for key, value in wanted.items() if key not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
+
+
+def _private_temp(name: str) -> Path:
+    """`name` in this user's own folder of the temp directory (another user's, or a link
+    there, is not used: a fresh folder is made instead)."""
+    base = Path(tempfile.gettempdir()) / f"rmt-deploy-{os.getuid()}"
+    with contextlib.suppress(OSError):
+        base.mkdir(mode=0o700, exist_ok=True)
+    info = base.lstat() if base.exists() else None
+    if info is None or not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+        return Path(tempfile.mkdtemp(prefix=f"rmt-deploy-{name}-"))
+    if info.st_mode & 0o022:  # writable by others: not ours alone
+        return Path(tempfile.mkdtemp(prefix=f"rmt-deploy-{name}-"))
+    (base / name).mkdir(exist_ok=True)
+    return base / name
 
 
 def _inside(path: Path, folder: Path) -> bool:
@@ -259,15 +327,19 @@ def _run_locked(
         _check_dependencies(selected, manifest, keys, out)
     ctx = RunContext(config, out, assets, progress, log)
     if any(not manifest.done(s, keys[s], out) or force for s in selected if s != "report"):
+        check_machine(config)  # a device, target or power meter this machine lacks
         check_data(ctx)  # missing folders, labels that would be wrong: before any stage runs
         ctx.validate()  # bad data, split or budget: one clear error before any stage runs
     write_json_atomic(RunLayout(out).config, config.to_dict())
     result = RunResult(out)
     for stage in selected:
-        if not force and manifest.done(stage, keys[stage], out):
-            log(f"[{stage}] up to date, skipped")
-            result.skipped.append(stage)
-            continue
+        if not force and manifest.has_key(stage, keys[stage]):
+            problem = manifest.artifact_problem(stage)
+            if problem is None:
+                log(f"[{stage}] up to date, skipped")
+                result.skipped.append(stage)
+                continue
+            log(f"[{stage}] {problem}: not up to date, running it again")
         log(f"[{stage}] running")
         began = time.perf_counter()
         if stage in ISOLATED:
@@ -302,8 +374,10 @@ def _check_dependencies(
     for stage in selected:
         for dep in _needed([stage]):
             if dep not in selected and not manifest.done(dep, keys[dep], out):
+                damaged = manifest.has_key(dep, keys[dep]) and manifest.artifact_problem(dep)
+                state = f"is damaged ({damaged})" if damaged else "has not run"
                 raise StageDependencyError(
-                    f"stage {stage} needs {dep}, which has not run in {out} with this config: "
+                    f"stage {stage} needs {dep}, which {state} in {out} with this config: "
                     f"run it first (--stages {dep},{stage}) or run the whole pipeline"
                 )
 
