@@ -426,14 +426,25 @@ def _loss(run: _Run, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
     """Label-smoothed cross-entropy under autocast, blended with the distillation term when a
     teacher is given (the losses are taken on float32 logits, whatever autocast's dtype)."""
     cfg = run.cfg
+    distil = run.teacher is not None and cfg.distill_alpha > 0
+    known = labels >= 0  # unlabelled images (−1) learn from the teacher alone
+    if not distil and not bool(known.all()):
+        raise DataError(
+            "fine-tuning images without labels need distillation from the dense model: "
+            "set distill_alpha > 0 (finetune.distill_alpha), or use a labelled folder"
+        )
     with torch.autocast(run.target.type, dtype=run.autocast, enabled=run.autocast is not None):
         logits = run.net(inputs)
-        loss = F.cross_entropy(logits.float(), labels, label_smoothing=cfg.label_smoothing)
-        if run.teacher is not None and cfg.distill_alpha > 0:
+        loss = None
+        if bool(known.any()):
+            loss = F.cross_entropy(
+                logits[known].float(), labels[known], label_smoothing=cfg.label_smoothing
+            )
+        if distil:
             with torch.no_grad():
                 soft = run.teacher(inputs)
             kl = _distill_kl(logits, soft, cfg.temperature)
-            loss = (1 - cfg.distill_alpha) * loss + cfg.distill_alpha * kl
+            loss = kl if loss is None else (1 - cfg.distill_alpha) * loss + cfg.distill_alpha * kl
     return loss
 
 

@@ -227,3 +227,119 @@ def test_a_pruned_resnet_exports_with_parity(tmp_path):
     data = torch.utils.data.TensorDataset(torch.randn(16, 3, 32, 32), torch.zeros(16).long())
     artifact = export(model, tmp_path, (3, 32, 32), verify_data=data, name="channels")
     assert artifact.parity.passed and artifact.parity.max_abs_diff < 1e-4
+
+
+def _planted(model: nn.Module, name: str, rank: int, seed: int = 0) -> None:
+    """Give layer `name` `rank` strong output directions over a noise bulk."""
+    g = torch.Generator().manual_seed(seed)
+    weight = model.get_submodule(name).weight
+    m, n = weight.shape[0], weight[0].numel()
+    signal = torch.randn(m, rank, generator=g) @ torch.randn(rank, n, generator=g)
+    noise = torch.randn(m, n, generator=g) / n**0.5
+    weight.data = (signal * 0.5 / n**0.5 + noise).reshape(weight.shape)
+
+
+def test_a_planted_signal_raises_its_groups_floor_and_no_option_goes_below():
+    from rmt_deploy.analysis import analyze
+    from rmt_deploy.channels.search import ChannelSearchConfig, group_options
+
+    model = resnet20()
+    _planted(model, "layer3.1.conv1", 40)
+    spikes = {layer.name: layer.edge_rank for layer in analyze(model).layers}
+    assert spikes["layer3.1.conv1"] >= 17  # the planted directions stand out of the bulk
+    cg = channel_graph(copy.deepcopy(model), X[:1])
+    options = group_options(cg, spikes, ChannelSearchConfig())
+    floor, widths = options["layer3.1.conv1"]
+    assert (floor.floor, floor.source) == (spikes["layer3.1.conv1"], "layer3.1.conv1")
+    assert widths == list(range(-(-floor.floor // 8) * 8, 64, 8))
+    # without the floor every block of 8 is open
+    free = group_options(cg, spikes, ChannelSearchConfig(floor="none"))["layer3.1.conv1"][1]
+    assert free == [8, 16, 24, 32, 40, 48, 56]
+
+
+@pytest.mark.slow
+def test_the_channels_strategy_keeps_every_width_at_or_above_its_spectral_floor():
+    from rmt_deploy.strategies import StrategyError, Target, plan
+
+    model = resnet20()
+    _planted(model, "layer3.1.conv1", 40)
+    data = torch.utils.data.TensorDataset(torch.randn(64, 3, 32, 32), torch.zeros(64).long())
+    target = Target(["onnxruntime"], "cpu", 8)
+    settings = {"speedup": 3.0, "rounds": 1, "runs": 3, "calib_images": 32}  # as far as it goes
+    made = plan(copy.deepcopy(model), "channels", data=data, target=target, **settings)
+    narrowed = [la for la in made.layers if la.action == "channels"]
+    assert narrowed, "a ×3 target narrows groups"
+    assert made.config["deployment"] == "onnxruntime" and made.config["input_size"] == [3, 32, 32]
+    for layer in narrowed:
+        assert layer.width % 8 == 0 and layer.width >= layer.stats["floor"]
+    pruned = compress_(copy.deepcopy(model), made)
+    assert pruned(X).shape == (4, 10)
+    with pytest.raises(
+        StrategyError, match="importance must be one of magnitude, bn, got 'taylor'"
+    ):
+        plan(copy.deepcopy(model), "channels", data=data, target=target, importance="taylor")
+    with pytest.raises(StrategyError, match="speedup must be above 1"):
+        plan(copy.deepcopy(model), "channels", data=data, target=target, speedup=1.0)
+
+
+def _top1(model: nn.Module, data) -> float:
+    with torch.no_grad():
+        x = torch.stack([data[i][0] for i in range(len(data))])
+        y = torch.tensor([int(data[i][1]) for i in range(len(data))])
+        return 100.0 * float((model.eval()(x).argmax(1) == y).float().mean())
+
+
+def test_recovery_records_validation_top1_before_and_after():
+    from rmt_deploy.verbs import RecoveryOptions
+    from rmt_deploy.verbs.compress import compress_and_recover
+
+    dense = resnet20()
+    plan = _plan(dense, {"layer3.0.conv2": 32, "layer2.1.conv1": 16})
+    g = torch.Generator().manual_seed(3)
+    train = torch.utils.data.TensorDataset(torch.randn(32, 3, 32, 32, generator=g),
+                                           torch.randint(0, 10, (32,), generator=g))  # fmt: skip
+    images = torch.randn(40, 3, 32, 32, generator=g)
+    with torch.no_grad():
+        val = torch.utils.data.TensorDataset(images, dense(images).argmax(1))  # dense: 100 %
+    options = RecoveryOptions(steps=3, batch_size=8, distill_alpha=0.5)
+    model, info = compress_and_recover(dense, plan, options, train=train, check=val)
+    assert info["steps"] == 3 and info["check"]["metric"] == "top1"
+    assert info["check"]["images"] == 40
+    assert info["check"]["before"] == _top1(compress_(copy.deepcopy(dense), plan), val)
+    assert info["check"]["after"] == _top1(model, val)
+
+
+def test_unlabelled_recovery_learns_from_the_dense_model_alone():
+    """Images without labels (−1) recover by distillation only: the first loss is the KL to
+    the teacher (T² scaled, batch mean), computed here by hand on the same batch; without a
+    teacher they are refused in one line."""
+    import torch.nn.functional as F
+
+    from rmt_deploy.errors import DataError
+    from rmt_deploy.recovery import FinetuneConfig, finetune
+
+    dense = resnet20()
+    student = compress_(copy.deepcopy(dense), _plan(dense, {"layer3.1.conv1": 32}))
+    images = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    data = torch.utils.data.TensorDataset(images, torch.full((8,), -1))
+    t = 4.0
+    with torch.no_grad():
+        log_p = F.log_softmax(copy.deepcopy(student).train()(images) / t, 1)
+        log_q = F.log_softmax(dense(images) / t, 1)
+    expected = float((log_q.exp() * (log_q - log_p)).sum(1).mean() * t * t)
+    recipe = FinetuneConfig(max_steps=1, batch_size=8, distill_alpha=0.5, temperature=t)
+    result = finetune(student, data, recipe, teacher=dense, progress=False)
+    assert result.first_loss == pytest.approx(expected, rel=1e-4)
+    with pytest.raises(DataError, match="without labels need distillation"):
+        finetune(copy.deepcopy(dense), data, FinetuneConfig(max_steps=1, batch_size=8),
+                 progress=False)  # fmt: skip
+
+
+def test_wide_groups_time_at_most_max_options_widths_spread_from_the_floor():
+    from rmt_deploy.channels.search import spaced
+
+    widths = width_options(1152, 100, 8)  # an EfficientNet expansion: 131 candidate widths
+    picked = spaced(widths, 8)
+    assert len(picked) == 8 and picked[0] == 104 and picked[-1] == 1144
+    assert picked == sorted(picked) and set(picked) <= set(widths)
+    assert spaced([8, 16], 8) == [8, 16] and spaced(widths, 1) == [104]

@@ -618,3 +618,20 @@ def test_outputs_are_refused_inside_the_inputs(tmp_path, cifar_test, assets):
     with pytest.raises(OutputError, match="table: .* written only inside the output folder"):
         run(table, **quiet)
     assert not (tmp_path / "elsewhere").exists() and not (tmp_path / "run").exists()
+
+
+def test_a_strategy_that_timed_its_plan_ships_on_that_deployment():
+    """Without the latency planner, the engine that ships is the deployment the strategy
+    timed its widths on (`channels` records it in the plan), not ONNX Runtime fp32."""
+    from rmt_deploy.pipeline.report import speed_headline
+
+    rows = {
+        ("dense", "onnxruntime", 8): _bench_row(6.0),
+        ("dense", "openvino-int8", 8): _bench_row(1.5),
+        ("compressed", "onnxruntime", 8): _bench_row(5.0),
+        ("compressed", "openvino-int8", 8): _bench_row(1.2),
+    }
+    head = speed_headline(rows, None, 8, "openvino-int8")
+    assert head["shipped"] == "compressed / openvino-int8"
+    assert head["speedup_vs_best_dense"] == 1.5 / 1.2
+    assert speed_headline(rows, None, 8)["shipped"] == "compressed / onnxruntime"

@@ -40,19 +40,26 @@ class ChannelSearchConfig:
     floor: str = "spectrum"  # spectrum: no width below the MP spike count | none
     allocation: str = "dp"  # dp | uniform
     multiple: int = 8  # widths are multiples of this (the CPU kernels' block)
+    max_options: int = 8  # widths timed per group at most (evenly spread from the floor up)
     speedup: float = 1.5  # the least damaging widths predicted this much faster
     deployment: str = "auto"  # the deployment widths are timed on (auto: the target's first)
     calib_images: int = 256
     rounds: int = 3
     runs: int = 10
+    finalists: int = 3  # DP allocations reaching the speedup, each briefly recovered
+    probe_steps: int = 40  # recovery steps per finalist before held-out top-1 picks one (0: off)
 
     def __post_init__(self) -> None:
         choices = {"importance": IMPORTANCE, "floor": ("spectrum", "none")}
         choices["allocation"] = ("dp", "uniform")
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
-                raise RmtDeployError(f"{key} must be one of {', '.join(allowed)}")
-        for key in ("multiple", "calib_images", "rounds", "runs"):
+                raise RmtDeployError(
+                    f"{key} must be one of {', '.join(allowed)}, got {getattr(self, key)!r}"
+                )
+        if int(self.probe_steps) < 0:
+            raise RmtDeployError(f"probe_steps must be at least 0, got {self.probe_steps}")
+        for key in ("multiple", "max_options", "calib_images", "rounds", "runs", "finalists"):
             if int(getattr(self, key)) < 1:
                 raise RmtDeployError(f"{key} must be at least 1, got {getattr(self, key)}")
         if not self.speedup > 1.0:
@@ -74,15 +81,32 @@ class GroupChoice:
 
 
 @dataclass
-class ChannelSearch:
-    """What the search measured and chose."""
+class Candidate:
+    """One allocation of widths, what the table predicts for it and, once probed, its score
+    on held-out images after a short recovery."""
 
     choices: list[GroupChoice]
-    dense_ms: float
     predicted_ms: float
     predicted_damage: float
+    heldout: float | None = None
+
+    def widths(self) -> dict[str, int]:
+        return {c.name: c.width for c in self.choices}
+
+
+@dataclass
+class ChannelSearch:
+    """What the search measured and the candidates it found, the least damaging first."""
+
+    candidates: list[Candidate]
+    dense_ms: float
     skipped: list
     deployment: str
+    chosen: int = 0
+
+    @property
+    def choices(self) -> list[GroupChoice]:
+        return self.candidates[self.chosen].choices
 
 
 def block_of(names: list[str]) -> str:
@@ -187,9 +211,22 @@ def group_options(
     """Each group's floor and candidate widths (floor 0 everywhere with `floor: none`)."""
     floors = spectral_floors(cg, spikes if config.floor == "spectrum" else {})
     return {
-        name: (floors[name], width_options(g.channels, floors[name].floor, config.multiple))
+        name: (
+            floors[name],
+            spaced(
+                width_options(g.channels, floors[name].floor, config.multiple), config.max_options
+            ),
+        )
         for name, g in cg.groups.items()
     }
+
+
+def spaced(widths: list[int], count: int) -> list[int]:
+    """At most `count` of `widths`, evenly spread, the narrowest always kept."""
+    if len(widths) <= count:
+        return widths
+    step = (len(widths) - 1) / (count - 1) if count > 1 else 0
+    return sorted({widths[round(i * step)] for i in range(count)})
 
 
 def measure_table(
@@ -210,19 +247,22 @@ def measure_table(
     return entries, scores
 
 
-def choose_dp(entries: list[LayerEntry], dense_ms: float, speedup: float):
-    """The least damaging DP allocation predicted to reach `speedup` (else the fastest)."""
+def choose_dp(entries: list[LayerEntry], dense_ms: float, speedup: float, count: int = 1):
+    """The `count` least damaging DP allocations predicted to reach `speedup` (else the
+    fastest one), least damaging first."""
     allocations = allocate(entries, list(DAMAGE_CAPS) + [4.0, 16.0], min_gain=0.0)
     goal = dense_ms - dense_ms / speedup
-    reaching = [a for a in allocations if a.saving_ms >= goal]
-    if reaching:
-        return min(reaching, key=lambda a: a.damage)
-    return max(allocations, key=lambda a: a.saving_ms)
+    reaching = sorted((a for a in allocations if a.saving_ms >= goal), key=lambda a: a.damage)
+    return reaching[:count] or [max(allocations, key=lambda a: a.saving_ms)]
 
 
-def choose_uniform(entries: list[LayerEntry], dense_ms: float, speedup: float):
+def choose_uniform(entries: list[LayerEntry], dense_ms: float, speedup: float, count: int = 1):
     """Every group at the same share of its channels (its nearest measured width), the
-    largest share predicted to reach `speedup` (else the smallest share)."""
+    largest share predicted to reach `speedup` (else the smallest share); one allocation."""
+    return [_uniform(entries, dense_ms, speedup)]
+
+
+def _uniform(entries: list[LayerEntry], dense_ms: float, speedup: float):
     from ..planner.allocate import Allocation
 
     def at(share: float):
@@ -271,16 +311,16 @@ def search_widths(
         whole = time_interleaved({0: ctx.runner(work, shape, "model")}, {0: ctx.batch(shape)})
     dense_ms = spread(whole[0])["median_ms"]
     pick = choose_dp if config.allocation == "dp" else choose_uniform
-    allocation = pick(entries, dense_ms, config.speedup)
-    choices = [
-        _choice(cg, e, allocation.choices[e.name], options[e.name], scores[e.name], config)
-        for e in entries
-        if allocation.choices[e.name].form == "channels"
-    ]
-    return ChannelSearch(
-        choices, dense_ms, dense_ms - allocation.saving_ms, allocation.damage, cg.skipped,
-        deployment.name,
-    )  # fmt: skip
+    candidates = []
+    for allocation in pick(entries, dense_ms, config.speedup, config.finalists):
+        choices = [
+            _choice(cg, e, allocation.choices[e.name], options[e.name], scores[e.name], config)
+            for e in entries
+            if allocation.choices[e.name].form == "channels"
+        ]
+        predicted = dense_ms - allocation.saving_ms
+        candidates.append(Candidate(choices, predicted, allocation.damage))
+    return ChannelSearch(candidates, dense_ms, cg.skipped, deployment.name)
 
 
 def _choice(cg, entry, option, options, scores, config) -> GroupChoice:

@@ -44,7 +44,8 @@ class DataSection:
     `calib: test`), plan validation (`val_images`) and the test images that report results.
     Folders are labelled (one sub-folder per class, or a labels.csv) or not (images only)."""
 
-    train: str | None = "cifar10/train"  # fine-tuning images; null: none (no fine-tuning)
+    # fine-tuning images; null: none (no fine-tuning); calib: the calibration images alone
+    train: str | None = "cifar10/train"
     test: str | None = "cifar10/test"
     calib: str = "train"  # calibration images: train | test (split off) | a folder
     loader: str | None = None  # "pkg.mod:fn" / "file.py:fn" → DataLoader (or (loader, metric))
@@ -431,6 +432,11 @@ def _check_data_sources(config: RunConfig) -> None:
         raise ConfigError("data.calib: train, test or a folder")
     if d.test is None and d.loader is None:
         raise ConfigError("data: give a test folder (data.test) or a data.loader")
+    if d.train == "calib" and d.calib == "train":
+        raise ConfigError(
+            "data.train: calib fine-tunes on the calibration images, and data.calib: train takes "
+            "them from data.train: set data.calib to test (split off) or a folder"
+        )
     if d.calib == "train" and d.train is None:
         raise ConfigError(
             "data.calib is train but data.train is null: calibrate on the test images "

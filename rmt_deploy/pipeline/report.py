@@ -32,6 +32,7 @@ class _RunFiles:
     planner: dict | None
     bench: dict
     split: dict
+    finetune: dict
 
     @classmethod
     def read(cls, out: Path) -> _RunFiles:
@@ -44,6 +45,7 @@ class _RunFiles:
             planner=_read(at.planner),
             bench=_read(at.bench) or {"results": [], "skipped": []},
             split=_read(at.split) or {},
+            finetune=_read(at.finetune) or {},
         )
 
 
@@ -58,6 +60,7 @@ def write_run_report(ctx) -> list[Path]:
         *_data_lines(files.split),
         *_accuracy_lines(files.accuracy, config.compress.accuracy_budget),
         *_plan_lines(files.plan, files.planner),
+        *recovery_lines(files.finetune),
     ]
     rows = bench_rows(files.bench)
     headline = _report_headline(out, files, rows, config)
@@ -97,6 +100,31 @@ def _strategy_line(config: RunConfig) -> str:
         f"Strategy `{c.strategy}`{how}; recovery: {config.finetune.steps} fine-tune steps of "
         f"{config.finetune.batch_size}."
     )
+
+
+def recovery_lines(finetune: dict) -> list[str]:
+    """What recovery did: steps and time for the compressed model and for the dense reference
+    given the same, and the compressed model's top-1 on the validation part before and after."""
+    done = {k: v for k, v in finetune.items() if v.get("steps")}
+    if not done:
+        return []
+    lines = ["## Recovery", "", "| model | steps | images | seconds | first → last loss |"]
+    lines.append("|---|---:|---:|---:|---|")
+    for name, r in done.items():
+        lines.append(
+            f"| {name} | {r['steps']} | {r['images']} | {r['seconds']:.1f} | "
+            f"{r['first_loss']:.3f} → {r['last_loss']:.3f} |"
+        )
+    check = finetune.get("compressed", {}).get("check")
+    if check:
+        what = "top-1" if check["metric"] == "top1" else "top-1 agreement with dense"
+        lines += [
+            "",
+            f"Compressed model, {what} on the {check['images']} validation images (never the "
+            f"test part): **{check['before']:.2f} % before recovery, {check['after']:.2f} % "
+            "after**.",
+        ]
+    return [*lines, ""]
 
 
 def _intro_lines(config: RunConfig, planner: dict | None) -> list[str]:
@@ -215,7 +243,8 @@ def _report_headline(out: Path, files: _RunFiles, rows: dict, config: RunConfig)
     against the reference (only when both were measured on the whole test part) and the kit
     command that reproduces it."""
     batch = config.compress.batch
-    headline = speed_headline(rows, files.planner, batch)
+    timed_on = files.plan.get("config", {}).get("deployment")  # a strategy's own deployment
+    headline = speed_headline(rows, files.planner, batch, timed_on)
     top1 = files.accuracy.get("top1") or {}
     if "shipped_top1" in headline and config.benchmark.agreement_images is None and top1:
         # the shipped engine in its runtime against the reference model, same test images
@@ -280,10 +309,14 @@ def bench_rows(bench: dict | None) -> dict:
     return {(r.variant, r.backend, r.batch): r for r in BenchSuite.from_dict(bench).results}
 
 
-def speed_headline(rows: dict, planner: dict | None, batch: int) -> dict:
+def speed_headline(
+    rows: dict, planner: dict | None, batch: int, timed_on: str | None = None
+) -> dict:
     """The shipped engine against the best dense deployment within budget and against dense
-    ONNX Runtime fp32, at the deployment batch, from the benchmark stage's interleaved run."""
-    deployment = (planner or {}).get("chosen_deployment") or "onnxruntime"
+    ONNX Runtime fp32, at the deployment batch, from the benchmark stage's interleaved run.
+    The shipped deployment is the planner's choice, else the one a strategy timed its plan on
+    (`channels`), else ONNX Runtime fp32."""
+    deployment = (planner or {}).get("chosen_deployment") or timed_on or "onnxruntime"
     variant = "compressed" if ("compressed", deployment, batch) in rows else "dense"
     shipped = rows.get((variant, deployment, batch))
     within = {
@@ -351,9 +384,7 @@ def speed_lines(rows: dict, headline: dict, batch: int) -> list[str]:
         "|---|---|---:|---:|---:|---:|",
     ]
     best = headline.get("best_dense_ms")
-    for (variant, backend, n), r in sorted(
-        rows.items(), key=lambda kv: kv[1].latency.median_ms
-    ):
+    for (variant, backend, n), r in sorted(rows.items(), key=lambda kv: kv[1].latency.median_ms):
         if n != batch:
             continue
         median = r.latency.median_ms
@@ -453,9 +484,7 @@ def baseline_lines(rows: dict, planner: dict | None, headline: dict, batch: int,
             budget += f" ({verdict['note']})"
         what = DEPLOYMENTS[backend].summary if backend in DEPLOYMENTS else backend
         top1 = "–" if r.top1 is None else f"{r.top1:.2f}"
-        lines.append(
-            f"| {backend} | {what} | {r.latency.median_ms:.3f} | {top1} | {budget} |"
-        )
+        lines.append(f"| {backend} | {what} | {r.latency.median_ms:.3f} | {top1} | {budget} |")
     for name, why in ((planner or {}).get("skipped_deployments") or {}).items():
         lines.append(f"| {name} | not run here | – | – | {why} |")
     if headline.get("shipped_top1") is not None and headline.get("kit_command"):

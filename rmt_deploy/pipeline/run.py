@@ -389,7 +389,7 @@ def _data_folders(config: RunConfig) -> dict[str, tuple[str, bool]]:
     from ..strategies import needs_training
 
     trains = config.finetune.steps > 0 or needs_training(c.strategy)
-    if d.train is not None and (trains or d.calib == "train"):
+    if d.train not in (None, "calib") and (trains or d.calib == "train"):
         folders["data.train"] = (d.train, trains)
     if d.loader is None and d.test is not None:
         folders["data.test"] = (d.test, True)

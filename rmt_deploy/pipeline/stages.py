@@ -99,6 +99,8 @@ class RunContext:
     def train(self):
         from ..data import train_transform
 
+        if self.config.data.train == "calib":  # recovery on the calibration images alone
+            return self.calib
         return self._labelled(self.config.data.train, train_transform(self.data_config))
 
     @cached_property
@@ -191,10 +193,12 @@ class RunContext:
 
         c, d = self.config.compress, self.config.data
         val = self.val
-        if self.config.finetune.steps > 0 and not self.train.labelled:
+        f = self.config.finetune
+        if f.steps > 0 and not self.train.labelled and f.distill_alpha == 0:
             raise RmtDeployError(
-                f"fine-tuning needs labelled training images, and data.train "
-                f"({self.data_path(d.train)}) has none: use a labelled folder or finetune.steps: 0"
+                f"fine-tuning on unlabelled images (data.train: {self.data_path(d.train)}) "
+                "learns from the dense model: set finetune.distill_alpha > 0, use a labelled "
+                "folder, or finetune.steps: 0"
             )
         self._check_image_files()
         self._check_int8_calibration()
@@ -415,7 +419,8 @@ def stage_compress(ctx: RunContext):
         "progress": ctx.progress,
     }
     # Nothing compressed (no plan fitted the budget): the dense model ships as it is.
-    model, recovered = compress_and_recover(ctx.dense, the_plan, options, **inputs)
+    check = (lambda: ctx.val) if options.steps > 0 and len(ctx.val) else None
+    model, recovered = compress_and_recover(ctx.dense, the_plan, options, check=check, **inputs)
     info = {"compressed": recovered}
     written = [save_compressed(model, the_plan, ctx.config.model, ctx.layout.compressed)]
     ctx.layout.dense_finetuned.unlink(missing_ok=True)  # from an earlier config

@@ -4,11 +4,12 @@ by a DP over damage and latency measured on the deployment (`rmt_deploy/channels
 
 from __future__ import annotations
 
+import copy
 from dataclasses import fields
 
 import torch
 
-from ..channels import ChannelError
+from ..channels import ChannelError, prune_channels_
 from ..channels.search import ChannelSearch, ChannelSearchConfig, search_widths
 from ..plan import LayerPlan, channels_entry, dense_entry
 from .base import PlanContext, StrategyError, register_strategy
@@ -47,6 +48,29 @@ def _layers(ctx: PlanContext, search: ChannelSearch) -> list[LayerPlan]:
     return layers
 
 
+def _probe(ctx: PlanContext, search: ChannelSearch, config: ChannelSearchConfig, example) -> None:
+    """Recovery follows: each finalist is narrowed, fine-tuned `probe_steps` steps on the
+    calibration images (distilled from the dense model) and scored on the held-out images;
+    the best one is chosen. One-shot damage ranks candidates before recovery, not after."""
+    if config.probe_steps == 0 or ctx.heldout is None or len(search.candidates) < 2:
+        return
+    from ..budget import model_outputs, top1
+    from ..recovery import FinetuneConfig, finetune
+
+    reference, labels = model_outputs(ctx.model, ctx.heldout)
+    labels = reference.argmax(1) if labels is None else labels
+    recipe = FinetuneConfig(
+        max_steps=config.probe_steps, batch_size=32, lr=0.01, distill_alpha=0.7,
+        warmup_steps=max(1, config.probe_steps // 10),
+    )  # fmt: skip
+    for candidate in search.candidates:
+        model = copy.deepcopy(ctx.model)
+        prune_channels_(model, {c.name: c.keep for c in candidate.choices}, example)
+        finetune(model, ctx.data, recipe, teacher=ctx.model, progress=False)
+        candidate.heldout = top1(model_outputs(model, ctx.heldout)[0], labels)
+    search.chosen = max(range(len(search.candidates)), key=lambda i: search.candidates[i].heldout)
+
+
 @register_strategy("channels", needs_data=True, config=ChannelSearchConfig, settings=SETTINGS)
 def channels(ctx: PlanContext):
     """Whole channels removed (Torch-Pruning), widths from the MP spikes up, by measured DP."""
@@ -59,7 +83,13 @@ def channels(ctx: PlanContext):
         search = search_widths(
             ctx.model, images, spikes, config, deployment, ctx.target.batch, progress=True
         )
+        _probe(ctx, search, config, images[:1])
     except ChannelError as exc:
         raise StrategyError(str(exc)) from exc
+    ctx.config["finalists_probed"] = [
+        {"widths": c.widths(), "predicted_ms": c.predicted_ms, "damage": c.predicted_damage,
+         "heldout_after_probe": c.heldout} for c in search.candidates
+    ]  # fmt: skip
     ctx.config["input_size"] = list(images.shape[1:])  # what compress traces the model with
+    ctx.config["deployment"] = deployment.name  # what the widths were timed on: it ships
     return _layers(ctx, search)

@@ -11,6 +11,7 @@ from pathlib import Path
 from torch import nn
 
 from ..compress import compress_
+from ._lazy import made
 from .recover import RecoveryOptions, recover_
 
 
@@ -24,8 +25,12 @@ def compress_and_recover(
     spectrum=None,
     device: str = "cpu",
     progress: bool = False,
+    check=None,
 ) -> tuple[nn.Module, dict]:
     """(`plan` applied to a copy of `dense` and recovered by `options`, what recovery did).
+
+    With `check` (held-out images, never the test part), the record also holds the compressed
+    model's top-1 there before and after recovery (agreement with `dense` where unlabelled).
 
     Fine-tuning distils from `dense` when `options.distill_alpha` > 0; the seed's group-lasso
     scales come from `spectrum`, the MP analysis of `dense` (analyzed here when not given and
@@ -37,6 +42,7 @@ def compress_and_recover(
     if spectrum is None:  # analyzed only if the regularizers use it
         spectrum = partial(_analysis, dense)
     teacher = dense if options.distill_alpha > 0 else None
+    before = _score(model, dense, made(check), device) if check is not None else None
     info = recover_(
         model,
         options,
@@ -47,7 +53,25 @@ def compress_and_recover(
         device=device,
         progress=progress,
     )
+    if before is not None:
+        info["check"] = {**before, "after": _score(model, dense, made(check), device)["after"]}
     return model, info
+
+
+def _score(model: nn.Module, dense: nn.Module, data, device: str) -> dict:
+    """Top-1 % on `data` (or top-1 agreement % with `dense` where it has no labels), under the
+    keys `before` and `after` alike, so that one call serves either side of recovery."""
+    from ..budget import model_outputs, top1
+
+    outputs, labels = model_outputs(model, data, device=device)
+    model.cpu()
+    metric = "top1"
+    if labels is None:
+        reference, _ = model_outputs(dense, data, device=device)
+        dense.cpu()
+        labels, metric = reference.argmax(1), "agreement"
+    value = top1(outputs, labels)
+    return {"metric": metric, "images": len(data), "before": value, "after": value}
 
 
 def _analysis(dense: nn.Module):
