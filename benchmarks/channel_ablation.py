@@ -1,6 +1,6 @@
 """What RMT adds to channel pruning: ResNet-56 on CIFAR-10, widths four ways at one latency.
 
-1. One per-group table (`rmt_deploy.channels.search`): every width (multiples of 8) of every
+1. One per-group table (`rmt_deploy.planner.channels`): every width (multiples of 8) of every
    channel group, its damage on calibration images and its latency inside its block on the
    deployment (default OpenVINO INT8), measured once.
 2. Widths: `rmt` (the DP over options no narrower than the group's MP spike count), `no_floor`
@@ -33,14 +33,6 @@ from _common import RESULTS, environment  # noqa: E402
 
 from rmt_deploy.analysis import analyze  # noqa: E402
 from rmt_deploy.channels import channel_graph, prune_channels_  # noqa: E402
-from rmt_deploy.channels.search import (  # noqa: E402
-    ChannelSearchConfig,
-    MeasureContext,
-    choose_dp,
-    choose_uniform,
-    group_options,
-    measure_table,
-)
 from rmt_deploy.data import eval_transform, load_image_dataset, train_transform  # noqa: E402
 from rmt_deploy.deploy import resolve  # noqa: E402
 from rmt_deploy.exporters import export  # noqa: E402
@@ -48,6 +40,13 @@ from rmt_deploy.exporters.nncf_int8 import nncf_int8  # noqa: E402
 from rmt_deploy.exporters.quantize import quantize_int8, to_batches  # noqa: E402
 from rmt_deploy.models import DataConfig, load_model  # noqa: E402
 from rmt_deploy.paths import assets_dir, write_json_atomic, write_text_atomic  # noqa: E402
+from rmt_deploy.planner.channels import (  # noqa: E402
+    ChannelSearchConfig,
+    MeasureContext,
+    choose_dp,
+    group_options,
+    measure_table,
+)
 from rmt_deploy.planner.timing import spread, time_interleaved  # noqa: E402
 from rmt_deploy.recovery import FinetuneConfig, finetune  # noqa: E402
 from rmt_deploy.runtimes import prepare  # noqa: E402
@@ -168,20 +167,32 @@ def prepare_int8(model, folder: Path, tag: str, shape, deployment: str):
     return prepare(deployment, None, onnx, onnx_int8=int8).run
 
 
-def match_tp(model, target_ms, example, folder, deployment, shape):
-    """The Torch-Pruning ratio whose measured latency is nearest `target_ms` (bisection)."""
-    lo, hi, best = 0.0, 0.8, None
-    for i in range(7):
-        ratio = (lo + hi) / 2
-        candidate = tp_global(model, ratio, example)
-        ms = ms_on(deployment, candidate, folder, f"tp{i}", shape)
-        log(f"tp_global ratio {ratio:.3f}: {ms:.3f} ms (target {target_ms:.3f})")
+def match(make, target_ms, folder, deployment, shape, tag: str, lo=0.0, hi=0.8):
+    """The setting in [lo, hi] of `make(setting) -> model` (more pruning as it grows) whose
+    measured latency is nearest `target_ms`: bisection, stopped within 2 %."""
+    best = None
+    for i in range(8):
+        setting = (lo + hi) / 2
+        candidate = make(setting)
+        ms = ms_on(deployment, candidate, folder, f"{tag}{i}", shape)
+        log(f"{tag} {setting:.3f}: {ms:.3f} ms (target {target_ms:.3f})")
         if best is None or abs(ms - target_ms) < abs(best[1] - target_ms):
-            best = (ratio, ms, candidate)
+            best = (setting, ms, candidate)
         if abs(ms - target_ms) <= 0.02 * target_ms:
             break
-        lo, hi = (ratio, hi) if ms > target_ms else (lo, ratio)
+        lo, hi = (setting, hi) if ms > target_ms else (lo, setting)
     return best
+
+
+def uniform_widths(entries, cut: float) -> dict[str, int]:
+    """Every group at the same share (1 − cut) of its channels, rounded up to a multiple of 8."""
+    widths = {}
+    for e in entries:
+        channels = e.matrix_shape[0]
+        width = min(channels, max(8, -(-round((1 - cut) * channels) // 8) * 8))
+        if width < channels:
+            widths[e.name] = width
+    return widths
 
 
 def recover(model, teacher, recovery, args) -> dict:
@@ -262,19 +273,24 @@ def variants(model, calib, args, folder: Path):
     chosen = {
         "rmt": choose_dp(floored(entries, floors), dense_ms, args.speedup)[0],
         "no_floor": choose_dp(entries, dense_ms, args.speedup)[0],
-        "uniform": choose_uniform(entries, dense_ms, args.speedup)[0],
     }
     widths = {k: widths_of(a) for k, a in chosen.items()}
     example = calib[:1]
     models = {k: pruned(model, w, scores, example) for k, w in widths.items()}
     shape = (8, *calib.shape[1:])
     rmt_ms = ms_on(args.deployment, models["rmt"], folder, "rmt-probe", shape)
-    ratio, tp_ms, models["tp_global"] = match_tp(
-        model, rmt_ms, example, folder, args.deployment, shape
+    where = (rmt_ms, folder, args.deployment, shape)
+    cut, uniform_ms, models["uniform"] = match(
+        lambda c: pruned(model, uniform_widths(entries, c), scores, example), *where, "uniform"
+    )
+    widths["uniform"] = uniform_widths(entries, cut)
+    ratio, tp_ms, models["tp_global"] = match(
+        lambda r: tp_global(model, r, example), *where, "tp_global"
     )
     info = {k: {"widths": widths[k], "predicted_ms": dense_ms - chosen[k].saving_ms,
                 "predicted_damage": chosen[k].damage} for k in chosen}  # fmt: skip
     info["tp_global"] = {"ratio": ratio, "probe_ms": tp_ms}
+    info["uniform"] = {"widths": widths["uniform"], "cut": cut, "probe_ms": uniform_ms}
     info["rmt"]["probe_ms"] = rmt_ms
     info["floors"] = {n: {"floor": f.floor, "source": f.source} for n, (f, _) in floors.items()}
     bound = [n for n, w in widths["rmt"].items() if w == floors[n][1][0] and w > 8]
@@ -358,13 +374,21 @@ def write(args, info, params, recovered, hits, torch_hits, times, dense_ms) -> N
     lines += ["", "PyTorch fp32 top-1 after recovery: " + ", ".join(
         f"{k.split(' · ')[0]} {v:.2f} %" for k, v in torch_rows.items())]  # fmt: skip
     lines += ["", "Widths (group: channels kept):", ""]
-    for k in ("rmt", "no_floor", "uniform"):
+    for k in ("rmt", "no_floor"):
         w = info[k]["widths"]
         lines.append(
             f"- {k}: predicted {info[k]['predicted_ms']:.3f} ms, damage "
             f"{info[k]['predicted_damage']:.3f}; " + ", ".join(f"{n} {c}" for n, c in w.items())
         )  # noqa: E501
-    lines.append(f"- tp_global: Torch-Pruning ratio {info['tp_global']['ratio']:.3f}")
+    u = info["uniform"]
+    lines.append(
+        f"- uniform: {1 - u['cut']:.3f} of every group's channels (rounded up to 8), "
+        "matched on measured latency; " + ", ".join(f"{n} {c}" for n, c in u["widths"].items())
+    )  # noqa: E501
+    lines.append(
+        f"- tp_global: Torch-Pruning ratio {info['tp_global']['ratio']:.3f}, matched on "
+        "measured latency"
+    )
     lines.append(f"- rmt floors that bound: {', '.join(info['rmt']['floor_bound']) or 'none'}")
     write_text_atomic(stem.with_suffix(".md"), "\n".join(lines) + "\n")
     print("\n".join(lines))

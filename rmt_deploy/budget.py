@@ -19,16 +19,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .errors import RmtDeployError
+from .errors import BudgetError, RmtDeployError  # noqa: F401  (BudgetError: re-exported)
 
 # (reference outputs, outputs, labels or None) → the loss per input (a tensor), or one number
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], "torch.Tensor | float"]
 # One-sided 95 % normal quantile: a plan passes when its loss's upper bound is within budget.
 CONFIDENCE_Z = 1.645
-
-
-class BudgetError(RmtDeployError):
-    """A budget the data or the model's outputs cannot support, or an unknown metric."""
 
 
 @dataclass(frozen=True)

@@ -110,7 +110,6 @@ def _narrow(
     the kept channels from the plan's tensors, else the highest-magnitude ones; with
     `structure_only`, the first `width` (weights come from the checkpoint)."""
     from .channels import ChannelError, channel_graph, channel_scores, keep_top, prune_channels_
-    from .models import DataConfig
 
     others = sorted({la.action for la in plan.layers} - {"dense", "channels"})
     if others:
@@ -123,7 +122,10 @@ def _narrow(
                 "(the channels its spectrum says carry signal); raise the width, or plan with "
                 "floor: none"
             )
-    size = plan.config.get("input_size") or DataConfig.from_model(model).input_size
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    size = plan.config.get("input_size") or cfg.get("input_size")
+    if not size:
+        raise PlanError("a channels plan needs config.input_size (the input it was traced with)")
     device = next(model.parameters()).device
     example = torch.zeros(1, *[int(v) for v in size], device=device)
     try:

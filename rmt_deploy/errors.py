@@ -49,3 +49,7 @@ def one_line(message: str) -> str:
         # "rmt_deploy.errors.DataError: …" → "…"
         return re.sub(r"^[A-Za-z_][\w.]*(Error|Exception)[^:\s]*: ", "", last, count=1)
     return " ".join(lines)
+
+
+class BudgetError(RmtDeployError):
+    """A budget the data or the model's outputs cannot support, or an unknown metric."""

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .errors import DataError, RmtDeployError
+from .errors import BudgetError, DataError, RmtDeployError
 
 
 class UserCodeError(RmtDeployError):
@@ -181,8 +181,6 @@ def metric_value(value: Any, spec: str, n_inputs: int):
     import numbers
 
     import torch
-
-    from .budget import BudgetError
 
     if isinstance(value, torch.Tensor) and value.dim() == 1 and len(value) == n_inputs:
         if not bool(torch.isfinite(value).all()):

@@ -18,10 +18,10 @@ from rmt_deploy.channels import (
     spectral_floors,
     width_options,
 )
-from rmt_deploy.channels.search import block_of
 from rmt_deploy.channels.shortcuts import expose_shortcuts_
 from rmt_deploy.models.cifar_resnet import CifarResNet
 from rmt_deploy.plan import CompressionPlan, PlanError, channels_entry, dense_entry, lowrank_entry
+from rmt_deploy.planner.channels import block_of
 
 
 def resnet20(seed: int = 0) -> nn.Module:
@@ -241,7 +241,7 @@ def _planted(model: nn.Module, name: str, rank: int, seed: int = 0) -> None:
 
 def test_a_planted_signal_raises_its_groups_floor_and_no_option_goes_below():
     from rmt_deploy.analysis import analyze
-    from rmt_deploy.channels.search import ChannelSearchConfig, group_options
+    from rmt_deploy.planner.channels import ChannelSearchConfig, group_options
 
     model = resnet20()
     _planted(model, "layer3.1.conv1", 40)
@@ -336,7 +336,7 @@ def test_unlabelled_recovery_learns_from_the_dense_model_alone():
 
 
 def test_wide_groups_time_at_most_max_options_widths_spread_from_the_floor():
-    from rmt_deploy.channels.search import spaced
+    from rmt_deploy.planner.channels import spaced
 
     widths = width_options(1152, 100, 8)  # an EfficientNet expansion: 131 candidate widths
     picked = spaced(widths, 8)

@@ -10,8 +10,8 @@ from dataclasses import fields
 import torch
 
 from ..channels import ChannelError, prune_channels_
-from ..channels.search import ChannelSearch, ChannelSearchConfig, search_widths
 from ..plan import LayerPlan, channels_entry, dense_entry
+from ..planner.channels import ChannelSearch, ChannelSearchConfig, search_widths
 from .base import PlanContext, StrategyError, register_strategy
 
 SETTINGS = {f.name: f.name for f in fields(ChannelSearchConfig)}

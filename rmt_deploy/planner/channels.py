@@ -21,15 +21,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..channels.graph import ChannelGraph, channel_graph
+from ..channels.importance import IMPORTANCE, channel_scores
+from ..channels.prune import keep_top, prune_channels_
+from ..channels.widths import WidthFloor, spectral_floors, width_options
 from ..errors import RmtDeployError
-from ..planner.allocate import DAMAGE_CAPS, allocate, relative_output_error
-from ..planner.layer_table import LayerEntry, LayerOption
-from ..planner.timing import capture_input_shapes, spread, time_interleaved
 from ..progress import tqdm
-from .graph import ChannelGraph, channel_graph
-from .importance import IMPORTANCE, channel_scores
-from .prune import keep_top, prune_channels_
-from .widths import WidthFloor, spectral_floors, width_options
+from .allocate import DAMAGE_CAPS, allocate, relative_output_error
+from .layer_table import LayerEntry, LayerOption
+from .timing import capture_input_shapes, spread, time_interleaved
 
 
 @dataclass
@@ -263,7 +263,7 @@ def choose_uniform(entries: list[LayerEntry], dense_ms: float, speedup: float, c
 
 
 def _uniform(entries: list[LayerEntry], dense_ms: float, speedup: float):
-    from ..planner.allocate import Allocation
+    from .allocate import Allocation
 
     def at(share: float):
         choices = {}
