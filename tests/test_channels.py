@@ -343,3 +343,29 @@ def test_wide_groups_time_at_most_max_options_widths_spread_from_the_floor():
     assert len(picked) == 8 and picked[0] == 104 and picked[-1] == 1144
     assert picked == sorted(picked) and set(picked) <= set(widths)
     assert spaced([8, 16], 8) == [8, 16] and spaced(widths, 1) == [104]
+
+
+def test_the_compressed_model_distils_from_the_teacher_it_is_given():
+    """The pipeline recovers the dense model first and hands it over as the teacher: the first
+    recovery loss (pure distillation here) is the KL to that teacher, not to `dense`."""
+    import torch.nn.functional as F
+
+    from rmt_deploy.verbs import RecoveryOptions
+    from rmt_deploy.verbs.compress import compress_and_recover
+
+    dense, adapted = resnet20(), resnet20(seed=9)
+    plan = _plan(dense, {"layer3.1.conv1": 32})
+    images = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(6))
+    train = torch.utils.data.TensorDataset(images, torch.zeros(8).long())
+    student = compress_(copy.deepcopy(dense), plan).train()
+    with torch.no_grad():
+        log_p = F.log_softmax(student(images) / 4.0, 1)
+        kl = {
+            name: float((q.exp() * (q - log_p)).sum(1).mean() * 16)
+            for name, q in (("dense", F.log_softmax(dense(images) / 4, 1)),
+                            ("adapted", F.log_softmax(adapted(images) / 4, 1)))
+        }  # fmt: skip
+    options = RecoveryOptions(steps=1, batch_size=8, distill_alpha=1.0)
+    _, info = compress_and_recover(dense, plan, options, train=train, teacher=adapted)
+    assert info["first_loss"] == pytest.approx(kl["adapted"], rel=1e-4)
+    assert abs(kl["adapted"] - kl["dense"]) > 0.01 * kl["adapted"]

@@ -61,7 +61,7 @@ def _probe(ctx: PlanContext, search: ChannelSearch, config: ChannelSearchConfig,
     labels = reference.argmax(1) if labels is None else labels
     recipe = FinetuneConfig(
         max_steps=config.probe_steps, batch_size=32, lr=0.01, distill_alpha=0.7,
-        warmup_steps=max(1, config.probe_steps // 10),
+        warmup_steps=max(1, config.probe_steps // 10), workers=0,  # no fork: runtimes are loaded
     )  # fmt: skip
     for candidate in search.candidates:
         model = copy.deepcopy(ctx.model)

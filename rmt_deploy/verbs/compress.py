@@ -26,11 +26,14 @@ def compress_and_recover(
     device: str = "cpu",
     progress: bool = False,
     check=None,
+    teacher: nn.Module | None = None,
 ) -> tuple[nn.Module, dict]:
     """(`plan` applied to a copy of `dense` and recovered by `options`, what recovery did).
 
-    With `check` (held-out images, never the test part), the record also holds the compressed
-    model's top-1 there before and after recovery (agreement with `dense` where unlabelled).
+    `teacher` (default `dense`) is the model distilled from, e.g. the dense model after the
+    same recovery. With `check` (held-out images, never the test part), the record also holds
+    the compressed model's top-1 there before and after recovery (agreement with `dense` where
+    unlabelled).
 
     Fine-tuning distils from `dense` when `options.distill_alpha` > 0; the seed's group-lasso
     scales come from `spectrum`, the MP analysis of `dense` (analyzed here when not given and
@@ -41,7 +44,7 @@ def compress_and_recover(
         return model, {}
     if spectrum is None:  # analyzed only if the regularizers use it
         spectrum = partial(_analysis, dense)
-    teacher = dense if options.distill_alpha > 0 else None
+    teacher = (teacher or dense) if options.distill_alpha > 0 else None
     before = _score(model, dense, made(check), device) if check is not None else None
     info = recover_(
         model,
