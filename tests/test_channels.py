@@ -150,6 +150,13 @@ def test_the_block_timed_for_a_group_holds_all_its_layers():
     assert block_of(["layer1.0.conv1", "layer1.0.conv2"]) == "layer1.0"
     assert block_of(["layer2.0.conv2", "layer2.1.conv2", "layer3.0.conv1"]) == ""
     assert block_of(["features.3.conv", "features.3.bn"]) == "features.3"
+    # a ModuleList is iterated, never called: time its caller (here the model)
+    from rmt_deploy.planner.channels import called_block
+
+    holder = nn.Module()
+    holder.blocks = nn.ModuleList([nn.Sequential(nn.Conv2d(3, 3, 1)) for _ in range(2)])
+    assert block_of(["blocks.0.0", "blocks.1.0"]) == "blocks"
+    assert called_block(holder, "blocks") == "" and called_block(holder, "blocks.1") == "blocks.1"
 
 
 class Untraceable(nn.Module):
@@ -369,3 +376,24 @@ def test_the_compressed_model_distils_from_the_teacher_it_is_given():
     _, info = compress_and_recover(dense, plan, options, train=train, teacher=adapted)
     assert info["first_loss"] == pytest.approx(kl["adapted"], rel=1e-4)
     assert abs(kl["adapted"] - kl["dense"]) > 0.01 * kl["adapted"]
+
+
+def test_narrowed_models_always_get_their_batchnorm_statistics_re_estimated():
+    """Narrowing a group changes what its consumers' BatchNorms see: their running statistics
+    are re-estimated on the calibration images even where bn_recal_images is 0 (EfficientNet's
+    setting, which keeps a dense model's statistics)."""
+    from rmt_deploy.verbs import RecoveryOptions
+    from rmt_deploy.verbs.compress import compress_and_recover
+
+    dense = resnet20()
+    calib = torch.utils.data.TensorDataset(torch.randn(48, 3, 32, 32), torch.zeros(48).long())
+    options = RecoveryOptions(steps=1, batch_size=16, bn_recal_images=0)
+    narrowed = _plan(dense, {"layer2.1.conv1": 16})
+    _, info = compress_and_recover(dense, narrowed, options, calib=calib, train=calib)
+    assert info["bn_recal_images"] == 48
+    kept = _plan(dense, {})
+    kept.layers[5] = lowrank_entry(
+        kept.layers[5].name, dict(dense.named_modules())[kept.layers[5].name], 8, "t"
+    )
+    _, info = compress_and_recover(dense, kept, options, calib=calib, train=calib)
+    assert "bn_recal_images" not in info

@@ -36,7 +36,7 @@ def test_registry_lists_every_strategy():
         "nm24",
     }
     needs_data = {n for n, s in STRATEGIES.items() if s.needs_data}
-    assert needs_data == {"ser", "hybrid", "lowrank", "latency"}
+    assert needs_data == {"ser", "hybrid", "lowrank", "latency", "channels"}
     # the strategies that train while planning get training images, the others calibration
     assert {name for name, spec in STRATEGIES.items() if spec.needs_training} == {"ser", "hybrid"}
 

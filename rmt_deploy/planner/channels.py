@@ -120,6 +120,14 @@ def block_of(names: list[str]) -> str:
     return ".".join(common[: min(len(p) for p in parts) - 1])
 
 
+def called_block(model: nn.Module, name: str) -> str:
+    """`name`, or its nearest ancestor that the forward calls: a ModuleList or ModuleDict
+    (EfficientNet's `_blocks`) is iterated by its parent, never called itself."""
+    while name and isinstance(model.get_submodule(name), nn.ModuleList | nn.ModuleDict):
+        name = name.rpartition(".")[0]
+    return name
+
+
 def narrowed_copy(model: nn.Module, example: torch.Tensor, keep: dict[str, torch.Tensor]):
     """A copy of `model` (shortcuts exposed) with the groups in `keep` narrowed."""
     clone = copy.deepcopy(model)
@@ -142,7 +150,7 @@ def measure_group(
     ctx: MeasureContext,
 ) -> LayerEntry:
     """The group's options: dense and each width, damage on `ctx.images`, time in context."""
-    block = block_of(_members(cg, name))
+    block = called_block(model, block_of(_members(cg, name)))
     shape = ctx.shapes.setdefault(block, _input_shape(model, block, ctx))
     copies = {w: narrowed_copy(model, ctx.example, {name: keep_top(scores, w)}) for w in widths}
     runners = {0: ctx.runner(model.get_submodule(block), shape, f"{name}-dense")}

@@ -4,6 +4,7 @@ plan in its metadata (what `rmt-deploy eval`, `export` and the pipeline's later 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 from functools import partial
 from pathlib import Path
@@ -44,6 +45,9 @@ def compress_and_recover(
         return model, {}
     if spectrum is None:  # analyzed only if the regularizers use it
         spectrum = partial(_analysis, dense)
+    if options.bn_recal_images == 0 and any(la.action == "channels" for la in plan.layers):
+        # a narrowed layer's consumers see other inputs: their BatchNorm statistics are stale
+        options = dataclasses.replace(options, bn_recal_images=2000)
     teacher = (teacher or dense) if options.distill_alpha > 0 else None
     before = _score(model, dense, made(check), device) if check is not None else None
     info = recover_(
