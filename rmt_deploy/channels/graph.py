@@ -18,7 +18,7 @@ from torch import nn
 
 from ..errors import RmtDeployError, one_line
 from ..targets import SkippedLayer
-from .shortcuts import ShortcutSelect, expose_shortcuts_
+from .shortcuts import ShortcutSelect, expose_shortcuts_, forward_with_hooks
 
 
 class ChannelError(RmtDeployError):
@@ -60,13 +60,9 @@ def _layers(model: nn.Module) -> dict[nn.Module, str]:
 def output_layers(model: nn.Module, example: torch.Tensor) -> list[nn.Module]:
     """The last Conv/Linear the forward runs: its outputs are the model's, never pruned."""
     order: list[nn.Module] = []
-    hooks = [m.register_forward_hook(lambda mod, *_: order.append(mod)) for m in _layers(model)]
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        for hook in hooks:
-            hook.remove()
+    forward_with_hooks(
+        model, example, {m: lambda mod, *_: order.append(mod) for m in _layers(model)}
+    )
     return order[-1:]
 
 

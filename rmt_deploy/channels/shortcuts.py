@@ -52,20 +52,27 @@ def _option_a(module: nn.Module, in_channels: int) -> nn.Module:
     return ShortcutSelect(selection, stride=2)
 
 
-def expose_shortcuts_(model: nn.Module, example: torch.Tensor) -> list[str]:
-    """Replace every registered shortcut by its explicit form (in place); their names."""
-    found = {n: m for n, m in model.named_modules() if type(m).__name__ in EXPOSERS}
-    widths: dict[str, int] = {}
-    hooks = [
-        m.register_forward_hook(lambda mod, args, out, n=n: widths.__setitem__(n, args[0].shape[1]))
-        for n, m in found.items()
-    ]
+def forward_with_hooks(model: nn.Module, example: torch.Tensor, hooks: dict) -> None:
+    """Run `model` once on `example` with forward hooks (module → hook), removed afterwards:
+    how the channel code learns what a forward does (input widths, layer order)."""
+    handles = [module.register_forward_hook(hook) for module, hook in hooks.items()]
     try:
         with torch.no_grad():
             model(example)
     finally:
-        for hook in hooks:
-            hook.remove()
+        for handle in handles:
+            handle.remove()
+
+
+def expose_shortcuts_(model: nn.Module, example: torch.Tensor) -> list[str]:
+    """Replace every registered shortcut by its explicit form (in place); their names."""
+    found = {n: m for n, m in model.named_modules() if type(m).__name__ in EXPOSERS}
+    widths: dict[str, int] = {}
+    hooks = {
+        m: (lambda mod, args, out, n=n: widths.__setitem__(n, args[0].shape[1]))
+        for n, m in found.items()
+    }
+    forward_with_hooks(model, example, hooks)
     for name, module in found.items():
         if name in widths:
             new = EXPOSERS[type(module).__name__](module, widths[name])
