@@ -3,11 +3,13 @@
 1. One per-group table (`rmt_deploy.planner.channels`): every width (multiples of 8) of every
    channel group, its damage on calibration images and its latency inside its block on the
    deployment (default OpenVINO INT8), measured once.
-2. Widths: `rmt` (the DP over options no narrower than the group's MP spike count), `no_floor`
-   (the same DP over every option), `uniform` (every group at one share of its channels) — all
-   at the same predicted speedup — and `tp_global` (Torch-Pruning's MetaPruner, global group
-   magnitude ranking, round_to 8), its ratio set by bisection so that its measured latency is
-   within 5 % of `rmt`'s.
+2. Widths: `rmt` (the shipped default: the DP over options no narrower than the group's MP
+   spike count, damage = share of channel importance removed), `rmt_output` (the same with
+   damage = one-shot relative output error on the calibration images), `no_floor` (`rmt` over
+   every option) — all at the same predicted speedup — and, set by bisection so that their
+   measured latency is within 5 % of `rmt`'s, `uniform` (every group at one share of its
+   channels) and `tp_global` (Torch-Pruning's MetaPruner, global group magnitude ranking,
+   round_to 8).
 3. The same recovery for each and for the dense model (the reference): SGD, distillation from
    the dense model's logits, on CIFAR-10 train images the calibration set does not hold. The
    dense model recovers first (from itself: it adapts to the JPEG images, +5 pp); the pruned
@@ -47,6 +49,7 @@ from rmt_deploy.planner.channels import (  # noqa: E402
     MeasureContext,
     choose_dp,
     group_options,
+    importance_damage,
     measure_table,
 )
 from rmt_deploy.planner.timing import spread, time_interleaved  # noqa: E402
@@ -272,9 +275,11 @@ def variants(model, calib, args, folder: Path):
     """The four width choices at one latency, as pruned (unrecovered) models."""
     entries, scores, floors, dense_ms = table(model, calib, args)
     log(f"table measured: {len(entries)} groups, dense {dense_ms:.3f} ms on {args.deployment}")
+    shares = importance_damage(entries, scores)
     chosen = {
-        "rmt": choose_dp(floored(entries, floors), dense_ms, args.speedup)[0],
-        "no_floor": choose_dp(entries, dense_ms, args.speedup)[0],
+        "rmt": choose_dp(floored(shares, floors), dense_ms, args.speedup)[0],
+        "rmt_output": choose_dp(floored(entries, floors), dense_ms, args.speedup)[0],
+        "no_floor": choose_dp(shares, dense_ms, args.speedup)[0],
     }
     widths = {k: widths_of(a) for k, a in chosen.items()}
     example = calib[:1]
@@ -379,7 +384,7 @@ def write(args, info, params, recovered, hits, torch_hits, times, dense_ms) -> N
     lines += ["", "PyTorch fp32 top-1 after recovery: " + ", ".join(
         f"{k.split(' · ')[0]} {v:.2f} %" for k, v in torch_rows.items())]  # fmt: skip
     lines += ["", "Widths (group: channels kept):", ""]
-    for k in ("rmt", "no_floor"):
+    for k in ("rmt", "rmt_output", "no_floor"):
         w = info[k]["widths"]
         lines.append(
             f"- {k}: predicted {info[k]['predicted_ms']:.3f} ms, damage "

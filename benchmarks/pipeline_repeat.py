@@ -3,6 +3,7 @@
     python benchmarks/pipeline_repeat.py --model vit --repeats 5
     python benchmarks/pipeline_repeat.py --model resnet56 --repeats 5
     python benchmarks/pipeline_repeat.py --model effnet --repeats 5 --tag xeon_amx
+    python benchmarks/pipeline_repeat.py --model resnet56_channels --repeats 3
 
 Each repetition runs `rmt-deploy run` on the model's example config (planning, timing and
 benchmarking from scratch) and reads its report.json. The result file keeps every run and
@@ -32,6 +33,7 @@ CONFIGS = {
     "vit": "examples/cpu_onnxruntime.yaml",
     "resnet56": "examples/cpu_onnxruntime_resnet56.yaml",
     "effnet": "examples/cpu_onnxruntime_effnet_lite1.yaml",
+    "resnet56_channels": "examples/cpu_resnet56_channels.yaml",
 }
 FIGURES = (
     "speedup_vs_best_baseline",
@@ -80,6 +82,8 @@ def read_run(out: Path) -> dict:
         "best_baseline": headline.get("best_baseline"),
         "shipped_ms": headline.get("shipped_ms"),
         "loss_pp": accuracy.get("loss_pp"),
+        "reference": accuracy.get("reference"),  # dense_finetuned where the dense recovered too
+        "top1": accuracy.get("top1"),
         "test_images": accuracy.get("test_images"),
         "plan_seconds": manifest["stages"]["plan"]["seconds"],
         # why the plan is what it is: each deployment's probe κ, the outcome, the baselines'

@@ -287,6 +287,8 @@ def test_the_channels_strategy_keeps_every_width_at_or_above_its_spectral_floor(
         plan(copy.deepcopy(model), "channels", data=data, target=target, importance="taylor")
     with pytest.raises(StrategyError, match="speedup must be above 1"):
         plan(copy.deepcopy(model), "channels", data=data, target=target, speedup=1.0)
+    with pytest.raises(StrategyError, match="damage must be one of importance, output"):
+        plan(copy.deepcopy(model), "channels", data=data, target=target, damage="loss")
 
 
 def _top1(model: nn.Module, data) -> float:
@@ -397,3 +399,37 @@ def test_narrowed_models_always_get_their_batchnorm_statistics_re_estimated():
     )
     _, info = compress_and_recover(dense, kept, options, calib=calib, train=calib)
     assert "bn_recal_images" not in info
+
+
+def _entry(name: str, channels: int, options: list[tuple[int, float, float]], dense_ms: float):
+    from rmt_deploy.planner.layer_table import LayerEntry, LayerOption
+
+    opts = [LayerOption("dense", ms=dense_ms)]
+    opts += [LayerOption("channels", w, error, ms=ms) for w, error, ms in options]
+    return LayerEntry(name, "channels", [8], [channels, 0], 0, opts, sensitivity=1.0)
+
+
+def test_importance_damage_is_the_share_of_all_channel_scores_a_width_drops():
+    from rmt_deploy.planner.channels import importance_damage
+
+    scores = {"a": torch.tensor([1.0, 4.0, 2.0, 3.0]), "b": torch.tensor([1.0, 1.0])}
+    entries = [_entry("a", 4, [(1, 9.0, 0.5), (2, 9.0, 0.7)], 1.0), _entry("b", 2, [], 1.0)]
+    shares = importance_damage(entries, scores)
+    # a keeps its top 1 (score 4): drops 1 + 2 + 3 = 6 of the 12 in all; top 2 drops 1 + 2 = 3
+    assert [o.error for o in shares[0].options] == [0.0, 0.5, 0.25]
+    assert [o.ms for o in shares[0].options] == [1.0, 0.5, 0.7]  # timings kept
+    assert entries[0].options[1].error == 9.0  # the measured table is not modified
+
+
+def test_the_dp_cuts_the_group_whose_dropped_channels_matter_least():
+    from rmt_deploy.planner.channels import choose_dp, importance_damage
+
+    # the same latency saving in both groups; a's four lowest channels are nearly silent
+    scores = {"a": torch.tensor([5.0] * 4 + [0.1] * 4), "b": torch.ones(8) * 2.5}
+    entries = [_entry(n, 8, [(4, 0.0, 0.6)], 1.0) for n in ("a", "b")]
+    entries = importance_damage(entries, scores)
+    (best,) = choose_dp(entries, dense_ms=2.0, speedup=1.2)
+    assert best.choices["a"].rank == 4 and best.choices["b"].form == "dense"
+    assert best.damage == pytest.approx(0.4 / 40.4)
+    (both,) = choose_dp(entries, dense_ms=2.0, speedup=1.6)  # needs 0.75 ms: both cut
+    assert both.choices["a"].rank == 4 and both.choices["b"].rank == 4

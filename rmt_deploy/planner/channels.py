@@ -1,23 +1,29 @@
 """Which width each channel group gets: measured damage and measured latency, one DP.
 
 For every group and every candidate width (multiples of the runtime's block from the group's
-spectral floor up), a copy of the model with only that group narrowed is (1) run on
-calibration images — its damage is the relative output error against the dense model — and
-(2) timed on the deployment inside its neighbours: the smallest module that holds the whole
-group (a residual block for the channels inside a block, the model for a residual stage's
-channels), the widths of one group timed interleaved. The per-group (damage, latency) options
-go to the same multiple-choice knapsack as low-rank ranks (`planner.allocate`); the least
-damaging allocation predicted to reach the speedup asked for is chosen (`uniform`: every group
-at the same share of its channels, for comparison).
+spectral floor up), a copy of the model with only that group narrowed is timed on the
+deployment inside its neighbours: the smallest module that holds the whole group (a residual
+block for the channels inside a block, the model for a residual stage's channels), the widths
+of one group timed interleaved. Its damage is either (`importance`, the default) the share of
+the model's channel importance the width removes — additive across groups, the saliency of
+HALP's latency knapsack (Shen et al. 2022) and of DepGraph's global ranking — or (`output`) the
+relative output error of that one-group copy on calibration images. The per-group (damage,
+latency) options go to the same multiple-choice knapsack as low-rank ranks
+(`planner.allocate`); the least damaging allocation predicted to reach the speedup asked for
+is chosen (`uniform`: every group at the same share of its channels, for comparison).
+
+Measured on ResNet-56 (benchmarks/channel_ablation.py): one-shot output error sums badly — it
+spends the whole budget on a few groups cut to 8–16 channels, which recovery does not repair.
 """
 
 from __future__ import annotations
 
 import copy
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -27,9 +33,11 @@ from ..channels.prune import keep_top, prune_channels_
 from ..channels.widths import WidthFloor, spectral_floors, width_options
 from ..errors import RmtDeployError
 from ..progress import tqdm
-from .allocate import DAMAGE_CAPS, allocate, relative_output_error
+from .allocate import COST_BINS, DAMAGE_CAPS, allocate, relative_output_error
 from .layer_table import LayerEntry, LayerOption
 from .timing import capture_input_shapes, spread, time_interleaved
+
+DAMAGES = ("importance", "output")
 
 
 @dataclass
@@ -39,6 +47,7 @@ class ChannelSearchConfig:
     importance: str = "magnitude"  # magnitude | bn
     floor: str = "spectrum"  # spectrum: no width below the MP spike count | none
     allocation: str = "dp"  # dp | uniform
+    damage: str = "importance"  # importance: share of channel importance removed | output
     multiple: int = 8  # widths are multiples of this (the CPU kernels' block)
     max_options: int = 8  # widths timed per group at most (evenly spread from the floor up)
     speedup: float = 1.5  # the least damaging widths predicted this much faster
@@ -52,6 +61,7 @@ class ChannelSearchConfig:
     def __post_init__(self) -> None:
         choices = {"importance": IMPORTANCE, "floor": ("spectrum", "none")}
         choices["allocation"] = ("dp", "uniform")
+        choices["damage"] = DAMAGES
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise RmtDeployError(
@@ -161,8 +171,7 @@ def measure_group(
     samples = time_interleaved(runners, inputs, ctx.rounds, ctx.runs)
     options = [LayerOption("dense", **_timing(samples[0]))]
     for w, m in copies.items():
-        damage = relative_output_error(ctx.reference, ctx.outputs(m))
-        options.append(LayerOption("channels", w, damage, **_timing(samples[w])))
+        options.append(LayerOption("channels", w, ctx.damage(m), **_timing(samples[w])))
     channels = cg.groups[name].channels
     return LayerEntry(name, "channels", list(shape), [channels, 0], 0, options, sensitivity=1.0)
 
@@ -185,7 +194,7 @@ class MeasureContext:
     input, the deployment's runner factory and timing settings."""
 
     images: torch.Tensor
-    reference: torch.Tensor
+    reference: torch.Tensor | None  # the dense outputs (None: output damage not measured)
     example: torch.Tensor
     deployment: object  # runtimes.Deployment
     folder: Path
@@ -197,6 +206,12 @@ class MeasureContext:
 
     def outputs(self, model: nn.Module) -> torch.Tensor:
         return torch.cat([model(self.images[i : i + 64]) for i in range(0, len(self.images), 64)])
+
+    def damage(self, model: nn.Module) -> float:
+        """`model`'s relative output error on the images (NaN: not measured, no reference)."""
+        if self.reference is None:
+            return float("nan")
+        return relative_output_error(self.reference, self.outputs(model))
 
     def runner(self, module: nn.Module, shape: tuple[int, ...], tag: str):
         from ..runtimes import RUNTIMES
@@ -255,10 +270,40 @@ def measure_table(
     return entries, scores
 
 
+def importance_damage(
+    entries: list[LayerEntry], scores: dict[str, torch.Tensor]
+) -> list[LayerEntry]:
+    """The entries with each width's damage set to the share of the model's channel
+    importance it removes: the scores of the channels a group drops (its lowest), over the
+    sum of every group's scores. Additive, so the DP's sum is the model's loss of importance;
+    a channel of a coupled group scores once per layer it spans, so wide couplings cost more."""
+    total = sum(float(s.sum()) for s in scores.values())
+    out = []
+    for e in entries:
+        ranked = scores[e.name].sort(descending=True).values
+        options = [e.dense] + [
+            replace(o, error=float(ranked[o.rank :].sum()) / total) for o in e.options[1:]
+        ]
+        out.append(replace(e, options=options))
+    return out
+
+
+def damage_caps(entries: list[LayerEntry], count: int = 48) -> list[float]:
+    """Damage caps for the DP, spread geometrically over the table's own range: from its
+    smallest option's damage to every group at its narrowest (at most 16), with room for the
+    DP's rounding up of each group's damage to its bins."""
+    errors = [o.error for e in entries for o in e.options[1:] if o.error > 0]
+    if not errors:
+        return list(DAMAGE_CAPS)
+    top = sum(max((o.error for o in e.options[1:]), default=0.0) for e in entries)
+    top = min(top * (1 + len(entries) / COST_BINS), 16.0)
+    return list(np.geomspace(min(errors), max(top, min(errors)), count))
+
+
 def choose_dp(entries: list[LayerEntry], dense_ms: float, speedup: float, count: int = 1):
     """The `count` least damaging DP allocations predicted to reach `speedup` (else the
     fastest one), least damaging first."""
-    allocations = allocate(entries, list(DAMAGE_CAPS) + [4.0, 16.0], min_gain=0.0)
+    allocations = allocate(entries, damage_caps(entries), min_gain=0.0)
     goal = dense_ms - dense_ms / speedup
     reaching = sorted((a for a in allocations if a.saving_ms >= goal), key=lambda a: a.damage)
     return reaching[:count] or [max(allocations, key=lambda a: a.saving_ms)]
@@ -309,7 +354,9 @@ def search_widths(
         cg = channel_graph(work, example)
     options = group_options(cg, spikes, config)
     with tempfile.TemporaryDirectory(prefix="rmt-channels-") as folder, torch.no_grad():
-        reference = torch.cat([work(images[i : i + 64]) for i in range(0, len(images), 64)])
+        reference = None
+        if config.damage == "output":
+            reference = torch.cat([work(images[i : i + 64]) for i in range(0, len(images), 64)])
         ctx = MeasureContext(
             images, reference, example, deployment, Path(folder), batch_size,
             config.rounds, config.runs, torch.get_num_threads(), {},
@@ -318,6 +365,8 @@ def search_widths(
         shape = (batch_size, *example.shape[1:])
         whole = time_interleaved({0: ctx.runner(work, shape, "model")}, {0: ctx.batch(shape)})
     dense_ms = spread(whole[0])["median_ms"]
+    if config.damage == "importance":
+        entries = importance_damage(entries, scores)
     pick = choose_dp if config.allocation == "dp" else choose_uniform
     candidates = []
     for allocation in pick(entries, dense_ms, config.speedup, config.finalists):

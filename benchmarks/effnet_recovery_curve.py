@@ -1,0 +1,168 @@
+"""What more data would buy a channel-pruned EfficientNet-Lite1: top-1 against recovery images.
+
+The narrowed model is the one the shortened pipeline run shipped (its widths from
+`results/run_effnet_lite1_channels/plan/plan.json`, channels ranked by the same group
+magnitude). The 1,300 ImageNet validation images are split once (seeded): a fixed test part
+(`--test`, default 300) and a pool the recovery images are drawn from. For each number of
+recovery images N (nested draws: the 300 contain the 100), the narrowed model gets its
+BatchNorm statistics re-estimated on those N images, then the same fixed number of recovery
+steps (`--steps` of `--batch-size`, SGD, distillation α 0.9 from the dense model, augmented
+crops) — so the curve isolates how many distinct images recovery sees, not how long it runs.
+Top-1 on the test part (paired interval against the dense model on the same images).
+Prints and saves `results/effnet_recovery_curve[_tag].{json,md}`.
+
+    python benchmarks/effnet_recovery_curve.py --images 0 100 300 1000 --steps 60 --tag epyc_zen5
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS, environment  # noqa: E402
+
+from rmt_deploy.budget import model_outputs  # noqa: E402
+from rmt_deploy.channels import (  # noqa: E402
+    channel_graph,
+    channel_scores,
+    keep_top,
+    prune_channels_,
+)
+from rmt_deploy.data import eval_transform, load_image_dataset, train_transform  # noqa: E402
+from rmt_deploy.models import DataConfig, load_model  # noqa: E402
+from rmt_deploy.paths import assets_dir, write_json_atomic, write_text_atomic  # noqa: E402
+from rmt_deploy.recovery import FinetuneConfig, bn_recalibrate, finetune  # noqa: E402
+
+PLAN = RESULTS / "run_effnet_lite1_channels" / "plan" / "plan.json"
+PREPROCESS = DataConfig((3, 240, 240), (0.5,) * 3, (0.5,) * 3, 1.0, "bilinear")
+
+
+def parse() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--images", type=int, nargs="+", default=[0, 100, 300, 1000])
+    p.add_argument("--steps", type=int, default=60, help="recovery steps at every N")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--test", type=int, default=300, help="fixed test images")
+    p.add_argument("--plan", type=Path, default=PLAN)
+    p.add_argument("--assets", default=None)
+    p.add_argument("--tag", default="")
+    args = p.parse_args()
+    if args.test + max(args.images) > 1300:
+        p.error(f"--test {args.test} plus {max(args.images)} recovery images exceed the 1,300")
+    return args
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def narrowed(model: torch.nn.Module, plan: Path, example: torch.Tensor) -> torch.nn.Module:
+    """`model` with every group the plan narrowed cut to its width (top channels kept)."""
+    widths = {
+        la["name"]: la["width"]
+        for la in json.loads(plan.read_text())["layers"]
+        if la["action"] == "channels"
+    }
+    clone = copy.deepcopy(model).eval()
+    with torch.enable_grad():
+        cg = channel_graph(clone, example)
+    missing = sorted(set(widths) - set(cg.groups))
+    if missing:
+        raise SystemExit(f"{plan}: groups {missing} are not in this model's channel graph")
+    keep = {n: keep_top(channel_scores(cg, n, "magnitude"), w) for n, w in widths.items()}
+    prune_channels_(clone, keep, example)
+    return clone.eval()
+
+
+def paired(a: np.ndarray, b: np.ndarray, resamples: int = 2000) -> tuple[float, float, float]:
+    """Mean of (a − b) in pp over the same images and its 95 % bootstrap interval."""
+    diff = (a.astype(float) - b.astype(float)) * 100
+    rng = np.random.default_rng(0)
+    means = diff[rng.integers(0, len(diff), (resamples, len(diff)))].mean(1)
+    return float(diff.mean()), *map(float, np.percentile(means, [2.5, 97.5]))
+
+
+def hits(model: torch.nn.Module, test) -> np.ndarray:
+    outputs, labels = model_outputs(model, test, batch_size=50, workers=0)
+    return (outputs.argmax(1) == labels).numpy()
+
+
+def main() -> int:
+    args = parse()
+    torch.manual_seed(0)
+    root = assets_dir(args.assets) / "imagenet-val-1300"
+    plain = load_image_dataset(root, eval_transform(PREPROCESS))
+    augmented = load_image_dataset(root, train_transform(PREPROCESS))
+    order = torch.randperm(len(plain), generator=torch.Generator().manual_seed(0)).tolist()
+    test = torch.utils.data.Subset(plain, sorted(order[: args.test]))
+    pool = order[args.test :]
+    dense = load_model("efficientnet_lite1", assets=args.assets).eval()
+    example = plain[0][0][None]
+    base = narrowed(dense, args.plan, example)
+    dense_hits = hits(dense, test)
+    log(f"dense {100 * dense_hits.mean():.2f} % on {len(test)} test images")
+    rows = []
+    for n in args.images:
+        model = copy.deepcopy(base)
+        row = {"images": n, "steps": 0, "seconds": 0.0}
+        if n:
+            bn_recalibrate(model, torch.utils.data.Subset(plain, pool[:n]), n_images=n)
+            recipe = FinetuneConfig(
+                max_steps=args.steps, batch_size=args.batch_size, lr=0.01, distill_alpha=0.9,
+                warmup_steps=max(1, args.steps // 10), workers=0,
+            )  # fmt: skip
+            result = finetune(
+                model, torch.utils.data.Subset(augmented, pool[:n]), recipe, teacher=dense,
+                progress=False,
+            )  # fmt: skip
+            row.update(steps=result.steps, seconds=round(result.seconds, 1),
+                       first_loss=result.first_loss, last_loss=result.last_loss)  # fmt: skip
+        got = hits(model, test)
+        row["top1"] = 100 * float(got.mean())
+        row["vs_dense_pp"] = paired(got, dense_hits)
+        rows.append(row)
+        log(f"N={n}: {row['top1']:.2f} % ({row['vs_dense_pp'][0]:+.2f} pp vs dense)")
+    write(args, 100 * float(dense_hits.mean()), rows)
+    return 0
+
+
+def write(args, dense_top1: float, rows: list[dict]) -> None:
+    env = environment()
+    stem = RESULTS / f"effnet_recovery_curve{'_' + args.tag if args.tag else ''}"
+    write_json_atomic(
+        stem.with_suffix(".json"),
+        {"environment": env, "args": {**vars(args), "plan": str(args.plan)},
+         "dense_top1": dense_top1, "rows": rows},
+    )  # fmt: skip
+    lines = [
+        "# Channel-pruned EfficientNet-Lite1: top-1 against the number of recovery images",
+        "",
+        f"CPU: {env['cpu']} ({env['cpu_count']} cores), {env['date']}; `{env['command']}`. "
+        f"Widths from `{args.plan.name}` of the shortened pipeline run; BatchNorm re-estimated "
+        f"on the N images, then {args.steps} steps of {args.batch_size} (SGD, distillation "
+        f"α 0.9 from the dense model); top-1 on {args.test} held-out ImageNet validation "
+        f"images (dense: {dense_top1:.2f} %); one run per N.",
+        "",
+        "| recovery images | steps | seconds | top-1 % | Δ vs dense (pp, 95 %) |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        d = r["vs_dense_pp"]
+        lines.append(
+            f"| {r['images']} | {r['steps']} | {r['seconds']:.0f} | {r['top1']:.2f} | "
+            f"{d[0]:+.2f} [{d[1]:+.2f}, {d[2]:+.2f}] |"
+        )
+    write_text_atomic(stem.with_suffix(".md"), "\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
