@@ -12,6 +12,15 @@ import torch
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def result_stem(name: str, tag: str = "") -> Path:
+    """`results/<name>[_<tag>]`, the tag's dots and other odd characters made `_`: the caller
+    adds `.json`/`.md` with `with_suffix`, which would eat a tag's `.3` (`x1.3`)."""
+    import re
+
+    clean = re.sub(r"[^A-Za-z0-9_-]", "_", tag)
+    return RESULTS / f"{name}{'_' + clean if clean else ''}"
+
+
 def environment() -> dict:
     """What a reader needs to compare numbers: machine, threads, library versions."""
     from rmt_deploy.machine import cpu_name

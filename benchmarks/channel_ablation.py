@@ -14,9 +14,10 @@
    the dense model's logits, on CIFAR-10 train images the calibration set does not hold. The
    dense model recovers first (from itself: it adapts to the JPEG images, +5 pp); the pruned
    models then distil from that recovered dense model.
-4. Every model in INT8 by NNCF (OpenVINO), the dense model also in every dense engine a user
-   would pick; latency at batch 8 timed interleaved over `--repeats` rounds (median, range);
-   top-1 on the CIFAR-10 test images with paired bootstrap intervals against `rmt`.
+4. Every model in INT8 by NNCF and by ONNX Runtime's QDQ recipe in OpenVINO (the deployment
+   the widths were timed on), the dense model also in every dense engine a user would pick;
+   latency at batch 8 timed interleaved over `--repeats` rounds (median, range); top-1 on the
+   CIFAR-10 test images with paired bootstrap intervals against `rmt`.
 Prints and saves `results/channel_ablation_resnet56[_tag].{json,md}`.
 """
 
@@ -33,7 +34,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, environment  # noqa: E402
+from _common import environment, result_stem  # noqa: E402
 
 from rmt_deploy.analysis import analyze  # noqa: E402
 from rmt_deploy.channels import channel_graph, prune_channels_  # noqa: E402
@@ -223,16 +224,16 @@ def engines(models: dict, calib, folder: Path) -> dict:
     runs = {}
     for name, model in models.items():
         onnx = export(model, folder / name, tuple(shape[1:]), name=name).onnx_path
-        xml = folder / f"{name}.nncf.xml"
+        xml, qdq = folder / f"{name}.nncf.xml", folder / f"{name}.int8.onnx"
         nncf_int8(onnx, xml, batches)
+        quantize_int8(onnx, qdq, batches)
         runs[f"{name} · NNCF INT8"] = prepare("openvino-nncf-int8", None, onnx, openvino_int8=xml)
+        # the deployment the widths were timed on, for every model
+        runs[f"{name} · OpenVINO QDQ INT8"] = prepare("openvino-int8", None, onnx, onnx_int8=qdq)
         if name == "dense":
-            qdq = folder / "dense.int8.onnx"
-            quantize_int8(onnx, qdq, batches)
             runs["dense · ORT fp32"] = prepare("onnxruntime", None, onnx)
             runs["dense · ORT INT8"] = prepare("onnxruntime-int8", None, onnx, onnx_int8=qdq)
             runs["dense · OpenVINO default"] = prepare("openvino", None, onnx)
-            runs["dense · OpenVINO QDQ INT8"] = prepare("openvino-int8", None, onnx, onnx_int8=qdq)
     return {k: v.run for k, v in runs.items()}
 
 
@@ -355,7 +356,7 @@ def write(args, info, params, recovered, hits, torch_hits, times, dense_ms) -> N
     result = {"environment": env, "args": vars(args), "variants": info, "recovery": recovered,
               "rows": rows, "pytorch_top1": torch_rows, "best_dense": best,
               "table_dense_ms": dense_ms}  # fmt: skip
-    stem = RESULTS / f"channel_ablation_resnet56{'_' + args.tag if args.tag else ''}"
+    stem = result_stem("channel_ablation_resnet56", args.tag)
     write_json_atomic(stem.with_suffix(".json"), result)
     lines = [
         "# Channel pruning, ResNet-56 (CIFAR-10): RMT widths against the alternatives",

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, environment  # noqa: E402
+from _common import RESULTS, environment, result_stem  # noqa: E402
 
 from rmt_deploy.budget import model_outputs  # noqa: E402
 from rmt_deploy.channels import (  # noqa: E402
@@ -136,7 +136,7 @@ def main() -> int:
 
 def write(args, dense_top1: float, rows: list[dict]) -> None:
     env = environment()
-    stem = RESULTS / f"effnet_recovery_curve{'_' + args.tag if args.tag else ''}"
+    stem = result_stem("effnet_recovery_curve", args.tag)
     write_json_atomic(
         stem.with_suffix(".json"),
         {"environment": env, "args": {**vars(args), "plan": str(args.plan)},
