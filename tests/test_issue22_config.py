@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rmt_deploy.pipeline import ConfigError, RunConfig, run
-from rmt_deploy.pipeline.config import _STRATEGY_RULES, check_machine
+from rmt_deploy.pipeline.config import check_machine
 from rmt_deploy.strategies import STRATEGIES
 
 QUIET = dict(progress=False, log=lambda _: None)
@@ -63,10 +63,30 @@ def test_strategy_settings_are_refused_at_load_naming_the_full_key(compress, mes
 
 
 def test_every_strategy_rule_names_a_setting_of_its_strategy():
-    """The ranges declared in config.py must follow the strategies' settings."""
-    for rule in _STRATEGY_RULES:
-        strategy, _, setting = rule.partition(".")
-        assert setting in STRATEGIES[strategy].defaults, rule
+    """The ranges each strategy registers must name its own settings (a rule for a renamed
+    setting would never apply)."""
+    ruled = {name: spec.rules for name, spec in STRATEGIES.items() if spec.rules}
+    assert {"classic_rmt", "hybrid", "ser", "lowrank", "nm24", "svd"} <= set(ruled)
+    for name, rules in ruled.items():
+        assert set(rules) <= set(STRATEGIES[name].defaults), name
+
+
+def test_plan_refuses_a_setting_out_of_its_registered_range_before_any_work():
+    from rmt_deploy.strategies import StrategyError, plan
+
+    class Boom(torch.nn.Module):  # a model whose forward would fail: nothing may run
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(4, 4)
+
+        def forward(self, x):
+            raise AssertionError("the strategy ran")
+
+    calib = r"^lowrank calib_images must be an integer ≥ 1, got 0$"
+    with pytest.raises(StrategyError, match=calib):
+        plan(Boom(), "lowrank", data=[(torch.zeros(4), 0)], calib_images=0)
+    with pytest.raises(StrategyError, match=r"^hybrid handoff must lie in \(0, 1\), got 1\.0$"):
+        plan(Boom(), "hybrid", data=[(torch.zeros(4), 0)], handoff=1.0)
 
 
 def test_strategy_defaults_pass_their_rules():

@@ -193,7 +193,7 @@ def test_hybrid_fixed_hands_off_at_020_then_ser():
     )
     assert p.summary()["sparsity"] == pytest.approx(0.4, abs=1e-3)
     assert "magnitude to s = 0.20 (fixed), then SER to s = 0.4" in p.layers[0].reason
-    with pytest.raises(StrategyError, match="variant must be threshold or fixed"):
+    with pytest.raises(StrategyError, match="hybrid variant must be one of threshold, fixed"):
         plan(model, "hybrid", 0.4, data=synthetic(), variant="other")
     with pytest.raises(StrategyError, match="holdout_images .* must be smaller"):
         plan(model, "hybrid", 0.4, data=synthetic(), holdout_images=500)

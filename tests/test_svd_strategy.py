@@ -38,5 +38,5 @@ def test_svd_plan_and_compress():
 
 
 def test_svd_rank_multiple_must_be_positive():
-    with pytest.raises(StrategyError, match="rank_multiple must be ≥ 1"):
+    with pytest.raises(StrategyError, match="svd rank_multiple must be an integer ≥ 1"):
         plan(nn.Sequential(nn.Linear(64, 64)), "svd", 0.5, rank_multiple=0)

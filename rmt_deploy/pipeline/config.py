@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from ..errors import RmtDeployError, one_line
+from ..ranges import AT_LEAST_0, AT_LEAST_1, NONNEG, Range
 
 
 class ConfigError(RmtDeployError):
@@ -270,85 +271,36 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
 NON_FINITE_ALLOWED: frozenset[str] = frozenset()
 
 
-@dataclass(frozen=True)
-class _Range:
-    """The valid values of one numeric key, said the way an error message needs it."""
-
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False
-    high_open: bool = False
-    integer: bool = False
-
-    @property
-    def two_sided(self) -> bool:
-        return self.low is not None and self.high is not None
-
-    def interval(self) -> str:
-        return (
-            f"{'(' if self.low_open else '['}{_num(self.low)}, "
-            f"{_num(self.high)}{')' if self.high_open else ']'}"
-        )
-
-    def describe(self) -> str:
-        if self.two_sided:
-            return f"lie in {self.interval()}"
-        if self.low is not None:
-            return f"{'>' if self.low_open else '≥'} {_num(self.low)}"
-        return f"{'<' if self.high_open else '≤'} {_num(self.high)}"
-
-    def holds(self, value: float) -> bool:
-        if not math.isfinite(value):
-            return False
-        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
-            return False
-        return not (
-            self.high is not None and (value >= self.high if self.high_open else value > self.high)
-        )
-
-    def message(self, key: str, value: float) -> str:
-        if self.two_sided:
-            return f"{key} must {self.describe()}, got {value}"
-        kind = "an integer" if self.integer else "a finite number"
-        return f"{key} must be {kind} {self.describe()}, got {value}"
-
-
-def _num(value: float | None) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-_AT_LEAST_0, _AT_LEAST_1 = _Range(0, integer=True), _Range(1, integer=True)
-_NONNEG = _Range(0.0)
 # Every numeric key and its valid range (list items as key[]): refused at load, with the key's
 # path, instead of failing — or quietly doing the wrong thing — stages later.
-_RULES: dict[str, _Range] = {
-    "seed": _Range(0, 2**63 - 1, integer=True),
-    "data.calib_images": _AT_LEAST_1,
-    "data.val_images": _AT_LEAST_0,
-    "data.test_images": _AT_LEAST_1,
-    "data.preprocess.input_size[]": _AT_LEAST_1,
-    "data.preprocess.mean[]": _Range(),
-    "data.preprocess.std[]": _Range(0.0, low_open=True),
-    "data.preprocess.crop_pct": _Range(0.0, 1.0, low_open=True),
-    "compress.sparsity": _Range(0.0, 1.0, high_open=True),
-    "compress.accuracy_budget": _NONNEG,
-    "compress.batch": _AT_LEAST_1,
-    "finetune.steps": _AT_LEAST_0,
-    "finetune.batch_size": _AT_LEAST_1,
-    "finetune.lr": _NONNEG,
-    "finetune.distill_alpha": _Range(0.0, 1.0),
-    "finetune.bn_recal_images": _AT_LEAST_0,
-    "finetune.group_lasso": _NONNEG,
-    "finetune.l1": _NONNEG,
-    "finetune.l2": _NONNEG,
+_RULES: dict[str, Range] = {
+    "seed": Range(0, 2**63 - 1, integer=True),
+    "data.calib_images": AT_LEAST_1,
+    "data.val_images": AT_LEAST_0,
+    "data.test_images": AT_LEAST_1,
+    "data.preprocess.input_size[]": AT_LEAST_1,
+    "data.preprocess.mean[]": Range(),
+    "data.preprocess.std[]": Range(0.0, low_open=True),
+    "data.preprocess.crop_pct": Range(0.0, 1.0, low_open=True),
+    "compress.sparsity": Range(0.0, 1.0, high_open=True),
+    "compress.accuracy_budget": NONNEG,
+    "compress.batch": AT_LEAST_1,
+    "finetune.steps": AT_LEAST_0,
+    "finetune.batch_size": AT_LEAST_1,
+    "finetune.lr": NONNEG,
+    "finetune.distill_alpha": Range(0.0, 1.0),
+    "finetune.bn_recal_images": AT_LEAST_0,
+    "finetune.group_lasso": NONNEG,
+    "finetune.l1": NONNEG,
+    "finetune.l2": NONNEG,
     # the TorchScript exporter the pipeline uses (torch.onnx ONNX_MIN_OPSET to
     # ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET): an opset outside fails only in the export stage
-    "export.opset": _Range(7, 20, integer=True),
-    "export.verify_images": _AT_LEAST_1,
-    "benchmark.batches[]": _AT_LEAST_1,
-    "benchmark.runs": _AT_LEAST_1,
-    "benchmark.warmup_s": _NONNEG,
-    "benchmark.agreement_images": _AT_LEAST_0,
+    "export.opset": Range(7, 20, integer=True),
+    "export.verify_images": AT_LEAST_1,
+    "benchmark.batches[]": AT_LEAST_1,
+    "benchmark.runs": AT_LEAST_1,
+    "benchmark.warmup_s": NONNEG,
+    "benchmark.agreement_images": AT_LEAST_0,
 }
 
 
@@ -533,56 +485,18 @@ def _check_strategy_settings(config: RunConfig) -> None:
         _check_settings_of(c.strategy, c.settings)
 
 
-@dataclass(frozen=True)
-class _Choice:
-    """The valid values of one text setting."""
-
-    options: tuple[str, ...]
-
-    def holds(self, value: Any) -> bool:
-        return value in self.options
-
-    def message(self, key: str, value: Any) -> str:
-        return f"{key} must be one of {', '.join(self.options)}, got {value!r}"
-
-
-_BELOW_1 = _Range(0.0, 1.0, high_open=True)
-# The ranges of the strategies' own settings (strategy.setting) that their registry does not
-# declare (only `latency`'s config dataclass does): the values each strategy refuses when it
-# starts, refused here at load, naming compress.settings.<setting>, before any stage runs.
-_STRATEGY_RULES: dict[str, _Range | _Choice] = {
-    "classic_rmt.cycles": _Range(1, 1000, integer=True),
-    "classic_rmt.reg_lr": _BELOW_1,
-    "classic_rmt.l1": _BELOW_1,
-    "classic_rmt.l2": _BELOW_1,
-    "classic_rmt.batch_size": _AT_LEAST_1,
-    "hybrid.variant": _Choice(("threshold", "fixed")),
-    "hybrid.step": _Range(0.001, 1.0, high_open=True),
-    "hybrid.handoff": _Range(0.0, 1.0, low_open=True, high_open=True),
-    "hybrid.holdout_images": _AT_LEAST_1,
-    "hybrid.batch_size": _AT_LEAST_1,
-    "ser.batch_size": _AT_LEAST_1,
-    "lowrank.batch_size": _AT_LEAST_1,
-    "lowrank.calib_images": _AT_LEAST_1,
-    "lowrank.rank_multiple": _AT_LEAST_1,
-    "nm24.fraction": _Range(0.0, 1.0, low_open=True),
-    "nm24.order": _Choice(("seb", "size")),
-    "svd.rank_multiple": _AT_LEAST_1,
-}
-
-
 def _check_settings_of(strategy: str, settings: dict[str, Any]) -> None:
     """Each setting alone (so the error names compress.settings.<key>), against the
-    strategy's registry and then the ranges above; then all of them together."""
-    from ..strategies import StrategyError, check_settings
+    strategy's registry (its types, then its ranges); then all of them together."""
+    from ..strategies import STRATEGIES, StrategyError, check_settings
 
     for key, value in settings.items():
         where = f"compress.settings.{key}"
         try:
-            coerced = check_settings(strategy, {key: value}).get(key, value)
+            coerced = check_settings(strategy, {key: value}, ranges=False).get(key, value)
         except StrategyError as exc:
             raise ConfigError(f"{where}: {exc}") from exc
-        rule = _STRATEGY_RULES.get(f"{strategy}.{key}")
+        rule = STRATEGIES[strategy].rules.get(key)
         if rule is not None and coerced is not None and not rule.holds(coerced):
             raise ConfigError(f"{rule.message(where, coerced)} (strategy {strategy})")
     try:

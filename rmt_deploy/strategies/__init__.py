@@ -126,9 +126,10 @@ def needs_training(strategy: str) -> bool:
     return strategy in STRATEGIES and STRATEGIES[strategy].needs_training
 
 
-def check_settings(strategy: str, settings: dict[str, Any]) -> dict[str, Any]:
-    """`settings` brought to the types of the strategy's defaults, or a StrategyError naming
-    the unknown or mistyped one and what is allowed."""
+def check_settings(strategy: str, settings: dict[str, Any], ranges: bool = True) -> dict[str, Any]:
+    """`settings` brought to the types of the strategy's defaults and (with `ranges`) checked
+    against its rules, or a StrategyError naming the unknown, mistyped or out-of-range one and
+    what is allowed."""
     spec = STRATEGIES[strategy]
     unknown = set(settings) - set(spec.defaults)
     if unknown:
@@ -139,9 +140,14 @@ def check_settings(strategy: str, settings: dict[str, Any]) -> dict[str, Any]:
         )
     if spec.config is not None:
         return _config_settings(strategy, settings)
-    return {
+    coerced = {
         key: _coerce(strategy, key, value, spec.defaults[key]) for key, value in settings.items()
     }
+    for key, value in coerced.items() if ranges else ():
+        rule = spec.rules.get(key)
+        if rule is not None and value is not None and not rule.holds(value):
+            raise StrategyError(f"{strategy} {rule.message(key, value)}")
+    return coerced
 
 
 def _config_settings(strategy: str, settings: dict[str, Any]) -> dict[str, Any]:

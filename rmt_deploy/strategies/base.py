@@ -110,6 +110,9 @@ class Strategy:
     # `fields` maps each setting to its field (a user-facing name may differ from the field's).
     config: type | None = None
     fields: dict[str, str] = field(default_factory=dict)
+    # The ranges of settings without a config dataclass (`ranges.Range`/`Choice` by setting):
+    # refused when the settings are checked — by `plan` and at config load — never inside.
+    rules: dict[str, Any] = field(default_factory=dict)
 
     def settings_config(self, settings: dict[str, Any]) -> Any:
         """The config dataclass built from `settings` (the user's names): its checks run."""
@@ -127,11 +130,13 @@ def register_strategy(
     needs_training: bool = False,
     config: type | None = None,
     settings: dict[str, str] | None = None,
+    rules: dict[str, Any] | None = None,
     **defaults: Any,
 ):
     """Decorator: `@register_strategy("seb")` adds a strategy under that name. With `config`
     (a dataclass), `settings` maps each setting's name to its field; the defaults are the
-    fields' and a value out of a field's range is refused when the settings are checked."""
+    fields' and a value out of a field's range is refused when the settings are checked.
+    Without one, `rules` gives the settings' ranges (`ranges.Range` / `ranges.Choice`)."""
 
     def wrap(fn: Callable[[PlanContext], list[LayerPlan]]):
         doc = (fn.__doc__ or "").strip().splitlines()
@@ -141,7 +146,7 @@ def register_strategy(
             defaults.update({key: made[f] for key, f in fields_.items()})
         STRATEGIES[name] = Strategy(
             name, fn, needs_data or needs_training, dict(defaults), doc[0] if doc else "",
-            needs_training, config, fields_,
+            needs_training, config, fields_, dict(rules or {}),
         )  # fmt: skip
         return fn
 

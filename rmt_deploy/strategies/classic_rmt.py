@@ -32,6 +32,7 @@ from torch import nn
 from ..compress import compress_
 from ..layers.sparsity import lowest_mask
 from ..plan import CompressionPlan, LayerPlan
+from ..ranges import AT_LEAST_1, BELOW_1, Range
 from ..spectral.fit import MatrixTooSmallError, MPFit, fit_mp_spectrum, singular_values
 from .base import PlanContext, StrategyError, mask_entry, register_strategy
 
@@ -134,6 +135,13 @@ def _regularize(model: nn.Module, names: list[str], scales: dict[str, float], cf
 
 @register_strategy(
     "classic_rmt",
+    rules={
+        "cycles": Range(1, 1000, integer=True),
+        "reg_lr": BELOW_1,
+        "l1": BELOW_1,
+        "l2": BELOW_1,
+        "batch_size": AT_LEAST_1,
+    },
     cycles=34,  # the most cycles (the seed's range(1, 35)); they stop at the target
     reg_steps=100,  # regularizer steps per cycle (the seed: 5000, then +1000 each cycle)
     reg_lr=SEED_LR,
@@ -177,11 +185,6 @@ def _checked_cycles(ctx: PlanContext) -> int:
     the number of cycles."""
     cfg = ctx.config
     cycles = int(cfg["cycles"])
-    if not 1 <= cycles <= 1000:
-        raise StrategyError(f"classic_rmt cycles must lie in [1, 1000], got {cycles}")
-    for key in ("reg_lr", "l1", "l2"):
-        if not 0 <= float(cfg[key]) < 1:
-            raise StrategyError(f"classic_rmt {key} must lie in [0, 1), got {cfg[key]}")
     if int(cfg["data_steps"]) and ctx.data is None:
         raise StrategyError("classic_rmt data_steps > 0 needs training images (--data)")
     return cycles

@@ -25,9 +25,10 @@ from torch.utils.data import DataLoader, Subset
 from ..compress import compress_
 from ..layers import MASKED_TYPES
 from ..plan import CompressionPlan
+from ..ranges import AT_LEAST_1, Choice, Range
 from ..recovery import FinetuneConfig, bn_recalibrate, finetune
 from .base import PlanContext, StrategyError, global_masks, mask_entry, register_strategy
-from .ser import SER_DEFAULTS, ser_masks
+from .ser import SER_DEFAULTS, SER_RULES, ser_masks
 
 
 def held_out_parts(ctx: PlanContext, holdout: int, seed: int = 0):
@@ -71,6 +72,13 @@ def drop_allowed(reference: torch.Tensor, trial: torch.Tensor, floor: float, z: 
 @register_strategy(
     "hybrid",
     needs_training=True,
+    rules={
+        **SER_RULES,
+        "variant": Choice(("threshold", "fixed")),
+        "step": Range(0.001, 1.0, high_open=True),
+        "handoff": Range(0.0, 1.0, low_open=True, high_open=True),
+        "holdout_images": AT_LEAST_1,
+    },
     variant="threshold",  # threshold | fixed
     handoff=0.20,
     step=0.05,
@@ -84,14 +92,7 @@ def drop_allowed(reference: torch.Tensor, trial: torch.Tensor, floor: float, z: 
 def hybrid(ctx: PlanContext):
     """Magnitude to the hand-off (fixed) or while held-out top-1 holds (threshold), then SER."""
     cfg = ctx.config
-    variant = str(cfg["variant"])
-    if variant not in ("threshold", "fixed"):
-        raise StrategyError(f"hybrid variant must be threshold or fixed, got {variant!r}")
-    step = float(cfg["step"])
-    if not 1e-3 <= step < 1:
-        raise StrategyError(f"hybrid step must lie in [0.001, 1), got {step}")
-    if not 0 < float(cfg["handoff"]) < 1:
-        raise StrategyError(f"hybrid handoff must lie in (0, 1), got {cfg['handoff']}")
+    variant, step = str(cfg["variant"]), float(cfg["step"])
     train, holdout = held_out_parts(ctx, int(cfg["holdout_images"]))
     names = [n for n, _ in ctx.targets]
     reference = _correct(ctx.model, holdout)

@@ -13,10 +13,18 @@ from __future__ import annotations
 
 from ..calibration import collect_input_stats, rank_for_error, whitened_factors
 from ..plan import LayerPlan
+from ..ranges import AT_LEAST_1
 from .base import PlanContext, dense_entry, factorized_entry, register_strategy
 
 
-@register_strategy("lowrank", needs_data=True, calib_images=512, batch_size=64, rank_multiple=1)
+@register_strategy(
+    "lowrank",
+    needs_data=True,
+    rules=dict.fromkeys(("calib_images", "batch_size", "rank_multiple"), AT_LEAST_1),
+    calib_images=512,
+    batch_size=64,
+    rank_multiple=1,
+)
 def lowrank(ctx: PlanContext):
     """Whitened-SVD factorization, ranks grown from the MP edge against output error."""
     cfg = ctx.config

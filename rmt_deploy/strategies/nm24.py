@@ -7,10 +7,16 @@ per layer), so a SEB-scored 2:4 mask equals the magnitude one; magnitude is what
 from __future__ import annotations
 
 from ..layers import nm_incompatibility, nm_mask
-from .base import PlanContext, StrategyError, dense_entry, mask_entry, register_strategy
+from ..ranges import Choice, Range
+from .base import PlanContext, dense_entry, mask_entry, register_strategy
 
 
-@register_strategy("nm24", fraction=1.0, order="seb")
+@register_strategy(
+    "nm24",
+    rules={"fraction": Range(0.0, 1.0, low_open=True), "order": Choice(("seb", "size"))},
+    fraction=1.0,
+    order="seb",
+)
 def nm24(ctx: PlanContext):
     """2:4 by magnitude along the input dimension; layers that cannot take it stay dense.
 
@@ -20,10 +26,6 @@ def nm24(ctx: PlanContext):
     from .seb import seb_weights
 
     fraction, order = float(ctx.config["fraction"]), str(ctx.config["order"])
-    if not 0 < fraction <= 1:
-        raise StrategyError(f"nm24 fraction must lie in (0, 1], got {fraction}")
-    if order not in ("seb", "size"):
-        raise StrategyError(f"nm24 order must be seb or size, got {order!r}")
     why = {}
     for name, module in ctx.targets:
         reason = nm_incompatibility(tuple(module.weight.shape))

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ..progress import tqdm
+from ..ranges import AT_LEAST_1
 from .base import PlanContext, global_masks, mask_entry, register_strategy
 from .seb import seb_scales
 
@@ -93,6 +94,7 @@ def ser_masks(ctx: PlanContext, weights: dict[str, torch.Tensor]) -> dict[str, t
 
 
 # Successor's runner: ρ slightly above 1; at least 128 reservoir batches; AdamW.
+SER_RULES = {"batch_size": AT_LEAST_1}
 SER_DEFAULTS = {
     "rho": 1.05,
     "reservoir_steps": 128,
@@ -102,7 +104,7 @@ SER_DEFAULTS = {
 }
 
 
-@register_strategy("ser", needs_training=True, **SER_DEFAULTS)
+@register_strategy("ser", needs_training=True, rules=SER_RULES, **SER_DEFAULTS)
 def ser(ctx: PlanContext):
     """Sparsify–estimate–restore: over-prune with SEB, train the reservoir, restore the top."""
     weights = {name: module.weight.detach().clone() for name, module in ctx.targets}

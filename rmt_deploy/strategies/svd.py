@@ -8,7 +8,8 @@ what timing a random-weight model needs (its spectrum is all noise, so RMT ranks
 
 from __future__ import annotations
 
-from .base import PlanContext, StrategyError, dense_entry, lowrank_entry, register_strategy
+from ..ranges import AT_LEAST_1
+from .base import PlanContext, dense_entry, lowrank_entry, register_strategy
 
 
 def uniform_rank(m: int, n: int, sparsity: float, multiple: int) -> int:
@@ -16,12 +17,10 @@ def uniform_rank(m: int, n: int, sparsity: float, multiple: int) -> int:
     return int((1 - sparsity) * m * n / (m + n)) // multiple * multiple
 
 
-@register_strategy("svd", rank_multiple=16)
+@register_strategy("svd", rules={"rank_multiple": AT_LEAST_1}, rank_multiple=16)
 def svd(ctx: PlanContext):
     """Truncated SVD, every layer at the same parameter share (no data)."""
     multiple = int(ctx.config["rank_multiple"])
-    if multiple < 1:
-        raise StrategyError(f"svd rank_multiple must be ≥ 1, got {multiple}")
     plans = []
     for name, module in ctx.targets:
         view = ctx.views.get(name)
