@@ -5,8 +5,10 @@ from __future__ import annotations
 import datetime as dt
 import os
 import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -19,6 +21,20 @@ def result_stem(name: str, tag: str = "") -> Path:
 
     clean = re.sub(r"[^A-Za-z0-9_-]", "_", tag)
     return RESULTS / f"{name}{'_' + clean if clean else ''}"
+
+
+def log(message: str) -> None:
+    """A progress line with the wall-clock time, flushed (long runs are followed by `tail`)."""
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def paired(a: np.ndarray, b: np.ndarray, resamples: int = 2000) -> tuple[float, float, float]:
+    """Mean of (a − b) in pp over the same images (0/1 hits) and its 95 % bootstrap interval."""
+    diff = (a.astype(float) - b.astype(float)) * 100
+    rng = np.random.default_rng(0)
+    means = diff[rng.integers(0, len(diff), (resamples, len(diff)))].mean(1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return float(diff.mean()), float(low), float(high)
 
 
 def environment() -> dict:

@@ -27,14 +27,13 @@ import argparse
 import copy
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import environment, result_stem  # noqa: E402
+from _common import environment, log, paired, result_stem  # noqa: E402
 
 from rmt_deploy.analysis import analyze  # noqa: E402
 from rmt_deploy.channels import channel_graph, prune_channels_  # noqa: E402
@@ -74,9 +73,6 @@ def parse() -> argparse.Namespace:
     p.add_argument("--max-groups", type=int, default=None, help="smoke tests: fewer groups")
     return p.parse_args()
 
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
 def data(args):
@@ -250,13 +246,6 @@ def correct(run, images, labels, batch: int = 50) -> np.ndarray:
     return np.concatenate(preds) == labels
 
 
-def paired(a: np.ndarray, b: np.ndarray, resamples: int = 2000) -> tuple[float, float, float]:
-    """Mean of (a − b) in pp over the same images and its 95 % bootstrap interval."""
-    diff = (a.astype(float) - b.astype(float)) * 100
-    rng = np.random.default_rng(0)
-    means = diff[rng.integers(0, len(diff), (resamples, len(diff)))].mean(1)
-    low, high = np.percentile(means, [2.5, 97.5])
-    return float(diff.mean()), float(low), float(high)
 
 
 def timing(runs: dict, calib, args) -> dict:

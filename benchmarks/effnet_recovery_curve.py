@@ -20,14 +20,13 @@ import argparse
 import copy
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, environment, result_stem  # noqa: E402
+from _common import RESULTS, environment, log, paired, result_stem  # noqa: E402
 
 from rmt_deploy.budget import model_outputs  # noqa: E402
 from rmt_deploy.channels import (  # noqa: E402
@@ -60,9 +59,6 @@ def parse() -> argparse.Namespace:
     return args
 
 
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
-
 
 def narrowed(model: torch.nn.Module, plan: Path, example: torch.Tensor) -> torch.nn.Module:
     """`model` with every group the plan narrowed cut to its width (top channels kept)."""
@@ -82,12 +78,6 @@ def narrowed(model: torch.nn.Module, plan: Path, example: torch.Tensor) -> torch
     return clone.eval()
 
 
-def paired(a: np.ndarray, b: np.ndarray, resamples: int = 2000) -> tuple[float, float, float]:
-    """Mean of (a − b) in pp over the same images and its 95 % bootstrap interval."""
-    diff = (a.astype(float) - b.astype(float)) * 100
-    rng = np.random.default_rng(0)
-    means = diff[rng.integers(0, len(diff), (resamples, len(diff)))].mean(1)
-    return float(diff.mean()), *map(float, np.percentile(means, [2.5, 97.5]))
 
 
 def hits(model: torch.nn.Module, test) -> np.ndarray:
