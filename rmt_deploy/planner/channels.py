@@ -354,13 +354,12 @@ def search_widths(
         cg = channel_graph(work, example)
     options = group_options(cg, spikes, config)
     with tempfile.TemporaryDirectory(prefix="rmt-channels-") as folder, torch.no_grad():
-        reference = None
-        if config.damage == "output":
-            reference = torch.cat([work(images[i : i + 64]) for i in range(0, len(images), 64)])
         ctx = MeasureContext(
-            images, reference, example, deployment, Path(folder), batch_size,
+            images, None, example, deployment, Path(folder), batch_size,
             config.rounds, config.runs, torch.get_num_threads(), {},
         )  # fmt: skip
+        if config.damage == "output":
+            ctx.reference = ctx.outputs(work)
         entries, scores = measure_table(work, cg, options, ctx, config.importance, progress)
         shape = (batch_size, *example.shape[1:])
         whole = time_interleaved({0: ctx.runner(work, shape, "model")}, {0: ctx.batch(shape)})
