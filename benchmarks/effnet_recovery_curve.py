@@ -2,8 +2,9 @@
 
 The narrowed model is the one the shortened pipeline run shipped (its widths from
 `results/run_effnet_lite1_channels/plan/plan.json`, channels ranked by the same group
-magnitude). The 1,300 ImageNet validation images are split once (seeded): a fixed test part
-(`--test`, default 300) and a pool the recovery images are drawn from. For each number of
+magnitude). Its test part is that run's own (`evaluate/split.json`: the 500 images that never
+chose its widths); the other 800 ImageNet validation images are the pool the recovery images
+are drawn from (seeded order). For each number of
 recovery images N (nested draws: the 300 contain the 100), the narrowed model gets its
 BatchNorm statistics re-estimated on those N images, then the same fixed number of recovery
 steps (`--steps` of `--batch-size`, SGD, distillation α 0.9 from the dense model, augmented
@@ -11,7 +12,7 @@ crops) — so the curve isolates how many distinct images recovery sees, not how
 Top-1 on the test part (paired interval against the dense model on the same images).
 Prints and saves `results/effnet_recovery_curve[_tag].{json,md}`.
 
-    python benchmarks/effnet_recovery_curve.py --images 0 100 300 1000 --steps 60 --tag epyc_zen5
+    python benchmarks/effnet_recovery_curve.py --images 0 100 300 800 --steps 60 --tag epyc_zen5
 """
 
 from __future__ import annotations
@@ -40,24 +41,19 @@ from rmt_deploy.models import DataConfig, load_model  # noqa: E402
 from rmt_deploy.paths import assets_dir, write_json_atomic, write_text_atomic  # noqa: E402
 from rmt_deploy.recovery import FinetuneConfig, bn_recalibrate, finetune  # noqa: E402
 
-PLAN = RESULTS / "run_effnet_lite1_channels" / "plan" / "plan.json"
+RUN = RESULTS / "run_effnet_lite1_channels"
 PREPROCESS = DataConfig((3, 240, 240), (0.5,) * 3, (0.5,) * 3, 1.0, "bilinear")
 
 
 def parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--images", type=int, nargs="+", default=[0, 100, 300, 1000])
+    p.add_argument("--images", type=int, nargs="+", default=[0, 100, 300, 800])
     p.add_argument("--steps", type=int, default=60, help="recovery steps at every N")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--test", type=int, default=300, help="fixed test images")
-    p.add_argument("--plan", type=Path, default=PLAN)
+    p.add_argument("--run", type=Path, default=RUN, help="the run whose widths and test part")
     p.add_argument("--assets", default=None)
     p.add_argument("--tag", default="")
-    args = p.parse_args()
-    if args.test + max(args.images) > 1300:
-        p.error(f"--test {args.test} plus {max(args.images)} recovery images exceed the 1,300")
-    return args
-
+    return p.parse_args()
 
 
 def narrowed(model: torch.nn.Module, plan: Path, example: torch.Tensor) -> torch.nn.Module:
@@ -78,11 +74,23 @@ def narrowed(model: torch.nn.Module, plan: Path, example: torch.Tensor) -> torch
     return clone.eval()
 
 
-
-
 def hits(model: torch.nn.Module, test) -> np.ndarray:
     outputs, labels = model_outputs(model, test, batch_size=50, workers=0)
     return (outputs.argmax(1) == labels).numpy()
+
+
+def parts(plain, run: Path, most: int) -> tuple[list[int], list[int]]:
+    """The run's test part (indices into `plain`) and the other images in a seeded order."""
+    names = set(
+        json.loads((run / "evaluate" / "split.json").read_text())["parts"]["test"]["images"]
+    )
+    order = torch.randperm(len(plain), generator=torch.Generator().manual_seed(0)).tolist()
+    named = [str(plain.samples[i][0].relative_to(plain.root)) for i in order]
+    test = sorted(i for i, n in zip(order, named, strict=True) if n in names)
+    pool = [i for i, n in zip(order, named, strict=True) if n not in names]
+    if len(test) != len(names) or most > len(pool):
+        raise SystemExit(f"{run}: {len(test)} of its test images found, {len(pool)} to recover on")
+    return test, pool
 
 
 def main() -> int:
@@ -91,18 +99,17 @@ def main() -> int:
     root = assets_dir(args.assets) / "imagenet-val-1300"
     plain = load_image_dataset(root, eval_transform(PREPROCESS))
     augmented = load_image_dataset(root, train_transform(PREPROCESS))
-    order = torch.randperm(len(plain), generator=torch.Generator().manual_seed(0)).tolist()
-    test = torch.utils.data.Subset(plain, sorted(order[: args.test]))
-    pool = order[args.test :]
+    test_idx, pool = parts(plain, args.run, max(args.images))
+    test = torch.utils.data.Subset(plain, test_idx)
     dense = load_model("efficientnet_lite1", assets=args.assets).eval()
     example = plain[0][0][None]
-    base = narrowed(dense, args.plan, example)
+    base = narrowed(dense, args.run / "plan" / "plan.json", example)
     dense_hits = hits(dense, test)
     log(f"dense {100 * dense_hits.mean():.2f} % on {len(test)} test images")
     rows = []
     for n in args.images:
         model = copy.deepcopy(base)
-        row = {"images": n, "steps": 0, "seconds": 0.0}
+        row = {"images": n, "steps": 0, "seconds": 0.0, "test_images": len(test)}
         if n:
             bn_recalibrate(model, torch.utils.data.Subset(plain, pool[:n]), n_images=n)
             recipe = FinetuneConfig(
@@ -129,17 +136,18 @@ def write(args, dense_top1: float, rows: list[dict]) -> None:
     stem = result_stem("effnet_recovery_curve", args.tag)
     write_json_atomic(
         stem.with_suffix(".json"),
-        {"environment": env, "args": {**vars(args), "plan": str(args.plan)},
+        {"environment": env, "args": {**vars(args), "run": str(args.run)},
          "dense_top1": dense_top1, "rows": rows},
     )  # fmt: skip
     lines = [
         "# Channel-pruned EfficientNet-Lite1: top-1 against the number of recovery images",
         "",
         f"CPU: {env['cpu']} ({env['cpu_count']} cores), {env['date']}; `{env['command']}`. "
-        f"Widths from `{args.plan.name}` of the shortened pipeline run; BatchNorm re-estimated "
-        f"on the N images, then {args.steps} steps of {args.batch_size} (SGD, distillation "
-        f"α 0.9 from the dense model); top-1 on {args.test} held-out ImageNet validation "
-        f"images (dense: {dense_top1:.2f} %); one run per N.",
+        f"Widths from `{args.run.name}/plan/plan.json` (the shortened pipeline run); "
+        f"BatchNorm re-estimated on the N images, then {args.steps} steps of "
+        f"{args.batch_size} (SGD, distillation α 0.9 from the dense model); top-1 on that "
+        f"run's {rows[0]['test_images']} test images, which never chose its widths "
+        f"(dense: {dense_top1:.2f} %); one run per N.",
         "",
         "| recovery images | steps | seconds | top-1 % | Δ vs dense (pp, 95 %) |",
         "|---:|---:|---:|---:|---:|",
