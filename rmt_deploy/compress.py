@@ -103,15 +103,29 @@ def compress_(model: nn.Module, plan: CompressionPlan, structure_only: bool = Fa
     return model
 
 
+def _refuse_factorized_members(plan: CompressionPlan, cg, narrowed: list[LayerPlan]) -> None:
+    """A layer is either in a narrowed group or factorized, never both."""
+    factorized = {la.name for la in plan.layers if la.action == "lowrank"}
+    for layer in narrowed:
+        group = cg.groups.get(layer.name)
+        both = factorized & set(group.producers + group.consumers) if group else set()
+        if both:
+            raise PlanError(
+                f"layer {sorted(both)[0]!r} is factorized inside the narrowed channel group "
+                f"{layer.name!r}: a layer is narrowed or low rank, not both (keep it dense)"
+            )
+
+
 def _narrow(
     model: nn.Module, plan: CompressionPlan, layers: list[LayerPlan], structure_only: bool
 ) -> None:
     """Remove channels as the plan's `channels` entries say (whole groups, every consumer):
     the kept channels from the plan's tensors, else the highest-magnitude ones; with
-    `structure_only`, the first `width` (weights come from the checkpoint)."""
+    `structure_only`, the first `width` (weights come from the checkpoint). Low rank may
+    join them on layers outside every narrowed group (its factors fit the unpruned weight)."""
     from .channels import ChannelError, channel_graph, channel_scores, keep_top, prune_channels_
 
-    others = sorted({la.action for la in plan.layers} - {"dense", "channels"})
+    others = sorted({la.action for la in plan.layers} - {"dense", "channels", "lowrank"})
     if others:
         raise PlanError(f"a plan that narrows channels cannot also use {', '.join(others)}")
     for layer in layers:
@@ -131,6 +145,7 @@ def _narrow(
     try:
         with torch.enable_grad():
             cg = channel_graph(model, example)
+        _refuse_factorized_members(plan, cg, layers)
         keep = {}
         for layer in layers:
             if structure_only:

@@ -20,7 +20,14 @@ from rmt_deploy.channels import (
 )
 from rmt_deploy.channels.shortcuts import expose_shortcuts_
 from rmt_deploy.models.cifar_resnet import CifarResNet
-from rmt_deploy.plan import CompressionPlan, PlanError, channels_entry, dense_entry, lowrank_entry
+from rmt_deploy.plan import (
+    CompressionPlan,
+    PlanError,
+    channels_entry,
+    dense_entry,
+    lowrank_entry,
+    mask_entry,
+)
 from rmt_deploy.planner.channels import block_of
 
 
@@ -220,10 +227,12 @@ def test_a_width_below_the_floor_and_mixed_forms_are_refused():
     plan = _plan(model, {"layer3.2.conv1": 32})
     conv = model.layer3[1].conv1
     plan.layers = [
-        lowrank_entry("layer3.1.conv1", conv, 8, "t") if la.name == "layer3.1.conv1" else la
+        mask_entry("layer3.1.conv1", conv, torch.ones_like(conv.weight), "t")
+        if la.name == "layer3.1.conv1"
+        else la
         for la in plan.layers
     ]
-    with pytest.raises(PlanError, match="cannot also use lowrank"):
+    with pytest.raises(PlanError, match="cannot also use mask"):
         compress_(copy.deepcopy(model), plan)
 
 

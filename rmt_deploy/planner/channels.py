@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import copy
 import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +34,7 @@ from ..channels.widths import WidthFloor, spectral_floors, width_options
 from ..errors import RmtDeployError
 from ..progress import tqdm
 from .allocate import COST_BINS, DAMAGE_CAPS, allocate, relative_output_error
+from .joint import LowRankOptions, exclusive, lowrank_options, on_output_scale, output_scale, split
 from .layer_table import LayerEntry, LayerOption
 from .timing import capture_input_shapes, spread, time_interleaved
 
@@ -57,6 +58,7 @@ class ChannelSearchConfig:
     runs: int = 10
     finalists: int = 3  # DP allocations reaching the speedup, each briefly recovered
     probe_steps: int = 40  # recovery steps per finalist before held-out top-1 picks one (0: off)
+    lowrank: bool = False  # also each layer's low-rank ranks, in the same table (planner.joint)
 
     def __post_init__(self) -> None:
         choices = {"importance": IMPORTANCE, "floor": ("spectrum", "none")}
@@ -67,6 +69,8 @@ class ChannelSearchConfig:
                 raise RmtDeployError(
                     f"{key} must be one of {', '.join(allowed)}, got {getattr(self, key)!r}"
                 )
+        if self.lowrank and self.allocation != "dp":
+            raise RmtDeployError("lowrank options need allocation: dp (uniform widths only)")
         if int(self.probe_steps) < 0:
             raise RmtDeployError(f"probe_steps must be at least 0, got {self.probe_steps}")
         for key in ("multiple", "max_options", "calib_images", "rounds", "runs", "finalists"):
@@ -99,6 +103,7 @@ class Candidate:
     predicted_ms: float
     predicted_damage: float
     heldout: float | None = None
+    lowrank: dict[str, LayerOption] = field(default_factory=dict)  # layer → rank (joint table)
 
     def widths(self) -> dict[str, int]:
         return {c.name: c.width for c in self.choices}
@@ -113,6 +118,12 @@ class ChannelSearch:
     skipped: list
     deployment: str
     chosen: int = 0
+    factors: dict = field(default_factory=dict)  # whitened factors of low-rank layers
+    lowrank_offered: int = 0  # layers with low-rank options in the table
+
+    @property
+    def candidate(self) -> Candidate:
+        return self.candidates[self.chosen]
 
     @property
     def choices(self) -> list[GroupChoice]:
@@ -292,12 +303,17 @@ def damage_caps(entries: list[LayerEntry], count: int = 48) -> list[float]:
     """Damage caps for the DP, spread geometrically over the table's own range: from its
     smallest option's damage to every group at its narrowest (at most 16), with room for the
     DP's rounding up of each group's damage to its bins."""
-    errors = [o.error for e in entries for o in e.options[1:] if o.error > 0]
+    errors = [_damage(e, o) for e in entries for o in e.options[1:] if _damage(e, o) > 0]
     if not errors:
         return list(DAMAGE_CAPS)
-    top = sum(max((o.error for o in e.options[1:]), default=0.0) for e in entries)
+    top = sum(max((_damage(e, o) for o in e.options[1:]), default=0.0) for e in entries)
     top = min(top * (1 + len(entries) / COST_BINS), 16.0)
     return list(np.geomspace(min(errors), max(top, min(errors)), count))
+
+
+def _damage(entry: LayerEntry, option: LayerOption) -> float:
+    """What the DP counts for an option: its error times its entry's sensitivity."""
+    return (entry.sensitivity or 0.0) * option.error
 
 
 def choose_dp(entries: list[LayerEntry], dense_ms: float, speedup: float, count: int = 1):
@@ -358,25 +374,51 @@ def search_widths(
             images, None, example, deployment, Path(folder), batch_size,
             config.rounds, config.runs, torch.get_num_threads(), {},
         )  # fmt: skip
-        if config.damage == "output":
+        if config.damage == "output" or config.lowrank:
             ctx.reference = ctx.outputs(work)
         entries, scores = measure_table(work, cg, options, ctx, config.importance, progress)
         shape = (batch_size, *example.shape[1:])
         whole = time_interleaved({0: ctx.runner(work, shape, "model")}, {0: ctx.batch(shape)})
     dense_ms = spread(whole[0])["median_ms"]
+    measured = entries
     if config.damage == "importance":
         entries = importance_damage(entries, scores)
-    pick = choose_dp if config.allocation == "dp" else choose_uniform
-    candidates = []
-    for allocation in pick(entries, dense_ms, config.speedup, config.finalists):
-        choices = [
-            _choice(cg, e, allocation.choices[e.name], options[e.name], scores[e.name], config)
-            for e in entries
-            if allocation.choices[e.name].form == "channels"
-        ]
-        predicted = dense_ms - allocation.saving_ms
-        candidates.append(Candidate(choices, predicted, allocation.damage))
-    return ChannelSearch(candidates, dense_ms, cg.skipped, deployment.name)
+    lowrank = LowRankOptions([], {})
+    if config.lowrank:  # one table: widths on low rank's output-error scale, then its ranks
+        if config.damage == "importance":
+            entries = on_output_scale(entries, output_scale(measured, entries))
+        settings = {"calib_images": config.calib_images, "rank_multiple": config.multiple}
+        settings.update(rounds=config.rounds, runs=config.runs)
+        lowrank = lowrank_options(model, images, deployment, batch_size, settings, progress)
+    by_name = {e.name: e for e in entries}
+    candidates = [
+        _candidate(cg, allocation, by_name, options, scores, config, dense_ms)
+        for allocation in _allocations(entries + lowrank.entries, cg, dense_ms, config)
+    ]
+    offered = len(lowrank.entries)
+    return ChannelSearch(
+        candidates, dense_ms, cg.skipped, deployment.name, 0, lowrank.factors, offered
+    )
+
+
+def _allocations(entries: list[LayerEntry], cg: ChannelGraph, dense_ms: float, config):
+    """The candidate allocations: uniform widths, or the DP's, no layer narrowed and
+    factorized at once."""
+    if config.allocation == "uniform":
+        return choose_uniform(entries, dense_ms, config.speedup)
+    members = {name: set(_members(cg, name)) for name in cg.groups}
+    return exclusive(
+        lambda table: choose_dp(table, dense_ms, config.speedup, config.finalists), entries, members
+    )
+
+
+def _candidate(cg, allocation, entries, options, scores, config, dense_ms: float) -> Candidate:
+    groups, layers = split(allocation.choices)
+    choices = [
+        _choice(cg, entries[n], option, options[n], scores[n], config)
+        for n, option in groups.items()
+    ]
+    return Candidate(choices, dense_ms - allocation.saving_ms, allocation.damage, lowrank=layers)
 
 
 def _choice(cg, entry, option, options, scores, config) -> GroupChoice:

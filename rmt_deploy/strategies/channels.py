@@ -9,9 +9,10 @@ from dataclasses import fields
 
 import torch
 
-from ..channels import ChannelError, prune_channels_
-from ..plan import LayerPlan, channels_entry, dense_entry
-from ..planner.channels import ChannelSearch, ChannelSearchConfig, search_widths
+from ..channels import ChannelError
+from ..compress import compress_
+from ..plan import CompressionPlan, LayerPlan, channels_entry, dense_entry, factorized_entry
+from ..planner.channels import Candidate, ChannelSearch, ChannelSearchConfig, search_widths
 from .base import PlanContext, StrategyError, register_strategy
 
 SETTINGS = {f.name: f.name for f in fields(ChannelSearchConfig)}
@@ -28,11 +29,16 @@ def _deployment(name: str, target):
     return chosen[0]
 
 
-def _layers(ctx: PlanContext, search: ChannelSearch) -> list[LayerPlan]:
-    chosen = {c.name: c for c in search.choices}
+def _layers(ctx: PlanContext, search: ChannelSearch, candidate: Candidate) -> list[LayerPlan]:
+    """The plan's layers for one candidate: narrowed groups (named by their first producer),
+    factorized layers (joint table), the rest kept."""
+    chosen = {c.name: c for c in candidate.choices}
     layers = []
     for name, module in ctx.targets:
-        c = chosen.get(name)
+        c, rank = chosen.get(name), candidate.lowrank.get(name)
+        if rank is not None:
+            layers.append(_factorized(name, module, rank, search))
+            continue
         if c is None:
             layers.append(dense_entry(name, module, "kept: its channel group stays whole", "kept"))
             continue
@@ -48,8 +54,17 @@ def _layers(ctx: PlanContext, search: ChannelSearch) -> list[LayerPlan]:
     return layers
 
 
-def _probe(ctx: PlanContext, search: ChannelSearch, config: ChannelSearchConfig, example) -> None:
-    """Recovery follows: each finalist is narrowed, fine-tuned `probe_steps` steps on the
+def _factorized(name: str, module, option, search: ChannelSearch) -> LayerPlan:
+    reason = (
+        f"rank {option.rank}: predicted output error {option.error:.3g}, measured "
+        f"{option.ms:.4f} ms in context on {search.deployment} (its channel groups stay whole)"
+    )
+    stats = {"chosen_ms": option.ms or 0.0, "output_error": option.error}
+    return factorized_entry(name, module, search.factors[name], option.rank, reason, stats)
+
+
+def _probe(ctx: PlanContext, search: ChannelSearch, config: ChannelSearchConfig, size) -> None:
+    """Recovery follows: each finalist is compressed, fine-tuned `probe_steps` steps on the
     calibration images (distilled from the dense model) and scored on the held-out images;
     the best one is chosen. One-shot damage ranks candidates before recovery, not after."""
     if config.probe_steps == 0 or ctx.heldout is None or len(search.candidates) < 2:
@@ -64,8 +79,8 @@ def _probe(ctx: PlanContext, search: ChannelSearch, config: ChannelSearchConfig,
         warmup_steps=max(1, config.probe_steps // 10), workers=0,  # no fork: runtimes are loaded
     )  # fmt: skip
     for candidate in search.candidates:
-        model = copy.deepcopy(ctx.model)
-        prune_channels_(model, {c.name: c.keep for c in candidate.choices}, example)
+        plan = CompressionPlan("channels", {"input_size": size}, _layers(ctx, search, candidate))
+        model = compress_(copy.deepcopy(ctx.model), plan)
         finetune(model, ctx.data, recipe, teacher=ctx.model, progress=False)
         candidate.heldout = top1(model_outputs(model, ctx.heldout)[0], labels)
     search.chosen = max(range(len(search.candidates)), key=lambda i: search.candidates[i].heldout)
@@ -83,13 +98,16 @@ def channels(ctx: PlanContext):
         search = search_widths(
             ctx.model, images, spikes, config, deployment, ctx.target.batch, progress=True
         )
-        _probe(ctx, search, config, images[:1])
+        _probe(ctx, search, config, list(images.shape[1:]))
     except ChannelError as exc:
         raise StrategyError(str(exc)) from exc
     ctx.config["finalists_probed"] = [
-        {"widths": c.widths(), "predicted_ms": c.predicted_ms, "damage": c.predicted_damage,
+        {"widths": c.widths(), "ranks": {n: o.rank for n, o in c.lowrank.items()},
+         "predicted_ms": c.predicted_ms, "damage": c.predicted_damage,
          "heldout_after_probe": c.heldout} for c in search.candidates
     ]  # fmt: skip
+    if config.lowrank:
+        ctx.config["lowrank_layers_offered"] = search.lowrank_offered
     ctx.config["input_size"] = list(images.shape[1:])  # what compress traces the model with
     ctx.config["deployment"] = deployment.name  # what the widths were timed on: it ships
-    return _layers(ctx, search)
+    return _layers(ctx, search, search.candidate)
