@@ -4,6 +4,7 @@
     python benchmarks/pipeline_repeat.py --model resnet56 --repeats 5
     python benchmarks/pipeline_repeat.py --model effnet --repeats 5 --tag xeon_amx
     python benchmarks/pipeline_repeat.py --model resnet56_channels --repeats 3
+    python benchmarks/pipeline_repeat.py --model resnet56_joint --repeats 3
 
 Each repetition runs `rmt-deploy run` on the model's example config (planning, timing and
 benchmarking from scratch) and reads its report.json. The result file keeps every run and
@@ -34,6 +35,7 @@ CONFIGS = {
     "resnet56": "examples/cpu_onnxruntime_resnet56.yaml",
     "effnet": "examples/cpu_onnxruntime_effnet_lite1.yaml",
     "resnet56_channels": "examples/cpu_resnet56_channels.yaml",
+    "resnet56_joint": "examples/cpu_resnet56_joint.yaml",
 }
 FIGURES = (
     "speedup_vs_best_baseline",

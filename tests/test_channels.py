@@ -442,3 +442,34 @@ def test_the_dp_cuts_the_group_whose_dropped_channels_matter_least():
     assert best.damage == pytest.approx(0.4 / 40.4)
     (both,) = choose_dp(entries, dense_ms=2.0, speedup=1.6)  # needs 0.75 ms: both cut
     assert both.choices["a"].rank == 4 and both.choices["b"].rank == 4
+
+
+class _HeadsBlock(nn.Module):
+    """Attention whose qkv output is reshaped by heads, then an MLP and a head."""
+
+    def __init__(self, dim: int = 16, heads: int = 2):
+        super().__init__()
+        self.heads, self.qkv, self.proj = heads, nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.fc1, self.fc2, self.head = nn.Linear(dim, 32), nn.Linear(32, dim), nn.Linear(dim, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        attn = (q @ k.transpose(-2, -1)).softmax(-1) @ v
+        x = x + self.proj(attn.transpose(1, 2).reshape(b, n, d))
+        x = x + self.fc2(torch.relu(self.fc1(x)))
+        return self.head(x.mean(1))
+
+
+def test_a_group_whose_narrowing_breaks_the_forward_is_skipped_with_the_error():
+    model = _HeadsBlock().eval()
+    cg = channel_graph(model, torch.randn(1, 5, 16))
+    assert "fc1" in cg.groups and "qkv" not in cg.groups
+    skipped = {s.name: s for s in cg.skipped}
+    assert (
+        skipped["qkv"].code == "breaks_forward" and "is invalid for input" in skipped["qkv"].reason
+    )
+    assert skipped["head"].code == "output_layer"
+    # the MLP's hidden channels still narrow, and the model still runs
+    prune_channels_(model, {"fc1": torch.arange(16)}, torch.randn(1, 5, 16), cg)
+    assert model(torch.randn(2, 5, 16)).shape == (2, 4) and model.fc1.out_features == 16

@@ -10,6 +10,7 @@ skipped, with the reason.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,19 +97,47 @@ def _group(graph: Any, group: Any, names: dict[nn.Module, str], order: dict[str,
     return producers, consumers, fixed
 
 
-def _skipped(names: dict[nn.Module, str], head: list[nn.Module], grouped: set[str]):
+def _skipped(
+    names: dict[nn.Module, str], head: list[nn.Module], grouped: set[str], broken: dict[str, str]
+):
     """Each Conv/Linear in no prunable group, with the reason."""
     skipped = []
     for module, name in names.items():
         if name in grouped:
             continue
-        code, reason = (
-            ("output_layer", "its outputs are the model's outputs")
-            if module in head
-            else ("no_channel_group", "Torch-Pruning finds no prunable channel group for it")
-        )
+        if module in head:
+            code, reason = "output_layer", "its outputs are the model's outputs"
+        elif name in broken:
+            code = "breaks_forward"
+            reason = f"one channel fewer breaks the model's forward ({broken[name]}); kept whole"
+        else:
+            code = "no_channel_group"
+            reason = "Torch-Pruning finds no prunable channel group for it"
         skipped.append(SkippedLayer(name, type(module).__name__, code, reason))
     return skipped
+
+
+def _breaking(model: nn.Module, names: list[str], example: torch.Tensor) -> dict[str, str]:
+    """The groups whose narrowing breaks the forward, with the error: each group loses its
+    last channel in turn on a copy of the model, which must still run. Attention's qkv output
+    is reshaped by heads: one channel fewer fails there, and any width that happened to fit
+    the reshape would mix queries, keys and values — so such a group is never narrowed."""
+    broken: dict[str, str] = {}
+    work = None
+    for name in names:
+        if work is None:  # a fresh copy (the last trial broke the one before)
+            work = copy.deepcopy(model)
+            graph, modules = _trace(work, example), dict(work.named_modules())
+        root = modules[name]
+        try:
+            last = [graph.get_out_channels(root) - 1]
+            fn = graph.get_pruner_of_module(root).prune_out_channels
+            graph.get_pruning_group(root, fn, last).prune(record_history=False)
+            with torch.no_grad():
+                work(example)
+        except Exception as exc:  # noqa: BLE001  (whatever the user's forward raises)
+            broken[name], work = one_line(str(exc)), None
+    return broken
 
 
 def channel_graph(model: nn.Module, example: torch.Tensor) -> ChannelGraph:
@@ -133,6 +162,8 @@ def channel_graph(model: nn.Module, example: torch.Tensor) -> ChannelGraph:
             continue
         groups[producers[0]] = ChannelGroup(producers[0], channels, producers, consumers, fixed)
         roots[producers[0]] = root
+    broken = _breaking(model, list(groups), example)
+    broken = {p: why for name, why in broken.items() for p in groups.pop(name).producers}
     grouped = {n for g in groups.values() for n in g.producers + g.fixed}
     ordered = dict(sorted(groups.items(), key=lambda kv: order[kv[0]]))
-    return ChannelGraph(model, graph, ordered, roots, _skipped(names, head, grouped))
+    return ChannelGraph(model, graph, ordered, roots, _skipped(names, head, grouped, broken))
