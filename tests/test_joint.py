@@ -10,7 +10,13 @@ from rmt_deploy import compress_
 from rmt_deploy.layers import layer_view, lowrank_from_view
 from rmt_deploy.plan import CompressionPlan, PlanError, lowrank_entry
 from rmt_deploy.planner.channels import choose_dp
-from rmt_deploy.planner.joint import LOWRANK, exclusive, on_output_scale, output_scale
+from rmt_deploy.planner.joint import (
+    LOWRANK,
+    exclusive,
+    on_output_scale,
+    output_scale,
+    table_summary,
+)
 from rmt_deploy.planner.layer_table import LayerEntry, LayerOption
 from tests.test_channels import X, _plan, resnet20
 
@@ -53,6 +59,18 @@ def test_when_the_factorized_layer_saves_more_its_group_stays_whole():
     forms = {n: o.form for n, o in best.choices.items()}
     assert forms == {"g": "dense", LOWRANK + "a": "lowrank", LOWRANK + "c": "lowrank"}
     assert best.damage == pytest.approx(0.08)
+
+
+def test_the_table_summary_counts_each_forms_entries_faster_options_and_most_saving():
+    entries = [
+        _unit("g", "channels", 3.0, 1.0, 0.1),  # saves 2
+        _unit("h", "channels", 1.0, 1.5, 0.1),  # slower than dense
+        _unit(LOWRANK + "a", "lowrank", 2.0, 1.75, 0.1),  # saves 0.25
+    ]
+    assert table_summary(entries) == {
+        "channels": {"entries": 2, "faster": 1, "most_saving_ms": 2.0},
+        "lowrank": {"entries": 1, "faster": 1, "most_saving_ms": 0.25},
+    }
 
 
 def test_widths_go_on_the_output_error_scale_by_the_median_ratio():
@@ -123,7 +141,8 @@ def test_the_channels_strategy_with_lowrank_never_narrows_and_factorizes_one_lay
     target = Target(["onnxruntime"], "cpu", 8)
     settings = {"speedup": 3.0, "rounds": 1, "runs": 3, "calib_images": 32, "lowrank": True}
     made = plan(copy.deepcopy(model), "channels", data=data, target=target, **settings)
-    assert made.config["lowrank_layers_offered"] > 0  # the table held ranks beside widths
+    table = made.config["table"]
+    assert table["lowrank"]["entries"] > 0 and table["channels"]["entries"] == 12
     groups = channel_graph(copy.deepcopy(model), X[:1]).groups
     for finalist in made.config["finalists_probed"]:
         spanned = {n for g in finalist["widths"] for n in groups[g].producers + groups[g].consumers}

@@ -34,7 +34,15 @@ from ..channels.widths import WidthFloor, spectral_floors, width_options
 from ..errors import RmtDeployError
 from ..progress import tqdm
 from .allocate import COST_BINS, DAMAGE_CAPS, allocate, relative_output_error
-from .joint import LowRankOptions, exclusive, lowrank_options, on_output_scale, output_scale, split
+from .joint import (
+    LowRankOptions,
+    exclusive,
+    lowrank_options,
+    on_output_scale,
+    output_scale,
+    split,
+    table_summary,
+)
 from .layer_table import LayerEntry, LayerOption
 from .timing import capture_input_shapes, spread, time_interleaved
 
@@ -119,7 +127,7 @@ class ChannelSearch:
     deployment: str
     chosen: int = 0
     factors: dict = field(default_factory=dict)  # whitened factors of low-rank layers
-    lowrank_offered: int = 0  # layers with low-rank options in the table
+    table: dict = field(default_factory=dict)  # per form: entries, faster than dense, saving
 
     @property
     def candidate(self) -> Candidate:
@@ -395,9 +403,9 @@ def search_widths(
         _candidate(cg, allocation, by_name, options, scores, config, dense_ms)
         for allocation in _allocations(entries + lowrank.entries, cg, dense_ms, config)
     ]
-    offered = len(lowrank.entries)
+    summary = table_summary(entries + lowrank.entries)
     return ChannelSearch(
-        candidates, dense_ms, cg.skipped, deployment.name, 0, lowrank.factors, offered
+        candidates, dense_ms, cg.skipped, deployment.name, 0, lowrank.factors, summary
     )
 
 

@@ -125,3 +125,18 @@ def split(choices: dict) -> tuple[dict, dict]:
     groups = {n: o for n, o in choices.items() if o.form == "channels"}
     layers = {n.removeprefix(LOWRANK): o for n, o in choices.items() if o.form == "lowrank"}
     return groups, layers
+
+
+def table_summary(entries: list[LayerEntry]) -> dict[str, dict]:
+    """Per form (channels, lowrank): entries with options, how many have an option measured
+    faster than dense in context, and the most all of them could save (ms) — why the DP took
+    a form or did not."""
+    summary: dict[str, dict] = {}
+    for entry in entries:
+        form = "lowrank" if entry.name.startswith(LOWRANK) else "channels"
+        best = max((_saving(entry, o) for o in entry.options[1:]), default=0.0)
+        row = summary.setdefault(form, {"entries": 0, "faster": 0, "most_saving_ms": 0.0})
+        row["entries"] += 1
+        row["faster"] += best > 0
+        row["most_saving_ms"] += max(best, 0.0)
+    return summary

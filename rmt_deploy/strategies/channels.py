@@ -106,8 +106,7 @@ def channels(ctx: PlanContext):
          "predicted_ms": c.predicted_ms, "damage": c.predicted_damage,
          "heldout_after_probe": c.heldout} for c in search.candidates
     ]  # fmt: skip
-    if config.lowrank:
-        ctx.config["lowrank_layers_offered"] = search.lowrank_offered
+    ctx.config["table"] = search.table  # per form: entries, faster than dense, most saving
     ctx.config["input_size"] = list(images.shape[1:])  # what compress traces the model with
     ctx.config["deployment"] = deployment.name  # what the widths were timed on: it ships
     return _layers(ctx, search, search.candidate)
