@@ -55,7 +55,8 @@ def lowrank_options(
     """The latency planner's low-rank options of every layer, timed on `deployment` in
     context, with each layer's sensitivity measured on the first calibration images."""
     config = SearchConfig(targets=[deployment.name], batch=batch, **settings)
-    example = images[:batch].repeat(-(-batch // len(images[:batch])), 1, 1, 1)[:batch]
+    first = images[:batch]  # repeated up to the batch when there are fewer images
+    example = first.repeat(-(-batch // len(first)), *([1] * (first.dim() - 1)))[:batch]
     data = TensorDataset(images, torch.zeros(len(images), dtype=torch.long))
     prepared = prepare_model(model, data, example, config, progress=progress)
     views = prepared.found.views
