@@ -5,7 +5,8 @@ faster than dense in context, the most they could save) and the chosen allocatio
 narrowed, layers factorized, predicted time). A plan, not an accuracy: the finalists are not
 recovered here.
 
-    python benchmarks/joint_table.py --model cifar_vit_tiny --deployment openvino --speedup 1.5
+    python benchmarks/joint_table.py --model cifar_vit_tiny --deployment openvino --speedup 1.5 \
+        --repeats 3 --tag epyc_zen5
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--deployment", default="openvino")
     p.add_argument("--speedup", type=float, default=1.5)
     p.add_argument("--images", type=int, default=256, help="calibration images")
+    p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--assets", default=None)
     p.add_argument("--tag", default="")
     return p.parse_args()
@@ -48,20 +50,27 @@ def main() -> int:
     data = torch.utils.data.Subset(folder, list(range(0, len(folder), step))[: args.images])
     settings = {"speedup": args.speedup, "lowrank": True, "probe_steps": 0}
     settings.update(deployment=args.deployment, calib_images=args.images)
-    log(f"{args.model}: planning on {args.deployment} at a predicted ×{args.speedup}")
-    target = Target([args.deployment], "cpu", 8)
-    made = plan(model, "channels", data=data, target=target, **settings)
-    narrowed = {la.name: la.width for la in made.layers if la.action == "channels"}
-    ranks = {la.name: la.rank for la in made.layers if la.action == "lowrank"}
-    finalist = made.config["finalists_probed"][0]
-    result = {"environment": environment(), "args": vars(args), "table": made.config["table"],
-              "narrowed": narrowed, "ranks": ranks, "predicted_ms": finalist["predicted_ms"],
-              "skipped": [s.name for s in made.skipped]}  # fmt: skip
+    runs = []
+    for i in range(args.repeats):  # the table is timed afresh each time: how stable is the plan
+        log(f"{args.model}: run {i + 1}, planning on {args.deployment} at ×{args.speedup}")
+        runs.append(one_plan(model, data, args.deployment, settings))
+    result = {"environment": environment(), "args": vars(args), "runs": runs}
     stem = result_stem(f"joint_table_{args.model}", args.tag)
     write_json_atomic(stem.with_suffix(".json"), result)
     write_text_atomic(stem.with_suffix(".md"), report(result))
     print(report(result))
     return 0
+
+
+def one_plan(model, data, deployment: str, settings: dict) -> dict:
+    made = plan(model, "channels", data=data, target=Target([deployment], "cpu", 8), **settings)
+    return {
+        "table": made.config["table"],
+        "narrowed": {la.name: la.width for la in made.layers if la.action == "channels"},
+        "ranks": {la.name: la.rank for la in made.layers if la.action == "lowrank"},
+        "predicted_ms": made.config["finalists_probed"][0]["predicted_ms"],
+        "kept_by_reason": made.summary()["dense_by_reason"],
+    }
 
 
 def report(r: dict) -> str:
@@ -70,19 +79,22 @@ def report(r: dict) -> str:
         f"# One table of widths and ranks: {a['model']} on {a['deployment']}",
         "",
         f"CPU: {env['cpu']} ({env['cpu_count']} cores), {env['date']}; `{env['command']}`. "
-        f"Predicted ×{a['speedup']} asked, batch 8, {a['images']} calibration images; a plan "
-        "(no recovery), one run.",
+        f"Predicted ×{a['speedup']} asked, batch 8, {a['images']} calibration images; plans "
+        f"(no recovery), {len(r['runs'])} runs, each timing its table afresh. Layers kept, by "
+        f"reason (run 1): {r['runs'][0]['kept_by_reason']}.",
         "",
-        "| form | entries | with an option faster than dense | most saving (ms) |",
-        "|---|---:|---:|---:|",
-        *[
-            f"| {form} | {t['entries']} | {t['faster']} | {t['most_saving_ms']:.3f} |"
-            for form, t in r["table"].items()
-        ],
-        "",
-        f"Chosen: {len(r['narrowed'])} groups narrowed {r['narrowed']}, {len(r['ranks'])} layers "
-        f"factorized {r['ranks']}; predicted {r['predicted_ms']:.3f} ms.",
+        "| run | widths: faster / entries, most saving ms | ranks: faster / entries, most saving "
+        "ms | groups narrowed | layers factorized | predicted ms |",
+        "|---:|---|---|---|---|---:|",
     ]
+    for i, run in enumerate(r["runs"], 1):
+        t = {form: f"{v['faster']}/{v['entries']}, {v['most_saving_ms']:.3f}"
+             for form, v in run["table"].items()}  # fmt: skip
+        narrowed = ", ".join(f"{n} → {w}" for n, w in run["narrowed"].items()) or "none"
+        lines.append(
+            f"| {i} | {t.get('channels', '–')} | {t.get('lowrank', '–')} | {narrowed} | "
+            f"{len(run['ranks'])} | {run['predicted_ms']:.3f} |"
+        )
     return "\n".join(lines) + "\n"
 
 

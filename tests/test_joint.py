@@ -149,6 +149,9 @@ def test_the_channels_strategy_with_lowrank_never_narrows_and_factorizes_one_lay
         assert not spanned & set(finalist["ranks"]), finalist
         assert all(rank % 8 == 0 for rank in finalist["ranks"].values())
     assert compress_(copy.deepcopy(model), made)(X).shape == (4, 10)
+    head = made.layer("linear")  # in no channel group: kept, the reason the graph gave
+    assert (head.action, head.category) == ("dense", "output_layer")
+    assert head.reason == "kept: its outputs are the model's outputs"
     with pytest.raises(StrategyError, match="setting lowrank must be a bool, got 'yes'"):
         plan(copy.deepcopy(model), "channels", data=data, target=target, lowrank="yes")
     with pytest.raises(StrategyError, match="lowrank options need allocation: dp"):

@@ -33,11 +33,16 @@ def _layers(ctx: PlanContext, search: ChannelSearch, candidate: Candidate) -> li
     """The plan's layers for one candidate: narrowed groups (named by their first producer),
     factorized layers (joint table), the rest kept."""
     chosen = {c.name: c for c in candidate.choices}
+    skipped = {s.name: s for s in search.skipped}  # in no group: the head, a forward it breaks
     layers = []
     for name, module in ctx.targets:
         c, rank = chosen.get(name), candidate.lowrank.get(name)
         if rank is not None:
             layers.append(_factorized(name, module, rank, search))
+            continue
+        if name in skipped:
+            skip = skipped[name]
+            layers.append(dense_entry(name, module, f"kept: {skip.reason}", skip.code))
             continue
         if c is None:
             layers.append(dense_entry(name, module, "kept: its channel group stays whole", "kept"))
