@@ -140,8 +140,12 @@ def _breaking(model: nn.Module, names: list[str], example: torch.Tensor) -> dict
     return broken
 
 
-def channel_graph(model: nn.Module, example: torch.Tensor) -> ChannelGraph:
-    """Expose the shortcuts of `model` (in place) and find its channel groups."""
+def channel_graph(
+    model: nn.Module, example: torch.Tensor, check_forward: bool = True
+) -> ChannelGraph:
+    """Expose the shortcuts of `model` (in place) and find its channel groups; with
+    `check_forward`, without those whose narrowing breaks the forward (`_breaking`: a copy
+    and a forward per group — off only where the groups to narrow were checked already)."""
     model.eval()
     expose_shortcuts_(model, example)
     head = output_layers(model, example)
@@ -162,7 +166,7 @@ def channel_graph(model: nn.Module, example: torch.Tensor) -> ChannelGraph:
             continue
         groups[producers[0]] = ChannelGroup(producers[0], channels, producers, consumers, fixed)
         roots[producers[0]] = root
-    broken = _breaking(model, list(groups), example)
+    broken = _breaking(model, list(groups), example) if check_forward else {}
     broken = {p: why for name, why in broken.items() for p in groups.pop(name).producers}
     grouped = {n for g in groups.values() for n in g.producers + g.fixed}
     ordered = dict(sorted(groups.items(), key=lambda kv: order[kv[0]]))

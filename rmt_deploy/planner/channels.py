@@ -158,9 +158,10 @@ def called_block(model: nn.Module, name: str) -> str:
 
 
 def narrowed_copy(model: nn.Module, example: torch.Tensor, keep: dict[str, torch.Tensor]):
-    """A copy of `model` (shortcuts exposed) with the groups in `keep` narrowed."""
+    """A copy of `model` (shortcuts exposed) with the groups in `keep` narrowed; the groups
+    come from the search's own graph, whose forward check ran once, not once per copy."""
     clone = copy.deepcopy(model)
-    prune_channels_(clone, keep, example)
+    prune_channels_(clone, keep, example, channel_graph(clone, example, check_forward=False))
     return clone.eval()
 
 
