@@ -108,7 +108,7 @@ def _refuse_factorized_members(plan: CompressionPlan, cg, narrowed: list[LayerPl
     factorized = {la.name for la in plan.layers if la.action == "lowrank"}
     for layer in narrowed:
         group = cg.groups.get(layer.name)
-        both = factorized & set(group.producers + group.consumers) if group else set()
+        both = factorized & set(group.layers) if group else set()
         if both:
             raise PlanError(
                 f"layer {sorted(both)[0]!r} is factorized inside the narrowed channel group "

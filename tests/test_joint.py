@@ -145,7 +145,7 @@ def test_the_channels_strategy_with_lowrank_never_narrows_and_factorizes_one_lay
     assert table["lowrank"]["entries"] > 0 and table["channels"]["entries"] == 12
     groups = channel_graph(copy.deepcopy(model), X[:1]).groups
     for finalist in made.config["finalists_probed"]:
-        spanned = {n for g in finalist["widths"] for n in groups[g].producers + groups[g].consumers}
+        spanned = {n for g in finalist["widths"] for n in groups[g].layers}
         assert not spanned & set(finalist["ranks"]), finalist
         assert all(rank % 8 == 0 for rank in finalist["ranks"].values())
     assert compress_(copy.deepcopy(model), made)(X).shape == (4, 10)

@@ -36,6 +36,11 @@ class ChannelGroup:
     consumers: list[str]  # layers whose input channels are removed
     fixed: list[str] = field(default_factory=list)  # explicit shortcuts kept in step
 
+    @property
+    def layers(self) -> list[str]:
+        """Every layer the group's channels pass through: narrowing it changes each one."""
+        return self.producers + self.consumers + self.fixed
+
 
 @dataclass
 class ChannelGraph:

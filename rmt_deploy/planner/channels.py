@@ -133,10 +133,6 @@ class ChannelSearch:
     def candidate(self) -> Candidate:
         return self.candidates[self.chosen]
 
-    @property
-    def choices(self) -> list[GroupChoice]:
-        return self.candidates[self.chosen].choices
-
 
 def block_of(names: list[str]) -> str:
     """The smallest module holding every layer in `names` ("" is the model)."""
@@ -165,11 +161,6 @@ def narrowed_copy(model: nn.Module, example: torch.Tensor, keep: dict[str, torch
     return clone.eval()
 
 
-def _members(cg: ChannelGraph, name: str) -> list[str]:
-    group = cg.groups[name]
-    return group.producers + group.consumers + group.fixed
-
-
 @torch.no_grad()
 def measure_group(
     model: nn.Module,
@@ -180,7 +171,7 @@ def measure_group(
     ctx: MeasureContext,
 ) -> LayerEntry:
     """The group's options: dense and each width, damage on `ctx.images`, time in context."""
-    block = called_block(model, block_of(_members(cg, name)))
+    block = called_block(model, block_of(cg.groups[name].layers))
     shape = ctx.shapes.setdefault(block, _input_shape(model, block, ctx))
     copies = {w: narrowed_copy(model, ctx.example, {name: keep_top(scores, w)}) for w in widths}
     runners = {0: ctx.runner(model.get_submodule(block), shape, f"{name}-dense")}
@@ -415,7 +406,7 @@ def _allocations(entries: list[LayerEntry], cg: ChannelGraph, dense_ms: float, c
     factorized at once."""
     if config.allocation == "uniform":
         return choose_uniform(entries, dense_ms, config.speedup)
-    members = {name: set(_members(cg, name)) for name in cg.groups}
+    members = {name: set(group.layers) for name, group in cg.groups.items()}
     return exclusive(
         lambda table: choose_dp(table, dense_ms, config.speedup, config.finalists), entries, members
     )
