@@ -341,7 +341,7 @@ def _uniform(entries: list[LayerEntry], dense_ms: float, speedup: float):
             fits = [o for o in e.options[1:] if o.rank >= want] or [e.options[-1]]
             pick = min(fits, key=lambda o: o.rank) if share < 1 else e.dense
             choices[e.name] = pick
-        saving = sum((e.dense.ms or 0) - (choices[e.name].ms or 0) for e in entries)
+        saving = sum(e.saving_ms(choices[e.name]) for e in entries)
         damage = sum(choices[e.name].error for e in entries)
         return Allocation(choices, saving, damage)
 
@@ -426,5 +426,5 @@ def _choice(cg, entry, option, options, scores, config) -> GroupChoice:
     bound = option.rank == widths[0] and widths[0] > config.multiple
     return GroupChoice(
         entry.name, cg.groups[entry.name].channels, option.rank, floor, bound, option.error,
-        (entry.dense.ms or 0.0) - (option.ms or 0.0), keep_top(scores, option.rank),
+        entry.saving_ms(option), keep_top(scores, option.rank),
     )  # fmt: skip

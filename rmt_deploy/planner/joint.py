@@ -111,14 +111,10 @@ def exclusive(pick, entries: list[LayerEntry], members: dict[str, set[str]]) -> 
             return [a for a in allocations if not conflicts(a, members)]
         entry, group = clash[0]
         by_name = {e.name: e for e in entries}
-        saves = {n: _saving(by_name[n], allocations[0].choices[n]) for n in (entry, group)}
+        saves = {n: by_name[n].saving_ms(allocations[0].choices[n]) for n in (entry, group)}
         loser = entry if saves[entry] <= saves[group] else group
         entries = [replace(e, options=[e.dense]) if e.name == loser else e for e in entries]
     raise AssertionError("exclusive: options left after every entry was made dense")
-
-
-def _saving(entry: LayerEntry, option) -> float:
-    return (entry.dense.ms or 0.0) - (option.ms or 0.0)
 
 
 def split(choices: dict) -> tuple[dict, dict]:
@@ -135,7 +131,7 @@ def table_summary(entries: list[LayerEntry]) -> dict[str, dict]:
     summary: dict[str, dict] = {}
     for entry in entries:
         form = "lowrank" if entry.name.startswith(LOWRANK) else "channels"
-        best = max((_saving(entry, o) for o in entry.options[1:]), default=0.0)
+        best = max((entry.saving_ms(o) for o in entry.options[1:]), default=0.0)
         row = summary.setdefault(form, {"entries": 0, "faster": 0, "most_saving_ms": 0.0})
         row["entries"] += 1
         row["faster"] += best > 0
