@@ -28,6 +28,15 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
+def hits(model: torch.nn.Module, images, batch_size: int = 64) -> np.ndarray:
+    """1 where `model`'s top-1 on each labelled image is right (in-process: no workers, as
+    OpenVINO may be loaded), the per-image input of `paired`."""
+    from rmt_deploy.budget import model_outputs
+
+    outputs, labels = model_outputs(model, images, batch_size=batch_size, workers=0)
+    return (outputs.argmax(1) == labels).numpy()
+
+
 def paired(a: np.ndarray, b: np.ndarray, resamples: int = 2000) -> tuple[float, float, float]:
     """Mean of (a − b) in pp over the same images (0/1 hits) and its 95 % bootstrap interval."""
     diff = (a.astype(float) - b.astype(float)) * 100

@@ -23,13 +23,11 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, environment, log, paired, result_stem  # noqa: E402
+from _common import RESULTS, environment, hits, log, paired, result_stem  # noqa: E402
 
-from rmt_deploy.budget import model_outputs  # noqa: E402
 from rmt_deploy.channels import (  # noqa: E402
     channel_graph,
     channel_scores,
@@ -74,11 +72,6 @@ def narrowed(model: torch.nn.Module, plan: Path, example: torch.Tensor) -> torch
     return clone.eval()
 
 
-def hits(model: torch.nn.Module, test) -> np.ndarray:
-    outputs, labels = model_outputs(model, test, batch_size=50, workers=0)
-    return (outputs.argmax(1) == labels).numpy()
-
-
 def parts(plain, run: Path, most: int) -> tuple[list[int], list[int]]:
     """The run's test part (indices into `plain`) and the other images in a seeded order."""
     names = set(
@@ -104,7 +97,7 @@ def main() -> int:
     dense = load_model("efficientnet_lite1", assets=args.assets).eval()
     example = plain[0][0][None]
     base = narrowed(dense, args.run / "plan" / "plan.json", example)
-    dense_hits = hits(dense, test)
+    dense_hits = hits(dense, test, batch_size=50)
     log(f"dense {100 * dense_hits.mean():.2f} % on {len(test)} test images")
     rows = []
     for n in args.images:
@@ -122,7 +115,7 @@ def main() -> int:
             )  # fmt: skip
             row.update(steps=result.steps, seconds=round(result.seconds, 1),
                        first_loss=result.first_loss, last_loss=result.last_loss)  # fmt: skip
-        got = hits(model, test)
+        got = hits(model, test, batch_size=50)
         row["top1"] = 100 * float(got.mean())
         row["vs_dense_pp"] = paired(got, dense_hits)
         rows.append(row)

@@ -24,12 +24,9 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import environment, log, paired, result_stem  # noqa: E402
+from _common import environment, hits, log, paired, result_stem  # noqa: E402
 
-from rmt_deploy.budget import model_outputs  # noqa: E402
 from rmt_deploy.models import load_model  # noqa: E402
 from rmt_deploy.paths import assets_dir, write_json_atomic, write_text_atomic  # noqa: E402
 from rmt_deploy.pipeline import RunConfig  # noqa: E402
@@ -53,11 +50,6 @@ def context(run: Path, assets: str | None) -> RunContext:
             raise SystemExit(f"{run}: no {needed} (a finished channels run with recovery)")
     config = RunConfig.from_dict(json.loads((run / "config.json").read_text()))
     return RunContext(config, run, assets_dir(assets), progress=True)
-
-
-def hits(model, ctx: RunContext) -> np.ndarray:
-    outputs, labels = model_outputs(model, ctx.test, workers=0)
-    return (outputs.argmax(1) == labels).numpy()
 
 
 def main() -> int:
@@ -86,7 +78,7 @@ def main() -> int:
     }
     got = {}
     for name, model in models.items():
-        got[name] = hits(model.eval(), ctx)
+        got[name] = hits(model.eval(), ctx.test)
         log(f"{name}: {100 * got[name].mean():.2f} %")
     write(args, options.steps, got, seconds, info)
     return 0
